@@ -1,0 +1,47 @@
+"""Argument checks shared by every layer: bad input is refused with a message
+that names the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def check_rank(x: Any, rank: int | Sequence[int], name: str, layout: str = "") -> None:
+    """Raise ValueError unless ``x.ndim`` is ``rank`` (or one of ``rank``)."""
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    ndim = getattr(x, "ndim", None)
+    if ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        hint = f" ({layout})" if layout else ""
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"{name} must have rank {want}{hint}; got shape {shape}")
+
+
+def check_positive(value: Any, name: str) -> None:
+    """Raise ValueError unless ``value`` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+def check_divisible(value: int, divisor: int, name: str, divisor_name: str) -> None:
+    """Raise ValueError unless ``divisor`` divides ``value``."""
+    if value % divisor:
+        raise ValueError(
+            f"{name}={value} must be divisible by {divisor_name}={divisor}"
+        )
+
+
+def check_channels(x: Any, channels: int, name: str = "x") -> None:
+    """Raise ValueError unless the last axis of ``x`` has ``channels`` entries."""
+    if x.shape[-1] != channels:
+        raise ValueError(
+            f"{name} has {x.shape[-1]} channels (last axis of shape {x.shape}); "
+            f"the block was built for channels={channels}"
+        )
+
+
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")

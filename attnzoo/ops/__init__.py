@@ -1,0 +1,52 @@
+"""Pure attention functions (jax.numpy only: no parameters, no state, no Flax).
+
+Layout is NHWC. Softmaxes run in float32 whatever the input dtype. Where an
+``N x N`` map can be large, a ``memory_efficient=True`` path computes the same
+result exactly without forming it.
+"""
+
+from attnzoo.ops.channel import channel_attention, channel_attention_map
+from attnzoo.ops.criss_cross import criss_cross_attention, criss_cross_weights
+from attnzoo.ops.dot_product import (
+    attention_scores,
+    chunked_dot_product_attention,
+    dot_product_attention,
+    map_query_chunks,
+)
+from attnzoo.ops.hard import hard_attention, hard_attention_weights
+from attnzoo.ops.non_local import non_local_attention, non_local_concatenation
+from attnzoo.ops.polarized import polarized_channel_context, polarized_spatial_weights
+from attnzoo.ops.position import position_attention, position_attention_map
+from attnzoo.ops.temporal import temporal_attention
+from attnzoo.ops.window import (
+    relative_position_index,
+    shifted_window_mask,
+    window_attention,
+    window_merge,
+    window_partition,
+)
+
+__all__ = [
+    "attention_scores",
+    "channel_attention",
+    "channel_attention_map",
+    "chunked_dot_product_attention",
+    "criss_cross_attention",
+    "criss_cross_weights",
+    "dot_product_attention",
+    "hard_attention",
+    "hard_attention_weights",
+    "map_query_chunks",
+    "non_local_attention",
+    "non_local_concatenation",
+    "polarized_channel_context",
+    "polarized_spatial_weights",
+    "position_attention",
+    "position_attention_map",
+    "relative_position_index",
+    "shifted_window_mask",
+    "temporal_attention",
+    "window_attention",
+    "window_merge",
+    "window_partition",
+]

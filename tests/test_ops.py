@@ -1,0 +1,336 @@
+"""Every op against a plain numpy reference (loops or the dense formula) on random inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnzoo import ops
+
+RTOL = 1e-5  # float32, stated by the issue for the memory-bounded path
+ATOL = 1e-5
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def ref_attention(q, k, v, scale, mask=None):
+    """Loop over queries: out_i = sum_j softmax_j(scale q_i.k_j) v_j (float64)."""
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    out = np.zeros(q.shape[:-1] + (v.shape[-1],))
+    for b in np.ndindex(q.shape[:-2]):
+        for i in range(q.shape[-2]):
+            s = scale * (k[b] @ q[b][i])
+            if mask is not None:
+                s = np.where(mask[i], s, -np.inf)
+            out[b][i] = softmax(s) @ v[b]
+    return out
+
+
+# -- dot-product attention ----------------------------------------------------------------------
+
+
+def test_dot_product_matches_loop():
+    rng = np.random.default_rng(0)
+    q, k, v = rand(rng, 2, 3, 17, 8), rand(rng, 2, 3, 23, 8), rand(rng, 2, 3, 23, 5)
+    out = ops.dot_product_attention(q, k, v)
+    np.testing.assert_allclose(out, ref_attention(q, k, v, 8**-0.5), rtol=RTOL, atol=ATOL)
+
+
+def test_dot_product_mask_and_bias():
+    rng = np.random.default_rng(1)
+    q, k, v = rand(rng, 2, 6, 4), rand(rng, 2, 6, 4), rand(rng, 2, 6, 3)
+    mask = np.tril(np.ones((6, 6), bool))
+    out = ops.dot_product_attention(q, k, v, mask=mask, scale=1.0)
+    np.testing.assert_allclose(out, ref_attention(q, k, v, 1.0, mask), rtol=RTOL, atol=ATOL)
+    bias = rand(rng, 6, 6)
+    got = ops.dot_product_attention(q, k, v, bias=bias, scale=1.0)
+    want = np.einsum("bqk,bkd->bqd", softmax(np.einsum("bqd,bkd->bqk", q, k) + bias), v)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "nq,nk,qc,kc", [(64, 64, 16, 16), (100, 77, 32, 20), (5, 300, 8, 64), (33, 33, 1024, 4096)]
+)
+def test_chunked_equals_dense(nq, nk, qc, kc):
+    rng = np.random.default_rng(nq + nk)
+    q, k, v = rand(rng, 2, nq, 16, scale=2.0), rand(rng, 2, nk, 16, scale=2.0), rand(rng, 2, nk, 8)
+    dense = ops.dot_product_attention(q, k, v, scale=1.0)
+    chunked = ops.chunked_dot_product_attention(
+        q, k, v, scale=1.0, query_chunk_size=qc, key_chunk_size=kc
+    )
+    np.testing.assert_allclose(chunked, dense, rtol=RTOL, atol=ATOL)
+
+
+def test_chunked_gradients_equal_dense():
+    rng = np.random.default_rng(3)
+    q, k, v = rand(rng, 1, 50, 8), rand(rng, 1, 50, 8), rand(rng, 1, 50, 4)
+
+    def loss(fn, q, k, v):
+        return (fn(q, k, v) ** 2).sum()
+
+    dense = jax.grad(lambda *a: loss(ops.dot_product_attention, *a), argnums=(0, 1, 2))(q, k, v)
+    chunked_fn = lambda q, k, v: ops.chunked_dot_product_attention(
+        q, k, v, query_chunk_size=16, key_chunk_size=12
+    )
+    chunked = jax.grad(lambda *a: loss(chunked_fn, *a), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(chunked, dense):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dot_product_bad_shapes():
+    x = np.zeros((2, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="query and key"):
+        ops.dot_product_attention(x, np.zeros((2, 4, 7), np.float32), x)
+    with pytest.raises(ValueError, match="key and value"):
+        ops.chunked_dot_product_attention(x, x, np.zeros((2, 5, 8), np.float32))
+    with pytest.raises(ValueError, match="query_chunk_size"):
+        ops.chunked_dot_product_attention(x, x, x, query_chunk_size=0)
+
+
+def test_bfloat16_softmax_in_float32():
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rand(rng, 1, 32, 16, scale=3.0), jnp.bfloat16) for _ in range(3))
+    out = ops.dot_product_attention(q, k, v)
+    assert out.dtype == jnp.bfloat16
+    want = ref_attention(*(np.asarray(a, np.float32) for a in (q, k, v)), 16**-0.5)
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=5e-2)
+
+
+# -- DANet position / channel -------------------------------------------------------------------
+
+
+def ref_pam(q, k, v):
+    """Official formulation: energy = Q^T K (N x N), A = softmax(energy), out = V A^T."""
+    b, h, w, c = v.shape
+    Q = q.reshape(b, h * w, -1).transpose(0, 2, 1).astype(np.float64)  # (B, d, N)
+    K = k.reshape(b, h * w, -1).transpose(0, 2, 1).astype(np.float64)
+    V = v.reshape(b, h * w, c).transpose(0, 2, 1).astype(np.float64)  # (B, C, N)
+    out = np.stack([V[i] @ softmax(Q[i].T @ K[i]).T for i in range(b)])
+    return out.transpose(0, 2, 1).reshape(b, h, w, c)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_position_attention(memory_efficient):
+    rng = np.random.default_rng(5)
+    q, k, v = rand(rng, 2, 6, 7, 4), rand(rng, 2, 6, 7, 4), rand(rng, 2, 6, 7, 12)
+    out = ops.position_attention(
+        q, k, v, memory_efficient=memory_efficient, query_chunk_size=10, key_chunk_size=16
+    )
+    np.testing.assert_allclose(out, ref_pam(q, k, v), rtol=RTOL, atol=ATOL)
+
+
+def test_position_attention_map_points():
+    rng = np.random.default_rng(6)
+    q, k = rand(rng, 1, 4, 5, 3), rand(rng, 1, 4, 5, 3)
+    maps = np.asarray(ops.position_attention_map(q, k, points=[(0, 0), (3, 4)]))
+    assert maps.shape == (1, 2, 4, 5)
+    full = softmax(q.reshape(20, 3) @ k.reshape(20, 3).T)
+    np.testing.assert_allclose(maps[0, 1].ravel(), full[19], rtol=RTOL)
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)), 1.0, rtol=RTOL)
+    with pytest.raises(ValueError, match="outside"):
+        ops.position_attention_map(q, k, points=[(4, 0)])
+
+
+def ref_cam(x):
+    b, h, w, c = x.shape
+    X = x.reshape(b, h * w, c).transpose(0, 2, 1).astype(np.float64)  # (B, C, N)
+    out = []
+    for i in range(b):
+        energy = X[i] @ X[i].T
+        energy_new = energy.max(-1, keepdims=True) - energy
+        out.append(softmax(energy_new) @ X[i])
+    return np.stack(out).transpose(0, 2, 1).reshape(b, h, w, c)
+
+
+def test_channel_attention():
+    rng = np.random.default_rng(7)
+    x = rand(rng, 2, 5, 6, 9, scale=0.3)
+    np.testing.assert_allclose(ops.channel_attention(x), ref_cam(x), rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="rank 4"):
+        ops.channel_attention(x[0])
+
+
+# -- criss-cross --------------------------------------------------------------------------------
+
+
+def ref_criss_cross(q, k, v):
+    """Loop over positions: attend to column (centre excluded) and row (centre included)."""
+    b, h, w, _ = q.shape
+    out = np.zeros(v.shape[:3] + (v.shape[-1],))
+    for n in range(b):
+        for y in range(h):
+            for x in range(w):
+                keys, vals = [], []
+                for i in range(h):
+                    if i != y:
+                        keys.append(k[n, i, x]); vals.append(v[n, i, x])
+                for j in range(w):
+                    keys.append(k[n, y, j]); vals.append(v[n, y, j])
+                keys, vals = np.array(keys, np.float64), np.array(vals, np.float64)
+                assert len(keys) == h + w - 1
+                out[n, y, x] = softmax(keys @ q[n, y, x]) @ vals
+    return out
+
+
+def test_criss_cross_attention():
+    rng = np.random.default_rng(8)
+    q, k, v = rand(rng, 2, 5, 7, 3), rand(rng, 2, 5, 7, 3), rand(rng, 2, 5, 7, 6)
+    out = ops.criss_cross_attention(q, k, v)
+    np.testing.assert_allclose(out, ref_criss_cross(q, k, v), rtol=RTOL, atol=ATOL)
+    col, row = ops.criss_cross_weights(q, k)
+    np.testing.assert_allclose(col.sum(-1) + row.sum(-1), 1.0, rtol=RTOL)
+    assert np.all(np.asarray(col)[:, np.arange(5), :, np.arange(5)] == 0)  # centre counted once
+
+
+# -- non-local ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product"])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_non_local(mode, memory_efficient):
+    rng = np.random.default_rng(9)
+    theta, phi, g = rand(rng, 2, 6, 5, 4), rand(rng, 2, 3, 5, 4), rand(rng, 2, 3, 5, 7)
+    out = ops.non_local_attention(
+        theta, phi, g, mode=mode, memory_efficient=memory_efficient,
+        query_chunk_size=7, key_chunk_size=4,
+    )
+    T, P, G = (a.reshape(2, -1, a.shape[-1]).astype(np.float64) for a in (theta, phi, g))
+    pair = np.einsum("bqd,bkd->bqk", T, P)
+    if mode == "embedded_gaussian":
+        pair = softmax(pair / 2.0)  # sqrt(d) = 2
+    elif mode == "gaussian":
+        pair = softmax(pair)
+    else:
+        pair = pair / P.shape[1]
+    want = np.einsum("bqk,bkc->bqc", pair, G).reshape(2, 6, 5, 7)
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_non_local_concatenation(memory_efficient):
+    rng = np.random.default_rng(10)
+    a, b, g = rand(rng, 2, 4, 5), rand(rng, 2, 4, 5), rand(rng, 2, 4, 5, 3)
+    out = ops.non_local_concatenation(a, b, g, memory_efficient=memory_efficient, query_chunk_size=6)
+    want = np.zeros((2, 20, 3))
+    for n in range(2):
+        for i in range(20):
+            for j in range(20):
+                want[n, i] += max(a[n].ravel()[i] + b[n].ravel()[j], 0) * g[n].reshape(20, 3)[j]
+    np.testing.assert_allclose(out, (want / 20).reshape(2, 4, 5, 3), rtol=RTOL, atol=ATOL)
+
+
+def test_non_local_bad_mode():
+    x = np.ones((1, 2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ops.non_local_attention(x, x, x, mode="concat")
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+def test_window_partition_roundtrip_and_layout():
+    rng = np.random.default_rng(11)
+    x = rand(rng, 2, 6, 8, 3)
+    win = ops.window_partition(x, (3, 4))
+    assert win.shape == (2, 2, 2, 12, 3)
+    np.testing.assert_array_equal(win[1, 1, 0, 5], x[1, 3 + 1, 0 + 1])  # row 1, col 1 of window (1, 0)
+    np.testing.assert_array_equal(ops.window_merge(win, (3, 4)), x)
+    with pytest.raises(ValueError, match="divisible"):
+        ops.window_partition(x, 5)
+
+
+def test_window_attention_matches_loop():
+    rng = np.random.default_rng(12)
+    b, h, w, heads, d, m = 1, 4, 6, 2, 3, 2
+    q, k, v = rand(rng, b, h, w, heads, d), rand(rng, b, h, w, heads, d), rand(rng, b, h, w, heads, d)
+    table = rand(rng, (2 * m - 1) ** 2, heads)
+    bias = np.transpose(table[ops.relative_position_index(m)], (2, 0, 1))
+    out = np.asarray(ops.window_attention(q, k, v, m, bias=bias))
+    for y0 in range(0, h, m):
+        for x0 in range(0, w, m):
+            for hd in range(heads):
+                pos = [(y0 + i, x0 + j) for i in range(m) for j in range(m)]
+                Q = np.array([q[0, y, x, hd] for y, x in pos])
+                K = np.array([k[0, y, x, hd] for y, x in pos])
+                V = np.array([v[0, y, x, hd] for y, x in pos])
+                rel = np.array([[table[(p[0] - r[0] + m - 1) * (2 * m - 1) + p[1] - r[1] + m - 1, hd]
+                                 for r in pos] for p in pos])
+                want = softmax(Q @ K.T / np.sqrt(d) + rel) @ V
+                got = np.array([out[0, y, x, hd] for y, x in pos])
+                np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_shifted_window_mask_separates_regions():
+    mask = ops.shifted_window_mask(8, 8, 4, 2)
+    assert mask.shape == (2, 2, 16, 16)
+    assert mask[0, 0].all()  # the top-left window holds one region only
+    last = mask[1, 1]  # four regions, each 2x2 pixels of the 4x4 window
+    assert last.sum() == 4 * 4 * 4 and last[0, 0] and not last[0, 2] and not last[0, 8]
+
+
+# -- polarized ----------------------------------------------------------------------------------
+
+
+def test_polarized_cores():
+    rng = np.random.default_rng(13)
+    q1, v = rand(rng, 2, 4, 5, 1), rand(rng, 2, 4, 5, 6)
+    want = np.stack([softmax(q1[n].ravel()) @ v[n].reshape(20, 6) for n in range(2)])
+    np.testing.assert_allclose(ops.polarized_channel_context(q1, v), want, rtol=RTOL, atol=ATOL)
+    q = rand(rng, 2, 4, 5, 6)
+    want = np.stack([softmax(v[n].reshape(20, 6) @ q[n].reshape(20, 6).mean(0)) for n in range(2)])
+    got = ops.polarized_spatial_weights(q, v)
+    np.testing.assert_allclose(got.reshape(2, 20), want, rtol=RTOL, atol=ATOL)
+
+
+# -- hard top-k ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_hard_attention_forward(memory_efficient):
+    rng = np.random.default_rng(14)
+    q, k, v = rand(rng, 2, 9, 4), rand(rng, 2, 11, 4), rand(rng, 2, 11, 3)
+    out = ops.hard_attention(q, k, v, top_k=3, memory_efficient=memory_efficient, query_chunk_size=4)
+    want = np.zeros((2, 9, 3))
+    for n in range(2):
+        for i in range(9):
+            s = k[n] @ q[n, i] / 2.0
+            top = np.argsort(-s)[:3]
+            want[n, i] = softmax(s[top]) @ v[n, top]
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+
+
+def test_hard_attention_straight_through_gradient():
+    rng = np.random.default_rng(15)
+    q, k, v = rand(rng, 1, 5, 4), rand(rng, 1, 8, 4), rand(rng, 1, 8, 3)
+    g_hard = jax.grad(lambda v: ops.hard_attention(q, k, v, top_k=2).sum())(v)
+    g_soft = jax.grad(lambda v: ops.dot_product_attention(q, k, v).sum())(v)
+    # d out / d v is the forward weight matrix: sparse for hard attention
+    assert (np.asarray(g_hard) != 0).any(axis=-1).sum() <= 5 * 2
+    gq_hard = jax.grad(lambda q: (ops.hard_attention(q, k, v, top_k=2) * v[:, :5]).sum())(q)
+    assert np.isfinite(gq_hard).all() and np.abs(gq_hard).sum() > 0
+    assert not np.allclose(g_hard, g_soft)
+    with pytest.raises(ValueError, match="top_k"):
+        ops.hard_attention(q, k, v, top_k=9)
+
+
+# -- temporal -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_temporal_attention(causal):
+    rng = np.random.default_rng(16)
+    q, k, v = rand(rng, 2, 4, 3, 2, 5), rand(rng, 2, 4, 3, 2, 5), rand(rng, 2, 4, 3, 2, 6)
+    out = np.asarray(ops.temporal_attention(q, k, v, causal=causal))
+    for n, y, x, t in np.ndindex(2, 3, 2, 4):
+        s = k[n, :, y, x] @ q[n, t, y, x] / np.sqrt(5)
+        if causal:
+            s = np.where(np.arange(4) <= t, s, -np.inf)
+        np.testing.assert_allclose(out[n, t, y, x], softmax(s) @ v[n, :, y, x], rtol=RTOL, atol=ATOL)
