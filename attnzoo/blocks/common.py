@@ -1,0 +1,192 @@
+"""Building pieces shared by the blocks: PyTorch-compatible convolutions and
+norms (so that reference weights port by name), gates and width rules."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo._checks import check_channels, check_choice, check_positive, check_rank
+
+Array = jax.Array
+Dtype = Any
+
+# PyTorch BatchNorm2d defaults: momentum 0.1 on the new value == 0.9 on the running one.
+BN_MOMENTUM = 0.9
+BN_EPS = 1e-5
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "hard_swish": jax.nn.hard_swish,
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+    "identity": lambda x: x,
+}
+GATES: dict[str, Callable[[Array], Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    # timm's / PyTorch's hard sigmoid: relu6(x + 3) / 6.
+    "hard_sigmoid": jax.nn.hard_sigmoid,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """Activation function by name (``relu``, ``hard_swish``, ``silu``, ``gelu``, ``identity``)."""
+    check_choice(name, tuple(ACTIVATIONS), "act")
+    return ACTIVATIONS[name]
+
+
+def gate(name: str) -> Callable[[Array], Array]:
+    """Gate function by name (``sigmoid`` or ``hard_sigmoid``)."""
+    check_choice(name, tuple(GATES), "gate")
+    return GATES[name]
+
+
+def make_divisible(
+    value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
+) -> int:
+    """Round a width to the nearest multiple of ``divisor`` (timm's rule).
+
+    The result is at least ``min_value`` (default ``divisor``) and, if
+    rounding lost more than ``1 - round_limit`` of ``value``, one more
+    ``divisor`` is added.
+    """
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < round_limit * value:
+        new += divisor
+    return new
+
+
+def reduced_width(
+    channels: int, rd_ratio: float, rd_channels: int | None, rd_divisor: int, round_limit: float = 0.0
+) -> int:
+    """The bottleneck width of a squeeze block: explicit, or ``make_divisible(C * ratio)``."""
+    if rd_channels is not None:
+        check_positive(rd_channels, "rd_channels")
+        return rd_channels
+    if rd_ratio <= 0:
+        raise ValueError(f"rd_ratio must be > 0; got {rd_ratio!r}")
+    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=round_limit)
+
+
+def torch_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """Symmetric padding PyTorch reference code uses: ``((s - 1) + d (k - 1)) // 2``."""
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def conv(
+    features: int,
+    kernel_size: int = 1,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    padding: int | None = None,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal(),
+    name: str | None = None,
+) -> nn.Conv:
+    """A 2-D ``nn.Conv`` with PyTorch's symmetric padding (weights port 1:1)."""
+    pad = torch_padding(kernel_size, stride, dilation) if padding is None else padding
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+def batch_norm(
+    train: bool,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    scale_init: Callable[..., Array] = nn.initializers.ones,
+    name: str | None = None,
+) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults; statistics in float32 under any dtype.
+
+    Under ``jax.jit`` with a batch sharded over a mesh axis, the batch mean and
+    variance are reductions over the global batch (synchronised BN).
+    """
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPS,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=scale_init,
+        name=name,
+    )
+
+
+class ConvNormAct(nn.Module):
+    """Convolution, optional BatchNorm, optional activation.
+
+    Children are named ``conv`` and ``bn`` like timm's ``ConvNormAct`` and
+    mmcv's ``ConvModule``, so their state-dict keys map onto it directly. The
+    bias defaults to off when a norm follows (both references do the same).
+    """
+
+    features: int
+    kernel_size: int = 1
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    padding: int | None = None
+    use_bias: bool | None = None
+    norm: bool = True
+    act: str | None = "relu"
+    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+    bn_scale_init: Callable[..., Array] = nn.initializers.ones
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        use_bias = (not self.norm) if self.use_bias is None else self.use_bias
+        x = conv(
+            self.features, self.kernel_size, stride=self.stride, dilation=self.dilation,
+            groups=self.groups, padding=self.padding, use_bias=use_bias, dtype=self.dtype,
+            param_dtype=self.param_dtype, kernel_init=self.kernel_init, name="conv",
+        )(x)
+        if self.norm:
+            x = batch_norm(
+                train, dtype=self.dtype, param_dtype=self.param_dtype,
+                scale_init=self.bn_scale_init, name="bn",
+            )(x)
+        if self.act is not None:
+            x = activation(self.act)(x)
+        return x
+
+
+def check_image(x: Array, channels: int, name: str = "x") -> None:
+    """``x`` must be ``(B, H, W, channels)``."""
+    check_rank(x, 4, name, "B, H, W, C")
+    check_channels(x, channels, name)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Mean over ``H, W`` keeping them: ``(B, H, W, C) -> (B, 1, 1, C)`` (float32 accumulation)."""
+    return jnp.mean(x, axis=(1, 2), keepdims=True, dtype=jnp.float32).astype(x.dtype)
+
+
+def zero_gamma(module: nn.Module, dtype: Dtype = jnp.float32) -> Array:
+    """The learned residual scale of DANet-style blocks, shape ``(1,)``, initialised to 0.
+
+    At initialisation the block is the identity: "the attention block does
+    nothing" until ``gamma`` has been learned, which is intended.
+    """
+    return module.param("gamma", nn.initializers.zeros, (1,), dtype)

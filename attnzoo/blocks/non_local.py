@@ -1,0 +1,106 @@
+"""Non-local block."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo import ops
+from attnzoo._checks import check_choice, check_positive
+from attnzoo.blocks.common import ConvNormAct, Dtype, check_image
+from attnzoo.blocks.registry import registered
+
+Array = jax.Array
+
+MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+
+
+def _max_pool2(x: Array) -> Array:
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class ConcatProjection(nn.Module):
+    """mmcv's ``concat_project``: a 1x1 conv (no bias) of ``[theta_i; phi_j]`` to one logit.
+
+    Being linear, it is applied to ``theta`` and ``phi`` separately (the two
+    halves of its kernel); the ReLU follows inside the op.
+    """
+
+    inter_channels: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, theta: Array, phi: Array) -> tuple[Array, Array]:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (1, 1, 2 * self.inter_channels, 1),
+            self.param_dtype,
+        )
+        w = kernel.reshape(2, self.inter_channels).astype(theta.dtype)
+        return theta @ w[0], phi @ w[1]
+
+
+@registered("non_local", torch_renames={"concat_project.conv": "concat_project", "g.0": "g",
+                                        "phi.0": "phi"})
+class NonLocal2d(nn.Module):
+    """Non-local block.
+
+    Wang et al., "Non-local Neural Networks", CVPR 2018, eq. (1) and (6):
+
+        y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j),    z_i = W_z y_i + x_i,
+
+    ``f`` by ``mode`` (see :func:`attnzoo.ops.non_local_attention`).
+    Matches mmcv's ``NonLocal2d``: inter width ``max(C // reduction, 1)``,
+    embedded Gaussian scaled by ``1/sqrt(inter)`` (``use_scale``), 1x1
+    projections ``g``, ``theta``, ``phi`` initialised N(0, 0.01), ``conv_out``
+    (optionally followed by BN) zero-initialised so the block starts as the
+    identity, optional 2x2 max-pool ``sub_sample`` of ``g`` and ``phi``.
+    ``memory_efficient`` computes the same output without the ``N x N`` map.
+    """
+
+    channels: int
+    reduction: int = 2
+    use_scale: bool = True
+    mode: str = "embedded_gaussian"
+    sub_sample: bool = False
+    norm: bool = False
+    memory_efficient: bool = False
+    query_chunk_size: int = 1024
+    key_chunk_size: int = 4096
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        check_positive(self.channels, "channels")
+        check_positive(self.reduction, "reduction")
+        check_choice(self.mode, MODES, "mode")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        check_image(x, self.channels)
+        inter = max(self.channels // self.reduction, 1)
+        proj = dict(norm=False, act=None, use_bias=True, dtype=self.dtype,
+                    param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.01))
+        pool = _max_pool2 if self.sub_sample else (lambda t: t)
+        g = pool(ConvNormAct(inter, name="g", **proj)(x))
+        chunks = dict(memory_efficient=self.memory_efficient, query_chunk_size=self.query_chunk_size)
+        if self.mode == "gaussian":
+            theta, phi = x, pool(x)
+        else:
+            theta = ConvNormAct(inter, name="theta", **proj)(x)
+            phi = pool(ConvNormAct(inter, name="phi", **proj)(x))
+        if self.mode == "concatenation":
+            a, b = ConcatProjection(inter, self.param_dtype, name="concat_project")(theta, phi)
+            y = ops.non_local_concatenation(a, b, g, **chunks)
+        else:
+            y = ops.non_local_attention(
+                theta, phi, g, mode=self.mode, use_scale=self.use_scale,
+                key_chunk_size=self.key_chunk_size, **chunks,
+            )
+        out = ConvNormAct(
+            self.channels, norm=self.norm, act=None, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.zeros if not self.norm else nn.initializers.lecun_normal(),
+            bn_scale_init=nn.initializers.zeros, name="conv_out",
+        )(y, train=train)
+        return x + out

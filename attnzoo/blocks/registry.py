@@ -1,0 +1,79 @@
+"""The block registry: ``create("cbam", channels=256)``, ``list_blocks()``.
+
+Names follow timm where timm has the block and the papers' short names
+otherwise. Each entry also knows how to make example inputs for a module
+(used to initialise variables, e.g. by the weight converter) and how the
+reference PyTorch implementation names its parameters, where it differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo._checks import check_choice
+
+Array = jax.Array
+
+
+def image_example(module: nn.Module) -> tuple[Array, ...]:
+    """One ``(1, 8, 8, channels)`` input, the common case (or the size a block is built for)."""
+    h, w = getattr(module, "relative_position", None) or (8, 8)
+    return (jnp.zeros((1, h, w, module.channels), jnp.float32),)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """A registered block: its factory, an example-input maker and torch key renames."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    example: Callable[[nn.Module], tuple[Any, ...]] = image_example
+    # Reference-key prefix -> attnzoo path prefix (dotted), applied before the generic mapping.
+    torch_renames: tuple[tuple[str, str], ...] = ()
+
+
+_BLOCKS: dict[str, BlockSpec] = {}
+
+
+def register(
+    name: str,
+    factory: Callable[..., nn.Module],
+    *,
+    example: Callable[[nn.Module], tuple[Any, ...]] = image_example,
+    torch_renames: dict[str, str] | None = None,
+) -> None:
+    """Register ``factory`` (a module class or a function returning a module) as ``name``."""
+    if name in _BLOCKS:
+        raise ValueError(f"block {name!r} is registered twice")
+    _BLOCKS[name] = BlockSpec(name, factory, example, tuple((torch_renames or {}).items()))
+
+
+def registered(name: str, **kwargs: Any) -> Callable[[type], type]:
+    """Class decorator form of :func:`register`."""
+
+    def wrap(cls: type) -> type:
+        register(name, cls, **kwargs)
+        return cls
+
+    return wrap
+
+
+def get_spec(name: str) -> BlockSpec:
+    """The registry entry for ``name``; ValueError listing the names if unknown."""
+    check_choice(name, sorted(_BLOCKS), "name")
+    return _BLOCKS[name]
+
+
+def create(name: str, **kwargs: Any) -> nn.Module:
+    """Build the block registered as ``name`` with ``kwargs`` (e.g. ``channels=256``)."""
+    return get_spec(name).factory(**kwargs)
+
+
+def list_blocks() -> list[str]:
+    """All registered block names, sorted."""
+    return sorted(_BLOCKS)
