@@ -1,0 +1,251 @@
+"""Every registered block: jit, float32 and bfloat16, finite gradients, shapes, bad input;
+plus equation-level references for the blocks without a PyTorch counterpart."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attnzoo
+from attnzoo import blocks
+
+EXPECTED = {
+    "se", "ese", "eca", "cbam", "sk", "splat", "gc", "coord", "scse", "non_local", "pam", "cam",
+    "cca", "psa_p", "psa_s", "attention_gate", "mhsa", "window", "hard", "temporal", "multiscale",
+}
+ALL = sorted(EXPECTED)
+CHANNELS = 32
+
+
+def randomize_inputs(args, seed=0):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape), jnp.float32), args)
+
+
+def build(name, **kwargs):
+    module = blocks.create(name, channels=CHANNELS, **kwargs)
+    args = randomize_inputs(blocks.get_spec(name).example(module))
+    variables = module.init(jax.random.key(0), *args)
+    # Move every parameter off its initial value so zero-initialised gammas/convs take part.
+    leaves, tree = jax.tree.flatten(variables["params"])
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    )
+    return module, args, {**variables, "params": params}
+
+
+def test_registry_lists_every_block():
+    assert EXPECTED <= set(attnzoo.blocks.list_blocks())
+    with pytest.raises(ValueError, match="name must be one of"):
+        blocks.create("senet", channels=8)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_jit_shape_and_finite_gradients(name):
+    module, args, variables = build(name)
+    out = jax.jit(module.apply)(variables, *args)
+    first = args[0][0] if name == "multiscale" else args[0]
+    assert out.shape == first.shape and out.dtype == jnp.float32
+    assert np.isfinite(np.asarray(out)).all()
+
+    def loss(params, args):
+        y, _ = module.apply({**variables, "params": params}, *args, train=True,
+                            mutable=["batch_stats", "intermediates"])
+        return jnp.mean(y**2)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], args)
+    for g in jax.tree.leaves(grads):
+        assert np.isfinite(np.asarray(g)).all()
+    assert any(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(grads[0]))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bfloat16_compute(name):
+    module32, args, variables = build(name)
+    module16 = blocks.create(name, channels=CHANNELS, dtype=jnp.bfloat16)
+    out32 = module32.apply(variables, *args)
+    out16 = jax.jit(module16.apply)(variables, *args)
+    assert np.isfinite(np.asarray(out16, np.float32)).all()
+    err = np.abs(np.asarray(out16, np.float32) - np.asarray(out32)).max()
+    assert err <= 0.1 * np.abs(np.asarray(out32)).max() + 1e-2, f"bf16 drifted by {err}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wrong_rank_and_channels_are_refused(name):
+    module, args, variables = build(name)
+    first = args[0][0] if name == "multiscale" else args[0]
+    wrong_c = jnp.zeros(first.shape[:-1] + (CHANNELS + 1,))
+    wrong_rank = jnp.zeros(first.shape[1:])
+
+    def call(x):
+        new = ([x] + list(args[0][1:]),) if name == "multiscale" else (x,) + tuple(args[1:])
+        return module.apply(variables, *new)
+
+    with pytest.raises(ValueError, match="channels"):
+        call(wrong_c)
+    with pytest.raises(ValueError, match="rank"):
+        call(wrong_rank)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("se", {"channels": 0}, "channels must be a positive integer"),
+        ("pam", {"channels": 4}, "leaves no query/key channels"),
+        ("cca", {"channels": 16, "recurrence": 0}, "recurrence"),
+        ("mhsa", {"channels": 10, "num_heads": 3}, "channels=10 must be divisible by num_heads=3"),
+        ("window", {"channels": 8, "window_size": 4, "shift_size": 4}, "shift_size"),
+        ("sk", {"channels": 9}, "channels=9 must be divisible by number of paths=2"),
+        ("splat", {"channels": 6, "groups": 2, "radix": 2}, "groups \\* radix"),
+        ("eca", {"channels": 8, "kernel_size": 4}, "kernel_size must be odd"),
+        ("non_local", {"channels": 8, "mode": "cosine"}, "mode must be one of"),
+        ("scse", {"channels": 8, "reduction": 16}, "leaves no channels"),
+        ("gc", {"channels": 8, "fuse_add": False, "fuse_scale": False}, "do nothing"),
+        ("psa_p", {"channels": 1}, "inter_channels"),
+        ("multiscale", {"channels": 8, "num_scales": 1}, "num_scales"),
+        ("hard", {"channels": 16, "top_k": -1}, "top_k"),
+    ],
+)
+def test_bad_configuration_is_refused(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        blocks.create(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["pam", "cam", "cca", "hard", "temporal", "non_local"])
+def test_gamma_zero_blocks_start_as_identity(name):
+    module = blocks.create(name, channels=CHANNELS)
+    args = randomize_inputs(blocks.get_spec(name).example(module))
+    variables = module.init(jax.random.key(0), *args)
+    np.testing.assert_allclose(module.apply(variables, *args), args[0], atol=1e-6)
+
+
+def test_batch_stats_update_in_train_mode():
+    module, args, variables = build("cbam")
+    _, updates = module.apply(variables, *args, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["spatial"]["conv"]["bn"]["mean"]
+    after = updates["batch_stats"]["spatial"]["conv"]["bn"]["mean"]
+    assert not np.allclose(before, after)
+
+
+# -- equation-level references ------------------------------------------------------------------
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def conv1x1(x, p):
+    out = x @ np.asarray(p["kernel"])[0, 0]
+    return out + np.asarray(p["bias"]) if "bias" in p else out
+
+
+def test_attention_gate_equation():
+    module, (x, g), variables = build("attention_gate", subsample=1, output_transform=False)
+    p = variables["params"]
+    theta = conv1x1(np.asarray(x), p["theta"])
+    phi = np.asarray(jax.image.resize(conv1x1(np.asarray(g), p["phi"]), theta.shape[:3] + (16,),
+                                      "bilinear"))
+    alpha = 1 / (1 + np.exp(-conv1x1(np.maximum(theta + phi, 0), p["psi"])))
+    out, state = module.apply(variables, x, g, mutable=["intermediates"])
+    np.testing.assert_allclose(out, alpha * np.asarray(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(state["intermediates"]["alpha"][0], alpha, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_gate_subsampled_grid():
+    module, (x, g), variables = build("attention_gate", subsample=2)
+    out, state = module.apply(variables, x, g, mutable=["intermediates"])
+    assert out.shape == x.shape and state["intermediates"]["alpha"][0].shape == x.shape[:3] + (1,)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_mhsa_equation(relative):
+    kwargs = {"num_heads": 4, "relative_position": (8, 8) if relative else None}
+    module, (x,), variables = build("mhsa", **kwargs)
+    p = variables["params"]
+    xs = np.asarray(x, np.float64).reshape(1, 64, CHANNELS)
+    qkv = conv1x1(xs, p["qkv"]).reshape(64, 3, 4, 8)
+    heads = []
+    for h in range(4):
+        s = qkv[:, 0, h] @ qkv[:, 1, h].T / np.sqrt(8)
+        if relative:
+            table = np.asarray(p["relative_position_bias_table"])[:, h]
+            s = s + table[attnzoo.ops.relative_position_index(8)]
+        heads.append(softmax(s) @ qkv[:, 2, h])
+    want = conv1x1(np.concatenate(heads, -1), p["proj"]).reshape(1, 8, 8, CHANNELS)
+    np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-4, atol=1e-5)
+    if not relative:
+        efficient = blocks.create("mhsa", channels=CHANNELS, num_heads=4, memory_efficient=True,
+                                  query_chunk_size=16, key_chunk_size=16)
+        np.testing.assert_allclose(efficient.apply(variables, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_window_attention_unshifted_is_per_window_mhsa():
+    module, _, variables = build("window", num_heads=2, window_size=4)
+    x = randomize_inputs((jnp.zeros((1, 8, 8, CHANNELS)),), seed=3)[0]
+    p = variables["params"]
+    out = np.asarray(module.apply(variables, x))
+    table = np.asarray(p["relative_position_bias_table"])
+    idx = attnzoo.ops.relative_position_index(4)
+    for wy in range(2):
+        for wx in range(2):
+            win = np.asarray(x)[0, 4 * wy:4 * wy + 4, 4 * wx:4 * wx + 4].reshape(16, CHANNELS)
+            qkv = (win @ np.asarray(p["qkv"]["kernel"]) + np.asarray(p["qkv"]["bias"]))
+            qkv = qkv.reshape(16, 3, 2, 16)
+            heads = [softmax(qkv[:, 0, h] @ qkv[:, 1, h].T / 4.0 + table[idx][..., h]) @ qkv[:, 2, h]
+                     for h in range(2)]
+            want = np.concatenate(heads, -1) @ np.asarray(p["proj"]["kernel"]) + np.asarray(
+                p["proj"]["bias"])
+            got = out[0, 4 * wy:4 * wy + 4, 4 * wx:4 * wx + 4].reshape(16, CHANNELS)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_shifted_window_attention_is_local_and_pads():
+    module, _, variables = build("window", num_heads=2, window_size=4, shift_size=2)
+    x = randomize_inputs((jnp.zeros((1, 10, 9, CHANNELS)),), seed=4)[0]
+    out = module.apply(variables, x)
+    assert out.shape == x.shape
+    # A change at one pixel reaches only pixels of its (shifted) window: never far away.
+    x2 = x.at[0, 0, 0].add(1.0)
+    changed = np.abs(np.asarray(module.apply(variables, x2) - out)).max(-1)[0] > 0
+    assert changed[0, 0] and not changed[6:, :].any() and not changed[:, 6:].any()
+
+
+def test_temporal_attention_mixes_frames_only_at_the_same_pixel():
+    module, (x,), variables = build("temporal", num_heads=2, causal=True)
+    out = module.apply(variables, x)
+    x2 = x.at[0, 1, 2, 3].add(1.0)
+    diff = np.abs(np.asarray(module.apply(variables, x2) - out)).max(-1)[0]  # (T, H, W)
+    assert diff[1, 2, 3] > 0 and diff[2, 2, 3] > 0  # same pixel, later frame
+    assert diff[0].max() == 0  # causal: earlier frame untouched
+    diff[:, 2, 3] = 0
+    assert diff.max() == 0  # other pixels untouched
+
+
+def test_multiscale_weights_are_a_convex_combination():
+    module, (inputs,), variables = build("multiscale", num_scales=3)
+    out, state = module.apply(variables, inputs, mutable=["intermediates"])
+    w = np.asarray(state["intermediates"]["scale_weights"][0])
+    assert w.shape == out.shape[:3] + (3,)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    same = [inputs[0]] * 3
+    np.testing.assert_allclose(module.apply(variables, same), inputs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_hard_attention_keeps_top_k_only():
+    module, (x,), variables = build("hard", top_k=4, memory_efficient=True, query_chunk_size=10)
+    dense = blocks.create("hard", channels=CHANNELS, top_k=4)
+    np.testing.assert_allclose(module.apply(variables, x), dense.apply(variables, x), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="top_k=65 exceeds"):
+        blocks.create("hard", channels=CHANNELS, top_k=65).init(jax.random.key(0), x)
+
+
+def test_variables_are_plain_pytrees():
+    module, args, variables = build("pam")
+    flat = flax.traverse_util.flatten_dict(variables["params"])
+    assert set(flat) == {("query_conv", "kernel"), ("query_conv", "bias"), ("key_conv", "kernel"),
+                         ("key_conv", "bias"), ("value_conv", "kernel"), ("value_conv", "bias"),
+                         ("gamma",)}
