@@ -40,6 +40,7 @@ def test_registry_lists_every_block():
     assert EXPECTED <= set(attnzoo.blocks.list_blocks())
     with pytest.raises(ValueError, match="name must be one of"):
         blocks.create("senet", channels=8)
+    assert blocks.create("se", channels=8, name="attn").name == "attn"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -249,3 +250,39 @@ def test_variables_are_plain_pytrees():
     assert set(flat) == {("query_conv", "kernel"), ("query_conv", "bias"), ("key_conv", "kernel"),
                          ("key_conv", "bias"), ("value_conv", "kernel"), ("value_conv", "bias"),
                          ("gamma",)}
+
+
+def test_sharded_batch_gives_global_batch_norm_statistics():
+    """Batch over 8 devices (jit + NamedSharding): same output and BN statistics as 1 device."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    assert jax.device_count() == 8
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    module = blocks.create("sk", channels=CHANNELS)
+    x = randomize_inputs((jnp.zeros((16, 8, 8, CHANNELS)),), seed=5)[0]
+    variables = module.init(jax.random.key(0), x)
+
+    def train_apply(variables, x):
+        return module.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    want_out, want_stats = jax.jit(train_apply)(variables, x)
+    xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+    replicated = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+    got_out, got_stats = jax.jit(train_apply)(replicated, xs)
+    assert got_out.sharding.spec[0] == "data"
+    np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["add", "max"])
+def test_scse_equation(aggregation):
+    module, (x,), variables = build("scse", reduction=4, aggregation=aggregation)
+    p = variables["params"]
+    xs = np.asarray(x, np.float64)
+    sig = lambda t: 1 / (1 + np.exp(-t))  # noqa: E731
+    z = xs.mean(axis=(1, 2), keepdims=True)
+    cse = xs * sig(conv1x1(np.maximum(conv1x1(z, p["cse"]["fc1"]), 0), p["cse"]["fc2"]))
+    sse = xs * sig(conv1x1(xs, p["sse"]))
+    want = cse + sse if aggregation == "add" else np.maximum(cse, sse)
+    np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5, atol=1e-5)

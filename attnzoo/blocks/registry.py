@@ -69,8 +69,11 @@ def get_spec(name: str) -> BlockSpec:
     return _BLOCKS[name]
 
 
-def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build the block registered as ``name`` with ``kwargs`` (e.g. ``channels=256``)."""
+def create(name: str, /, **kwargs: Any) -> nn.Module:
+    """Build the block registered as ``name`` with ``kwargs`` (e.g. ``channels=256``).
+
+    ``name`` is positional-only, so Flax's own ``name=`` may be passed in ``kwargs``.
+    """
     return get_spec(name).factory(**kwargs)
 
 

@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmark scripts: machine description and timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+
+def machine() -> str:
+    """One line naming the CPU, core count, JAX version and device kind."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return (f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__}; "
+            f"{len(jax.devices())} x {dev.platform}:{dev.device_kind}")
+
+
+def time_fn(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time in seconds of ``fn()`` (blocked until ready), after warm-up."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def execution_peak_bytes(compiled: Callable[..., Any], *args: Any) -> int:
+    """Peak resident memory that one call of an already compiled ``compiled(*args)`` adds.
+
+    Linux only: resets the process's high-water mark (``/proc/self/clear_refs``
+    <- 5), runs, and returns ``VmHWM`` minus the resident size before the call.
+    (XLA:CPU's ``memory_analysis()`` reports no temporaries, so it cannot be used.)
+    Run each measurement in a fresh process so freed memory is not reused.
+    """
+    jax.block_until_ready(args)
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    jax.block_until_ready(compiled(*args))
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-markdown table."""
+    cells = [[str(c) for c in r] for r in [headers] + rows]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in headers) + "|")
+    return "\n".join(lines)
