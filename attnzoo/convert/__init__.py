@@ -39,9 +39,22 @@ def block_from_torch(name: str, state_dict: Mapping[str, Any], **block_kwargs: A
     return convert_state_dict(state_dict, target, renames=spec.torch_renames)
 
 
+from attnzoo.convert.backbones import (  # noqa: E402
+    from_timm,
+    from_torchvision,
+    load_backbone,
+    load_state_dict,
+    save_backbone,
+)
+
 __all__ = [
     "ConversionError",
     "block_from_torch",
+    "from_timm",
+    "from_torchvision",
+    "load_backbone",
+    "load_state_dict",
+    "save_backbone",
     "convert_state_dict",
     "target_shapes",
     "to_numpy",

@@ -1,0 +1,262 @@
+"""Dilated ResNets (v1b / v1c / v1d, SK-ResNet, ResNeSt) with pluggable attention.
+
+He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, with
+the variants segmentation uses:
+
+* v1b: 7x7 stem, stride in the 3x3 conv of the bottleneck (torchvision's
+  ResNet, mmsegmentation's ``ResNet``);
+* v1c: a deep stem of three 3x3 convs (``stem_width``, ``stem_width``, 64),
+  as mmsegmentation's ``ResNetV1c`` and DANet/CCNet use;
+* v1d: deep stem and average-pool downsampling in the shortcuts (He et al.,
+  "Bag of Tricks", CVPR 2019).
+
+Output stride 8 or 16 replaces the strides of the last stages by dilation
+(Yu & Koltun 2016; DeepLab); like timm and mmsegmentation's
+``contract_dilation``, the first block of a dilated stage uses the previous
+stage's dilation. ``multi_grid`` multiplies the last stage's dilation per
+block (DeepLabV3: unit rates (1, 2, 4)). Any registered attention block
+can be put inside every residual block (``attn="se"``, ``"eca"``,
+``"cbam"``, ...), where timm puts it: after the last BN, before the
+residual sum. Submodules are named as timm's, so its weights load by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo import blocks
+from attnzoo._checks import check_choice, check_positive, check_rank
+from attnzoo.blocks.common import ConvNormAct, Dtype, batch_norm, conv
+
+Array = jax.Array
+
+BLOCK_TYPES = ("basic", "bottleneck", "sk_basic", "sk_bottleneck", "resnest")
+EXPANSION = {"basic": 1, "sk_basic": 1, "bottleneck": 4, "sk_bottleneck": 4, "resnest": 4}
+
+
+def _avg_pool_exclude_pad(x: Array, window: int, stride: int) -> Array:
+    """``AvgPool2d(window, stride, ceil_mode=True, count_include_pad=False)`` (no padding)."""
+    h, w = x.shape[1:3]
+    ph, pw = (-(h - window)) % stride, (-(w - window)) % stride
+    pad = ((0, 0), (0, ph), (0, pw), (0, 0))
+    total = nn.pool(jnp.pad(x, pad), 0.0, jax.lax.add, (window, window), (stride, stride), "VALID")
+    ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pad)
+    count = nn.pool(ones, 0.0, jax.lax.add, (window, window), (stride, stride), "VALID")
+    return total / count
+
+
+def _avg_pool_2x2_same(x: Array) -> Array:
+    """timm's ``AvgPool2dSame(2, 1)``: zero-pad right/bottom by one, average of 4 (pads counted)."""
+    return nn.avg_pool(x, (2, 2), (1, 1), ((0, 1), (0, 1)), count_include_pad=True)
+
+
+def shortcut(x: Array, features: int, stride: int, dilation: int, avg_down: bool,
+             norm_train: bool, **kw: Any) -> Array:
+    """The projection shortcut, named as timm's ``downsample`` Sequential (called in compact).
+
+    v1b/v1c: 1x1 conv with the stride (``downsample.0``) and BN (``.1``).
+    v1d: average pool (stride 2, or timm's same-padded 2x2 in dilated stages),
+    then 1x1 conv (``.1``) and BN (``.2``).
+    """
+    if not avg_down:
+        x = conv(features, 1, stride=stride, padding=0, use_bias=False, name="downsample_0", **kw)(x)
+        return batch_norm(norm_train, name="downsample_1", **kw)(x)
+    if stride > 1 and dilation == 1:
+        x = _avg_pool_exclude_pad(x, 2, stride)
+    elif dilation > 1:
+        x = _avg_pool_2x2_same(x)
+    x = conv(features, 1, padding=0, use_bias=False, name="downsample_1", **kw)(x)
+    return batch_norm(norm_train, name="downsample_2", **kw)(x)
+
+
+class ResidualBlock(nn.Module):
+    """One residual block of any of the five types, attention after the last BN."""
+
+    block: str
+    planes: int
+    stride: int = 1
+    dilation: int = 1
+    first_dilation: int = 1
+    downsample: bool = False
+    avg_down: bool = False
+    cardinality: int = 1
+    base_width: int = 64
+    attn: str | None = None
+    attn_kwargs: tuple[tuple[str, Any], ...] = ()
+    sk_kwargs: tuple[tuple[str, Any], ...] = ()
+    radix: int = 2
+    avd: bool = True
+    norm_train: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        nt = self.norm_train
+        out_ch = self.planes * EXPANSION[self.block]
+        width = int(math.floor(self.planes * (self.base_width / 64)) * self.cardinality)
+        fd, d, s = self.first_dilation, self.dilation, self.stride
+
+        def bn(name: str) -> nn.BatchNorm:
+            return batch_norm(nt, name=name, **kw)
+
+        if self.block == "basic":
+            y = conv(self.planes, 3, stride=s, dilation=fd, padding=fd, use_bias=False, name="conv1", **kw)(x)
+            y = jax.nn.relu(bn("bn1")(y))
+            y = conv(out_ch, 3, dilation=d, padding=d, use_bias=False, name="conv2", **kw)(y)
+            y = bn("bn2")(y)
+        elif self.block == "bottleneck":
+            y = jax.nn.relu(bn("bn1")(conv(width, 1, padding=0, use_bias=False, name="conv1", **kw)(x)))
+            y = conv(width, 3, stride=s, dilation=fd, padding=fd, groups=self.cardinality,
+                     use_bias=False, name="conv2", **kw)(y)
+            y = jax.nn.relu(bn("bn2")(y))
+            y = bn("bn3")(conv(out_ch, 1, padding=0, use_bias=False, name="conv3", **kw)(y))
+        elif self.block == "sk_basic":
+            sk = dict(self.sk_kwargs)
+            y = blocks.SelectiveKernel(x.shape[-1], self.planes, stride=s, dilation=fd, name="conv1",
+                                       **sk, **kw)(x, train=nt)
+            y = ConvNormAct(out_ch, 3, dilation=d, act=None, name="conv2", **kw)(y, train=nt)
+        elif self.block == "sk_bottleneck":
+            sk = dict(self.sk_kwargs)
+            y = ConvNormAct(width, 1, name="conv1", **kw)(x, train=nt)
+            y = blocks.SelectiveKernel(width, width, stride=s, dilation=fd, groups=self.cardinality,
+                                       name="conv2", **sk, **kw)(y, train=nt)
+            y = ConvNormAct(out_ch, 1, act=None, name="conv3", **kw)(y, train=nt)
+        else:  # resnest
+            avd_stride = s if (self.avd and s > 1) else 0
+            y = jax.nn.relu(bn("bn1")(conv(width, 1, padding=0, use_bias=False, name="conv1", **kw)(x)))
+            y = blocks.SplitAttention(
+                width, width, 3, stride=1 if avd_stride else s, padding=fd, dilation=fd,
+                groups=self.cardinality, radix=self.radix, name="conv2", **kw,
+            )(y, train=nt)
+            if avd_stride:  # AvgPool2d(3, stride, padding=1), zero padding counted
+                y = nn.avg_pool(y, (3, 3), (avd_stride, avd_stride), ((1, 1), (1, 1)),
+                                count_include_pad=True)
+            y = bn("bn3")(conv(out_ch, 1, padding=0, use_bias=False, name="conv3", **kw)(y))
+        if self.attn is not None:
+            y = blocks.create(self.attn, channels=out_ch, name="se", **dict(self.attn_kwargs),
+                              **kw)(y, train=nt)
+        if self.downsample:
+            x = shortcut(x, out_ch, s, d, self.avg_down, nt, **kw)
+        return jax.nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """A ResNet backbone returning multi-level features ``{"c1": ..., "c4": ...}``.
+
+    Args (fields):
+      block: ``"basic"``, ``"bottleneck"``, ``"sk_basic"``, ``"sk_bottleneck"``
+        or ``"resnest"``.
+      layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+      deep_stem: three 3x3 convs instead of the 7x7 (v1c / v1d).
+      avg_down: average-pool downsampling in the shortcuts (v1d).
+      output_stride: 8, 16 or 32.
+      multi_grid: per-block dilation multipliers of the last stage.
+      attn / attn_kwargs: a block registry name put in every residual block.
+      frozen_bn: BatchNorm always uses its running statistics and never
+        updates them (fine-tuning with small batches). Otherwise, with
+        ``train=True``, batch statistics are used: under ``jax.jit`` with the
+        batch sharded over a mesh they are those of the global batch.
+
+    ``__call__(x, *, train=False)`` takes NHWC images ``(B, H, W, in_channels)``
+    and returns ``c1..c4`` (strides 4, 8, 8|16, 8|16|32 by output stride).
+    """
+
+    block: str = "bottleneck"
+    layers: Sequence[int] = (3, 4, 6, 3)
+    deep_stem: bool = False
+    stem_width: int = 32
+    avg_down: bool = False
+    output_stride: int = 32
+    multi_grid: Sequence[int] | None = None
+    cardinality: int = 1
+    base_width: int = 64
+    attn: str | None = None
+    attn_kwargs: tuple[tuple[str, Any], ...] = ()
+    sk_kwargs: tuple[tuple[str, Any], ...] = ()
+    radix: int = 2
+    avd: bool = True
+    frozen_bn: bool = False
+    in_channels: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        check_choice(self.block, BLOCK_TYPES, "block")
+        check_choice(self.output_stride, (8, 16, 32), "output_stride")
+        if len(self.layers) != 4:
+            raise ValueError(f"layers must give 4 stages; got {tuple(self.layers)}")
+        for n in self.layers:
+            check_positive(n, "layers entries")
+        if self.multi_grid is not None and len(self.multi_grid) != self.layers[3]:
+            raise ValueError(
+                f"multi_grid has {len(self.multi_grid)} rates but the last stage has "
+                f"{self.layers[3]} blocks"
+            )
+        if self.attn is not None:
+            blocks.get_spec(self.attn)
+        super().__post_init__()
+
+    def feature_info(self) -> dict[str, tuple[int, int]]:
+        """``{"c1": (channels, stride), ...}`` of the features ``__call__`` returns."""
+        exp = EXPANSION[self.block]
+        info, stride = {}, 4
+        for i in range(4):
+            if i > 0 and stride < self.output_stride:
+                stride *= 2
+            info[f"c{i + 1}"] = (64 * 2**i * exp, stride)
+        return info
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+        check_rank(x, 4, "x", "B, H, W, C")
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"x has {x.shape[-1]} channels; in_channels={self.in_channels}")
+        nt = train and not self.frozen_bn
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.deep_stem:
+            widths = (self.stem_width, self.stem_width, 64)
+            for i, (w, s) in enumerate(zip(widths, (2, 1, 1))):
+                x = conv(w, 3, stride=s, padding=1, use_bias=False, name=f"conv1_{3 * i}", **kw)(x)
+                if i < 2:
+                    x = jax.nn.relu(batch_norm(nt, name=f"conv1_{3 * i + 1}", **kw)(x))
+        else:
+            x = conv(64, 7, stride=2, padding=3, use_bias=False, name="conv1", **kw)(x)
+        x = jax.nn.relu(batch_norm(nt, name="bn1", **kw)(x))
+        x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+
+        features: dict[str, Array] = {}
+        in_ch, net_stride, dilation, prev_dilation = 64, 4, 1, 1
+        exp = EXPANSION[self.block]
+        for stage, num_blocks in enumerate(self.layers):
+            planes = 64 * 2**stage
+            stride = 1 if stage == 0 else 2
+            if net_stride >= self.output_stride:
+                dilation, stride = dilation * stride, 1
+            else:
+                net_stride *= stride
+            for i in range(num_blocks):
+                if stage == 3 and self.multi_grid is not None:
+                    block_dilation = first = dilation * self.multi_grid[i]
+                else:
+                    block_dilation, first = dilation, (prev_dilation if i == 0 else dilation)
+                x = ResidualBlock(
+                    self.block, planes, stride=stride if i == 0 else 1, dilation=block_dilation,
+                    first_dilation=first,
+                    downsample=i == 0 and (stride != 1 or in_ch != planes * exp),
+                    avg_down=self.avg_down, cardinality=self.cardinality,
+                    base_width=self.base_width, attn=self.attn, attn_kwargs=self.attn_kwargs,
+                    sk_kwargs=self.sk_kwargs, radix=self.radix, avd=self.avd, norm_train=nt,
+                    name=f"layer{stage + 1}_{i}", **kw,
+                )(x, train=train)
+                in_ch = planes * exp
+            prev_dilation = dilation
+            features[f"c{stage + 1}"] = x
+        return features

@@ -1,0 +1,127 @@
+"""timm / torchvision ResNet-family state dicts -> attnzoo backbones, and checkpoints of them."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from attnzoo import backbones
+from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+
+# Classifier keys of the references: not part of a segmentation backbone.
+_BACKBONE_KEYS = r"^(?!fc\.)"
+META_FILE = "attnzoo_backbone.json"
+
+
+def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
+    """attnzoo backbone name and fields that rebuild timm's ``model_name``."""
+    m = re.fullmatch(r"(se|eca)?resnet(18|34|50|101|152)([cd]?)", model_name)
+    if m:
+        kwargs: dict[str, Any] = {"attn": m[1]} if m[1] else {}
+        return f"resnet{m[2]}_{ {'': 'v1b', 'c': 'v1c', 'd': 'v1d'}[m[3]] }", kwargs
+    if model_name in backbones.list_backbones():  # skresnet18/34/50, resnest*d, resnest101e
+        return model_name, {}
+    raise ValueError(
+        f"model_name={model_name!r} is not a timm model attnzoo can rebuild; supported: "
+        "[se|eca]resnet{18,34,50,101,152}[c|d], skresnet{18,34,50}, resnest{14,26,50}d, "
+        "resnest101e"
+    )
+
+
+def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
+             output_stride: int) -> tuple[backbones.ResNet, dict]:
+    module = backbones.create(name, output_stride=output_stride, **kwargs)
+    target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
+    return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS)
+
+
+def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
+              ) -> tuple[backbones.ResNet, dict]:
+    """The attnzoo backbone matching timm's ``model_name`` and its variables.
+
+    ``backbone.apply(variables, x_nhwc)["c4"]`` equals timm's
+    ``forward_features`` (NCHW) transposed to NHWC, in eval mode. The
+    classifier (``fc.*``) is dropped; any other unknown, missing or
+    mis-shaped key raises ``ConversionError``.
+    """
+    name, kwargs = timm_backbone(model_name)
+    return _convert(name, kwargs, state_dict, output_stride)
+
+
+def from_torchvision(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
+                     ) -> tuple[backbones.ResNet, dict]:
+    """The attnzoo backbone matching torchvision's ``resnet{18,...,152}`` and its variables.
+
+    Output stride 8/16 equals torchvision's ``replace_stride_with_dilation``.
+    """
+    m = re.fullmatch(r"resnet(18|34|50|101|152)", model_name)
+    if not m:
+        raise ValueError(f"model_name must be torchvision's resnet18..resnet152; got {model_name!r}")
+    return _convert(f"resnet{m[1]}_v1b", {}, state_dict, output_stride)
+
+
+def load_state_dict(path: str | Path) -> dict[str, Any]:
+    """Read a ``.safetensors`` (numpy, no torch needed) or ``.pth``/``.pt``/``.bin`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    import torch
+
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    return dict(sd)
+
+
+def _backbone_fields(module: backbones.ResNet) -> dict[str, Any]:
+    return {k: getattr(module, k) for k in (
+        "block", "layers", "deep_stem", "stem_width", "avg_down", "output_stride", "multi_grid",
+        "cardinality", "base_width", "attn", "attn_kwargs", "sk_kwargs", "radix", "avd",
+        "in_channels")}
+
+
+def save_backbone(directory: str | Path, module: backbones.ResNet, variables: dict,
+                  source: str = "") -> Path:
+    """Write ``variables`` as an orbax checkpoint and the backbone's fields as JSON beside it."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / "variables", variables, force=True)
+        ckptr.wait_until_finished()
+    meta = _backbone_fields(module)
+    meta["source"] = source
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1, default=list))
+    return directory
+
+
+def load_backbone(directory: str | Path) -> tuple[backbones.ResNet, dict]:
+    """Restore what :func:`save_backbone` wrote: ``(backbone, variables)``."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{str(directory)!r} holds no {META_FILE}: not an attnzoo backbone")
+    meta = json.loads(meta_path.read_text())
+    fields = {k: v for k, v in meta.items() if k != "source"}
+    for key in ("attn_kwargs", "sk_kwargs"):
+        fields[key] = tuple(tuple(item) for item in fields[key])
+    fields["layers"] = tuple(fields["layers"])
+    module = backbones.ResNet(**fields)
+    target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
+    with ocp.StandardCheckpointer() as ckptr:
+        variables = ckptr.restore(directory / "variables", target)
+    return module, jax.tree.map(jnp.asarray, variables)
