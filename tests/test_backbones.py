@@ -1,0 +1,120 @@
+"""Backbone variants: feature strides and channels, attention plug-in, BN modes, bad input."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnzoo import backbones
+
+ALL = backbones.list_backbones()
+
+
+def shapes(module, size=64):
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(module.init, jax.random.key(0), x)
+    return jax.eval_shape(module.apply, variables, x)
+
+
+def test_registry_has_every_variant():
+    for depth in (18, 34, 50, 101, 152):
+        for variant in ("v1b", "v1c", "v1d"):
+            assert f"resnet{depth}_{variant}" in ALL
+    assert {"skresnet18", "skresnet34", "skresnet50", "resnest50d", "resnest101e"} <= set(ALL)
+    with pytest.raises(ValueError, match="name must be one of"):
+        backbones.create("resnet51")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_feature_strides_and_channels(name):
+    for output_stride in ((8, 16, 32) if name.endswith(("18_v1b", "50_v1c", "50d")) else (8,)):
+        module = backbones.create(name, output_stride=output_stride)
+        out = shapes(module)
+        info = module.feature_info()
+        assert list(out) == ["c1", "c2", "c3", "c4"]
+        for level, (channels, stride) in info.items():
+            assert out[level].shape == (2, 64 // stride, 64 // stride, channels), (level, name)
+        assert info["c4"][1] == output_stride and info["c1"][1] == 4
+
+
+@pytest.mark.parametrize("attn", ["se", "eca", "cbam", "gc", "coord", "scse", "ese"])
+def test_attention_in_every_block(attn):
+    module = backbones.create("resnet18_v1c", attn=attn)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 32, 32, 3)), jnp.float32)
+    variables = module.init(jax.random.key(0), x)
+    blocks_with_attn = [k for k, v in variables["params"].items() if "se" in v]
+    assert len(blocks_with_attn) == 8  # 2 + 2 + 2 + 2 residual blocks
+    out = module.apply(variables, x)
+    assert np.isfinite(np.asarray(out["c4"])).all()
+
+
+def test_attention_kwargs_reach_the_block():
+    module = backbones.create("resnet50_v1b", attn="se", attn_kwargs={"rd_ratio": 0.25})
+    params = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert params["layer1_0"]["se"]["fc1"]["kernel"].shape == (1, 1, 256, 64)
+
+
+def test_frozen_bn_never_uses_or_updates_batch_statistics():
+    module = backbones.create("resnet18_v1b", frozen_bn=True)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
+    variables = module.init(jax.random.key(0), x)
+    out, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(variables["batch_stats"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(out["c4"], module.apply(variables, x)["c4"], rtol=1e-6)
+    trainable = backbones.create("resnet18_v1b")
+    _, updates = trainable.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(updates["batch_stats"]["bn1"]["mean"],
+                           variables["batch_stats"]["bn1"]["mean"])
+
+
+def test_multi_grid_changes_last_stage_dilations_only():
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 64, 64, 3)), jnp.float32)
+    plain = backbones.create("resnet50_v1c", output_stride=8)
+    grid = backbones.create("resnet50_v1c", output_stride=8, multi_grid=(1, 2, 4))
+    variables = plain.init(jax.random.key(0), x)
+    a, b = plain.apply(variables, x), grid.apply(variables, x)
+    np.testing.assert_array_equal(a["c3"], b["c3"])
+    assert not np.allclose(a["c4"], b["c4"])
+    with pytest.raises(ValueError, match="multi_grid has 2 rates"):
+        backbones.create("resnet50_v1c", multi_grid=(1, 2))
+
+
+def test_bad_input_is_refused():
+    module = backbones.create("resnet18_v1b")
+    with pytest.raises(ValueError, match="x has 1 channels; in_channels=3"):
+        module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="rank 4"):
+        module.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
+    with pytest.raises(ValueError, match="output_stride must be one of"):
+        backbones.create("resnet18_v1b", output_stride=4)
+    with pytest.raises(ValueError, match="name must be one of"):
+        backbones.create("resnet18_v1b", attn="squeeze")
+
+
+def test_sharded_training_batch_norm_uses_the_global_batch():
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    module = backbones.create("resnet18_v1c", output_stride=8)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((8, 32, 32, 3)), jnp.float32)
+    variables = module.init(jax.random.key(0), x)
+
+    def train_apply(variables, x):
+        return module.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    want, want_stats = jax.jit(train_apply)(variables, x)
+    got, got_stats = jax.jit(train_apply)(
+        jax.device_put(variables, NamedSharding(mesh, PartitionSpec())),
+        jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))),
+    )
+    # Sharded reductions sum in another order: compare as the parity tests do,
+    # max |sharded - single| / max |single| <= 1e-4.
+    def rel(a, b):
+        return np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max()
+
+    assert rel(got["c4"], want["c4"]) <= 1e-4
+    flat_got = flax.traverse_util.flatten_dict(got_stats)
+    for key, value in flax.traverse_util.flatten_dict(want_stats).items():
+        assert rel(flat_got[key], value) <= 1e-4, key
