@@ -1,0 +1,104 @@
+"""Whole-image, sliding-window and multi-scale + flip inference.
+
+All functions take ``logits_fn``: images ``(B, H, W, 3)`` -> logits
+``(B, H, W, C)`` at the images' size, e.g. ``logits_fn(model, variables)``.
+Images of any size are accepted: windows smaller than the crop are padded
+and the logits cropped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo._checks import check_choice, check_rank
+from attnzoo.models.segmentor import resize_logits
+
+Array = jax.Array
+LogitsFn = Callable[[Array], Array]
+
+
+def logits_fn(model: nn.Module, variables: Any) -> LogitsFn:
+    """A jitted ``images -> logits`` of ``model``'s main output in eval mode."""
+    return jax.jit(lambda images: model.apply(variables, images)["out"])
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or min(pair) <= 0:
+        raise ValueError(f"{name} must be a positive int or pair; got {v!r}")
+    return pair  # type: ignore[return-value]
+
+
+def window_grid(size: tuple[int, int], crop: tuple[int, int], stride: tuple[int, int]
+                ) -> list[tuple[int, int, int, int]]:
+    """mmsegmentation's sliding windows ``(y1, y2, x1, x2)``: they cover the image, the last
+    ones aligned to the bottom / right edge."""
+    (h, w), (ch, cw), (sh, sw) = size, crop, stride
+    rows = max(h - ch + sh - 1, 0) // sh + 1
+    cols = max(w - cw + sw - 1, 0) // sw + 1
+    windows = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
+            windows.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+    return windows
+
+
+def slide_inference(fn: LogitsFn, images: Array, crop_size: int | Sequence[int],
+                    stride: int | Sequence[int]) -> Array:
+    """Average the logits of overlapping crops (overlaps divided by a count map)."""
+    check_rank(images, 4, "images", "B, H, W, C")
+    crop, step = _pair(crop_size, "crop_size"), _pair(stride, "stride")
+    h, w = images.shape[1:3]
+    total, count = None, jnp.zeros((1, h, w, 1), jnp.float32)
+    for y1, y2, x1, x2 in window_grid((h, w), crop, step):
+        patch = images[:, y1:y2, x1:x2]
+        ph, pw = y2 - y1, x2 - x1
+        patch = jnp.pad(patch, ((0, 0), (0, crop[0] - ph), (0, crop[1] - pw), (0, 0)))
+        out = fn(patch)[:, :ph, :pw].astype(jnp.float32)
+        if total is None:
+            total = jnp.zeros((images.shape[0], h, w, out.shape[-1]), jnp.float32)
+        total = total.at[:, y1:y2, x1:x2].add(out)
+        count = count.at[:, y1:y2, x1:x2].add(1.0)
+    return total / count
+
+
+def inference(
+    fn: LogitsFn,
+    images: Array,
+    *,
+    mode: str = "whole",
+    crop_size: int | Sequence[int] = 512,
+    stride: int | Sequence[int] = 341,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Array:
+    """Class probabilities ``(B, H, W, C)`` by whole-image or sliding-window inference.
+
+    With several ``scales`` (e.g. ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``) the
+    images are resized bilinearly, predicted, and the logits resized back;
+    with ``flip`` each scale is also predicted mirrored (and mirrored back).
+    The softmax probabilities of all passes are averaged.
+    """
+    check_rank(images, 4, "images", "B, H, W, C")
+    check_choice(mode, ("whole", "slide"), "mode")
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive; got {tuple(scales)}")
+    b, h, w, c = images.shape
+    probs, passes = 0.0, 0
+    for scale in scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = images if size == (h, w) else jax.image.resize(images, (b, *size, c), "bilinear")
+        for mirrored in ((False, True) if flip else (False,)):
+            x = scaled[:, :, ::-1] if mirrored else scaled
+            logits = fn(x) if mode == "whole" else slide_inference(fn, x, crop_size, stride)
+            if mirrored:
+                logits = logits[:, :, ::-1]
+            probs = probs + jax.nn.softmax(resize_logits(logits.astype(jnp.float32), (h, w)), -1)
+            passes += 1
+    return probs / passes

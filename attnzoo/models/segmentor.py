@@ -1,0 +1,130 @@
+"""Encoder-decoder segmentor and Attention U-Net."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo import blocks
+from attnzoo._checks import check_rank
+from attnzoo.blocks.common import ConvNormAct, Dtype, conv
+from attnzoo.heads import FCNHead
+
+Array = jax.Array
+
+
+def resize_logits(logits: Array, size: tuple[int, int]) -> Array:
+    """Bilinear resize of ``(B, h, w, C)`` logits to ``size`` (half-pixel centres, as
+    PyTorch's ``align_corners=False``; no antialiasing when upsampling)."""
+    if logits.shape[1:3] == tuple(size):
+        return logits
+    return jax.image.resize(logits, (logits.shape[0], *size, logits.shape[-1]), "bilinear")
+
+
+def check_images(x: Array, in_channels: int) -> None:
+    check_rank(x, 4, "images", "B, H, W, C")
+    if x.shape[-1] != in_channels:
+        raise ValueError(f"images have {x.shape[-1]} channels; the model takes {in_channels}")
+
+
+class EncoderDecoder(nn.Module):
+    """Backbone + decode head (+ auxiliary FCN head on ``c3``), logits at input size.
+
+    ``__call__(images, *, train=False)`` returns a dict of logits
+    ``(B, H, W, num_classes)`` upsampled bilinearly to the input: ``"out"``
+    always; in training (and at init) also ``"aux"`` and any extra head
+    outputs (DANet's ``"pam"``, ``"cam"``). ``loss_terms`` says how a
+    trainer weighs them (auxiliary 0.4 by default, as mmsegmentation).
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+    aux_head: nn.Module | None = None
+    in_feature: str = "c4"
+    aux_feature: str = "c3"
+    aux_weight: float = 0.4
+    branch_weights: tuple[tuple[str, float], ...] = ()
+
+    def loss_terms(self) -> list[dict[str, Any]]:
+        """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`."""
+        terms = [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
+        terms += [{"output": k, "loss": "cross_entropy", "weight": w} for k, w in self.branch_weights]
+        if self.aux_head is not None:
+            terms.append({"output": "aux", "loss": "cross_entropy", "weight": self.aux_weight})
+        return terms
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
+        check_images(images, self.backbone.in_channels)
+        size = images.shape[1:3]
+        feats = self.backbone(images, train=train)
+        outputs = self.head(feats[self.in_feature], train=train)
+        if self.aux_head is not None and (train or self.is_initializing()):
+            outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
+        return {k: resize_logits(v, size) for k, v in outputs.items()}
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 conv-BN-ReLU (the U-Net unit)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ConvNormAct(self.features, 3, name="conv1", **kw)(x, train=train)
+        return ConvNormAct(self.features, 3, name="conv2", **kw)(x, train=train)
+
+
+class AttentionUNet(nn.Module):
+    """Attention U-Net (Oktay et al., MIDL 2018) for 2-D images.
+
+    A U-Net encoder (``len(widths)`` levels of two 3x3 conv-BN-ReLU, 2x2 max
+    pooling between them) and decoder (2x upsampling, 3x3 conv, then an
+    additive attention gate on the skip features with the coarser decoder
+    features as gating signal, concatenation, two 3x3 convs). Input sizes
+    that are not multiples of ``2^(levels-1)`` are padded and the logits
+    cropped back. Returns ``{"out": logits}`` at input size; the gates'
+    ``alpha`` maps are sown as intermediates.
+    """
+
+    num_classes: int
+    widths: Sequence[int] = (64, 128, 256, 512, 1024)
+    in_channels: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def loss_terms(self) -> list[dict[str, Any]]:
+        return [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
+        check_images(images, self.in_channels)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h, w = images.shape[1:3]
+        m = 2 ** (len(self.widths) - 1)
+        x = jnp.pad(images, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)))
+        skips = []
+        for i, width in enumerate(self.widths):
+            if i:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+            x = ConvBlock(width, name=f"enc{i}", **kw)(x, train=train)
+            skips.append(x)
+        for i in range(len(self.widths) - 2, -1, -1):
+            width = self.widths[i]
+            b, hh, ww, c = x.shape
+            up = jax.image.resize(x, (b, 2 * hh, 2 * ww, c), "bilinear")
+            up = ConvNormAct(width, 3, name=f"up{i}", **kw)(up, train=train)
+            gated = blocks.AttentionGate(width, name=f"gate{i}", **kw)(skips[i], x, train=train)
+            x = ConvBlock(width, name=f"dec{i}", **kw)(jnp.concatenate([gated, up], -1), train=train)
+        logits = conv(self.num_classes, name="cls", **kw)(x)
+        return {"out": logits[:, :h, :w]}
+
+
+ModelFactory = Callable[..., nn.Module]

@@ -1,0 +1,73 @@
+"""Inference modes against looped references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnzoo import inference
+
+
+def contextual(images):
+    """A non-local toy model: logits depend on the mean of whatever crop it sees."""
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    return jnp.concatenate([images[..., :2] + mean[..., :2], images[..., 2:] * 2 - mean[..., 2:]],
+                           axis=-1)
+
+
+def np_slide(images, crop, stride):
+    b, h, w, c = images.shape
+    total, count = np.zeros((b, h, w, c)), np.zeros((h, w))
+    rows = max(h - crop + stride - 1, 0) // stride + 1
+    cols = max(w - crop + stride - 1, 0) // stride + 1
+    for r in range(rows):
+        for q in range(cols):
+            y2, x2 = min(r * stride + crop, h), min(q * stride + crop, w)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            patch = np.zeros((b, crop, crop, c), np.float32)
+            patch[:, :y2 - y1, :x2 - x1] = images[:, y1:y2, x1:x2]
+            out = np.asarray(contextual(jnp.asarray(patch)))[:, :y2 - y1, :x2 - x1]
+            total[:, y1:y2, x1:x2] += out
+            count[y1:y2, x1:x2] += 1
+    assert count.min() >= 1
+    return total / count[None, :, :, None]
+
+
+@pytest.mark.parametrize("h,w,crop,stride", [(37, 50, 16, 10), (20, 20, 32, 21), (33, 17, 17, 8)])
+def test_slide_matches_loop(h, w, crop, stride):
+    images = np.random.default_rng(0).standard_normal((2, h, w, 3)).astype(np.float32)
+    got = inference.slide_inference(contextual, jnp.asarray(images), crop, stride)
+    np.testing.assert_allclose(got, np_slide(images, crop, stride), rtol=1e-5, atol=1e-5)
+
+
+def test_multiscale_flip_averages_probabilities():
+    images = jnp.asarray(np.random.default_rng(1).standard_normal((1, 24, 32, 3)), jnp.float32)
+    got = inference.inference(contextual, images, scales=(0.5, 1.0, 1.5), flip=True)
+    want = 0
+    for s in (0.5, 1.0, 1.5):
+        size = (round(24 * s), round(32 * s))
+        x = images if s == 1.0 else jax.image.resize(images, (1, *size, 3), "bilinear")
+        for flip in (False, True):
+            lg = contextual(x[:, :, ::-1])[:, :, ::-1] if flip else contextual(x)
+            lg = lg if s == 1.0 else jax.image.resize(lg, (1, 24, 32, 3), "bilinear")
+            want = want + jax.nn.softmax(lg, -1)
+    np.testing.assert_allclose(got, want / 6, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_whole_and_slide_agree_for_a_pointwise_model():
+    images = jnp.asarray(np.random.default_rng(2).standard_normal((1, 30, 41, 3)), jnp.float32)
+    pointwise = lambda x: x * 3.0 - 1.0  # noqa: E731
+    whole = inference.inference(pointwise, images)
+    slide = inference.inference(pointwise, images, mode="slide", crop_size=16, stride=11)
+    np.testing.assert_allclose(whole, slide, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments():
+    images = jnp.zeros((1, 8, 8, 3))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        inference.inference(contextual, images, mode="tiles")
+    with pytest.raises(ValueError, match="crop_size"):
+        inference.slide_inference(contextual, images, 0, 4)
+    with pytest.raises(ValueError, match="scales must be positive"):
+        inference.inference(contextual, images, scales=(0.0,))
