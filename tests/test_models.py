@@ -88,11 +88,13 @@ def test_large_model_shapes(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["danet_r50_d8", "ccnet_r50_d8"]
+@pytest.mark.parametrize("name", [f"{h}_r50_d8" for h in models.HEADS]
+                         + ["danet_r101_d8", "ccnet_r101_d8"]
                          + [n for n in models.list_models() if "_r18_d16" in n])
 def test_models_run_slow(name):
+    """Executed (not only traced): every head at r50, the r101 backbone, every r18 at d16."""
     model = models.create(name, num_classes=19)
-    images, labels = batch(size=64, num_classes=19)
+    images, labels = batch(size=32, num_classes=19)
     variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, images)
     tx, step = train_step(model)
     _, _, loss, _ = jax.jit(step)(variables, tx.init(variables["params"]), images, labels,
