@@ -1,0 +1,170 @@
+"""tf.data input pipelines: mmsegmentation's training augmentations and plain evaluation.
+
+Training: random resize (ratio 0.5-2.0), random crop whose largest class
+covers less than ``cat_max_ratio`` of it (up to 10 tries, as
+mmsegmentation's ``RandomCrop``), horizontal flip, photometric distortion
+(brightness +-32, contrast and saturation 0.5-1.5, hue +-18 of 180), ImageNet
+normalisation, padding of the labels with ``ignore_index``. Randomness is
+stateless and seeded per example: the same seed gives the same batches.
+Every process reads its own shard of the files (``process_index`` of
+``process_count``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+import numpy as np
+import tensorflow as tf
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def _uniform(seed: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
+    return tf.random.stateless_uniform([], seed, lo, hi)
+
+
+def _coin(seed: tf.Tensor) -> tf.Tensor:
+    return tf.random.stateless_uniform([], seed) < 0.5
+
+
+def random_resize(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+                  ratio_range: tuple[float, float], scale: tuple[int, int] | None) -> tuple:
+    """Rescale by ``r ~ U(ratio_range)`` of ``scale`` (long, short; keep ratio) or of the image."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    r = _uniform(seed, *ratio_range)
+    if scale is not None:
+        long_side, short_side = tf.reduce_max(size), tf.reduce_min(size)
+        r = r * tf.minimum(scale[0] / long_side, scale[1] / short_side)
+    new = tf.cast(tf.round(size * r), tf.int32)
+    image = tf.image.resize(image, new, "bilinear")
+    label = tf.image.resize(label[..., None], new, "nearest")[..., 0]
+    return image, label
+
+
+def random_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, crop: tuple[int, int],
+                cat_max_ratio: float, ignore_index: int, num_classes: int) -> tuple:
+    """Pad to at least ``crop`` (image 0, labels ``ignore_index``), then crop (cat_max_ratio rule)."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ph, pw = tf.maximum(crop[0] - h, 0), tf.maximum(crop[1] - w, 0)
+    image = tf.pad(image, [[0, ph], [0, pw], [0, 0]])
+    label = tf.pad(label, [[0, ph], [0, pw]], constant_values=ignore_index)
+    h, w = h + ph, w + pw
+    seeds = tf.random.experimental.stateless_split(seed, 10)
+
+    def offset(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        y = tf.random.stateless_uniform([], seeds[i], 0, h - crop[0] + 1, tf.int32)
+        x = tf.random.stateless_uniform([], seeds[i][::-1], 0, w - crop[1] + 1, tf.int32)
+        return y, x
+
+    def acceptable(y: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        patch = tf.reshape(label[y:y + crop[0], x:x + crop[1]], [-1])
+        patch = tf.boolean_mask(patch, patch != ignore_index)
+        counts = tf.math.bincount(patch, minlength=num_classes)
+        present = tf.reduce_sum(tf.cast(counts > 0, tf.int32))
+        total = tf.maximum(tf.reduce_sum(counts), 1)
+        return (present > 1) & (tf.cast(tf.reduce_max(counts), tf.float32)
+                                < cat_max_ratio * tf.cast(total, tf.float32))
+
+    def body(i, y, x, done):
+        ny, nx = offset(i)
+        return i + 1, ny, nx, acceptable(ny, nx)
+
+    y0, x0 = offset(0)
+    if cat_max_ratio < 1.0:
+        _, y0, x0, _ = tf.while_loop(lambda i, y, x, done: (i < 10) & ~done, body,
+                                     (1, y0, x0, acceptable(y0, x0)))
+    return image[y0:y0 + crop[0], x0:x0 + crop[1]], label[y0:y0 + crop[0], x0:x0 + crop[1]]
+
+
+def photometric_distortion(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """mmsegmentation's ``PhotoMetricDistortion`` on a float image in [0, 255]."""
+    s = tf.random.experimental.stateless_split(seed, 8)
+    image = tf.where(_coin(s[0]), image + _uniform(s[1], -32.0, 32.0), image)
+    contrast = tf.where(_coin(s[2]), _uniform(s[3], 0.5, 1.5), 1.0)
+    image = tf.clip_by_value(image * contrast, 0.0, 255.0) / 255.0
+    image = tf.where(_coin(s[4]), tf.image.adjust_saturation(image, _uniform(s[5], 0.5, 1.5)), image)
+    image = tf.where(_coin(s[6]), tf.image.adjust_hue(image, _uniform(s[7], -0.1, 0.1)), image)
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+    return (tf.cast(image, tf.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _split_example(example: dict) -> tuple[tf.Tensor, tf.Tensor]:
+    label = example["segmentation_mask"]
+    if label.shape.rank == 3:
+        label = label[..., 0]
+    return tf.cast(example["image"], tf.float32), tf.cast(label, tf.int32)
+
+
+def train_dataset(
+    ds: tf.data.Dataset,
+    *,
+    batch_size: int,
+    crop_size: Sequence[int],
+    num_classes: int,
+    seed: int = 0,
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+    scale: tuple[int, int] | None = None,
+    cat_max_ratio: float = 0.75,
+    ignore_index: int = 255,
+    photometric: bool = True,
+    label_map: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 1000,
+) -> tf.data.Dataset:
+    """Infinite, shuffled, augmented batches ``{"image": (b, h, w, 3) float32, "label": (b, h, w) int32}``.
+
+    ``batch_size`` is this process's share of the global batch.
+    ``label_map`` maps raw mask values to train ids (e.g. Cityscapes).
+    """
+    crop = (int(crop_size[0]), int(crop_size[1]))
+    ds = ds.shard(process_count, process_index)
+    ds = ds.shuffle(shuffle_buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
+    seeds = tf.data.Dataset.random(seed=seed * 1009 + process_index).batch(2)
+
+    def augment(example: dict, seed2: tf.Tensor) -> dict:
+        image, label = _split_example(example)
+        if label_map is not None:
+            label = label_map(label)
+        s = tf.random.experimental.stateless_split(tf.cast(seed2, tf.int64), 4)
+        image, label = random_resize(image, label, s[0], ratio_range, scale)
+        image, label = random_crop(image, label, s[1], crop, cat_max_ratio, ignore_index, num_classes)
+        flip = _coin(s[2])
+        image = tf.where(flip, image[:, ::-1], image)
+        label = tf.where(flip, label[:, ::-1], label)
+        if photometric:
+            image = photometric_distortion(image, s[3])
+        image = tf.ensure_shape(normalize(image), crop + (3,))
+        return {"image": image, "label": tf.ensure_shape(label, crop)}
+
+    ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(
+    ds: tf.data.Dataset,
+    *,
+    batch_size: int,
+    label_map: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """Normalised images and labels as they are (one pass, in order; this process's shard)."""
+    ds = ds.shard(process_count, process_index)
+
+    def prepare(example: dict) -> dict:
+        image, label = _split_example(example)
+        if label_map is not None:
+            label = label_map(label)
+        return {"image": normalize(image), "label": label}
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """Iterate a dataset as dicts of numpy arrays."""
+    return iter(ds.as_numpy_iterator())

@@ -1,0 +1,116 @@
+"""context_shapes builder, its generator's rules, the tf.data pipeline and global batches."""
+
+import jax
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("tensorflow_datasets")
+
+from attnzoo import data  # noqa: E402
+from attnzoo.data import context_shapes as cs  # noqa: E402
+from attnzoo.data import pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    builder = data.builder("context_shapes", tmp_path_factory.mktemp("tfds"))
+    builder.download_and_prepare()
+    return builder
+
+
+def test_generator_rules():
+    for i in range(40):
+        image, mask, mode = cs.render(7, 0, i)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8 and mask.shape == (128, 128)
+        marker = mask == cs.CLASSES.index("marker")
+        assert marker.sum() == cs.MARKER**2
+        assert (image[marker] == cs.MARKER_COLOURS[mode]).all()
+        shapes = set(np.unique(mask)) - {0, 4}
+        # In each mode, a class appears only through its kind: the mapping is a permutation.
+        assert shapes <= {1, 2, 3}
+    np.testing.assert_array_equal(cs.render(7, 0, 3)[0], cs.render(7, 0, 3)[0])
+    assert not np.array_equal(cs.render(7, 0, 3)[0], cs.render(7, 0, 4)[0])
+    modes = [cs.render(7, 0, i)[2] for i in range(40)]
+    assert 0 < sum(modes) < 40
+
+
+def test_class_depends_on_the_marker():
+    """The same kind of shape gets a different class in the two modes."""
+    seen = {0: set(), 1: set()}
+    for i in range(60):
+        image, mask, mode = cs.render(11, 0, i)
+        for cls in (1, 2, 3):
+            if (mask == cls).any():
+                seen[mode].add((cls, cs.CLASS_OF[mode].index(cls)))
+    kinds_to_class = [{k: c for c, k in seen[m]} for m in (0, 1)]
+    assert all(kinds_to_class[0][k] != kinds_to_class[1][k] for k in range(3))
+
+
+def test_prepared_splits(prepared):
+    splits = prepared.info.splits
+    assert splits["train"].num_examples == 3000 and splits["validation"].num_examples == 500
+    assert prepared.info.metadata["classes"] == list(cs.CLASSES)
+    ex = next(iter(prepared.as_dataset(split="validation").take(1).as_numpy_iterator()))
+    assert ex["image"].shape == (128, 128, 3) and ex["segmentation_mask"].shape == (128, 128, 1)
+    assert set(np.unique(ex["segmentation_mask"])) <= set(range(5))
+
+
+def test_train_pipeline_shapes_ranges_and_determinism(prepared):
+    def first(seed):
+        ds = pipeline.train_dataset(prepared.as_dataset(split="train", shuffle_files=False),
+                                    batch_size=4, crop_size=(96, 96), num_classes=5, seed=seed)
+        return next(pipeline.as_numpy(ds))
+
+    a, b, c = first(0), first(0), first(1)
+    assert a["image"].shape == (4, 96, 96, 3) and a["image"].dtype == np.float32
+    assert a["label"].shape == (4, 96, 96) and a["label"].dtype == np.int32
+    assert set(np.unique(a["label"])) <= set(range(5)) | {255}
+    assert abs(float(a["image"].mean())) < 1.5  # normalised
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert not np.array_equal(a["image"], c["image"])
+
+
+def test_crop_pads_with_ignore_and_respects_cat_max_ratio():
+    image = tf.zeros((40, 40, 3))
+    label = np.zeros((40, 40), np.int32)
+    label[:, 30:] = 1  # class 1 covers a quarter: most 32x32 crops are >75% background
+    crop = (32, 32)
+    accepted = 0
+    for s in range(20):
+        _, lab = pipeline.random_crop(image, tf.constant(label), tf.constant([s, 1], tf.int64),
+                                      crop, 0.75, 255, 2)
+        counts = np.bincount(lab.numpy().ravel(), minlength=2)
+        accepted += counts.max() / counts.sum() < 0.75
+    assert accepted >= 15  # up to 10 tries per crop find an acceptable one almost always
+    small_img, small_lab = pipeline.random_crop(tf.ones((20, 24, 3)), tf.zeros((20, 24), tf.int32),
+                                                tf.constant([0, 0], tf.int64), crop, 1.0, 255, 2)
+    assert small_img.shape == (32, 32, 3) and (small_lab.numpy()[20:] == 255).all()
+    assert (small_lab.numpy()[:, 24:] == 255).all() and (small_img.numpy()[20:] == 0).all()
+
+
+def test_eval_pipeline_keeps_images(prepared):
+    ds = pipeline.eval_dataset(prepared.as_dataset(split="validation", shuffle_files=False),
+                               batch_size=8)
+    batch = next(pipeline.as_numpy(ds))
+    assert batch["image"].shape == (8, 128, 128, 3) and batch["label"].shape == (8, 128, 128)
+
+
+def test_global_batch_on_8_devices(prepared):
+    from jax.sharding import AxisType, PartitionSpec
+
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    n = data.local_batch_size(16, mesh)
+    ds = pipeline.train_dataset(prepared.as_dataset(split="train"), batch_size=n,
+                                crop_size=(64, 64), num_classes=5)
+    batches = data.prefetch_to_mesh(pipeline.as_numpy(ds.take(3)), mesh)
+    count = 0
+    for batch in batches:
+        count += 1
+        assert batch["image"].shape == (16, 64, 64, 3)
+        assert batch["image"].sharding.spec == PartitionSpec("data")
+        assert len(batch["label"].addressable_shards) == 8
+        assert batch["label"].addressable_shards[0].data.shape == (2, 64, 64)
+    assert count == 3
+    with pytest.raises(ValueError, match="batch_size=12 must be a positive multiple of the 8"):
+        data.local_batch_size(12, mesh)
