@@ -10,20 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo.ops.position import check_spatial_qkv
 
 Array = jax.Array
-
-
-def _check(query: Array, key: Array, value: Array) -> None:
-    for name, arr in (("query", query), ("key", key), ("value", value)):
-        check_rank(arr, 4, name, "B, H, W, C")
-    if query.shape != key.shape:
-        raise ValueError(f"query and key must have one shape; got {query.shape} and {key.shape}")
-    if value.shape[:3] != query.shape[:3]:
-        raise ValueError(
-            f"value must share (B, H, W) with query; got value {value.shape}, query {query.shape}"
-        )
 
 
 def criss_cross_weights(query: Array, key: Array) -> tuple[Array, Array]:
@@ -37,7 +26,7 @@ def criss_cross_weights(query: Array, key: Array) -> tuple[Array, Array]:
 
     Returns ``(column_weights (B, H, W, H), row_weights (B, H, W, W))``.
     """
-    _check(query, key, key)
+    check_spatial_qkv(query, key, key)
     h = query.shape[1]
     e_col = jnp.einsum("bhwc,biwc->bhwi", query, key, preferred_element_type=jnp.float32)
     diagonal = jnp.eye(h, dtype=bool)[None, :, None, :]
@@ -57,7 +46,7 @@ def criss_cross_attention(query: Array, key: Array, value: Array) -> Array:
     construction. Returns ``(B, H, W, c)`` in ``value.dtype``. Recurrence
     (CCNet's R = 2 to reach every position) is the block's job.
     """
-    _check(query, key, value)
+    check_spatial_qkv(query, key, value)
     a_col, a_row = criss_cross_weights(query, key)
     out = jnp.einsum("bhwi,biwc->bhwc", a_col.astype(value.dtype), value)
     return out + jnp.einsum("bhwj,bhjc->bhwc", a_row.astype(value.dtype), value)

@@ -26,7 +26,8 @@ def _flatten(x: Array) -> Array:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def _check_pam(query: Array, key: Array, value: Array) -> None:
+def check_spatial_qkv(query: Array, key: Array, value: Array) -> None:
+    """query/key ``(B, H, W, d)`` of one shape and value ``(B, H, W, c)`` on the same grid."""
     for name, arr in (("query", query), ("key", key), ("value", value)):
         check_rank(arr, 4, name, "B, H, W, C")
     if query.shape != key.shape:
@@ -68,7 +69,7 @@ def position_attention(
     Returns:
       ``(B, H, W, c)`` in ``value.dtype``.
     """
-    _check_pam(query, key, value)
+    check_spatial_qkv(query, key, value)
     q, k, v = _flatten(query), _flatten(key), _flatten(value)
     if memory_efficient:
         out = chunked_dot_product_attention(
@@ -89,7 +90,7 @@ def position_attention_map(
     paper's Figure 4). With ``points=None`` every position is a query
     (``P = H * W``; that is the dense ``N x N`` map).
     """
-    _check_pam(query, key, key)
+    check_spatial_qkv(query, key, key)
     b, h, w, _ = query.shape
     q = _flatten(query)
     if points is not None:
