@@ -113,3 +113,20 @@ def test_convert_command_writes_a_restorable_checkpoint(tmp_path):
     assert module.deep_stem and module.avg_down
     x = image(64, seed=3)
     features_close(module, variables, timm_features(model, x), x)
+
+
+def test_safetensors_checkpoint_needs_no_torch_to_read(tmp_path):
+    from safetensors.torch import save_file
+
+    from attnzoo.convert import load_state_dict
+
+    model = randomize_norms(timm.create_model("resnet18", pretrained=False))
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    sd = load_state_dict(path)
+    assert isinstance(sd["conv1.weight"], np.ndarray)
+    module, variables = from_timm("resnet18", sd)
+    x = image(64, seed=4)
+    features_close(module, variables, timm_features(model, x), x)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_state_dict(tmp_path / "missing.pth")
