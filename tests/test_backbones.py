@@ -38,6 +38,16 @@ def test_feature_strides_and_channels(name):
         assert info["c4"][1] == output_stride and info["c1"][1] == 4
 
 
+def test_narrow_backbone_scales_every_stage():
+    module = backbones.create("resnet50_v1c", output_stride=8, width=16, stem_width=8)
+    out = shapes(module)
+    for level, channels in zip(("c1", "c2", "c3", "c4"), (64, 128, 256, 512)):
+        assert module.feature_info()[level] == (channels, 4 if level == "c1" else 8)
+        assert out[level].shape[-1] == channels
+    with pytest.raises(ValueError, match="width"):
+        shapes(backbones.create("resnet18_v1c", width=0))
+
+
 @pytest.mark.parametrize("attn", ["se", "eca", "cbam", "gc", "coord", "scse", "ese"])
 def test_attention_in_every_block(attn):
     module = backbones.create("resnet18_v1c", attn=attn)

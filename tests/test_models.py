@@ -174,3 +174,15 @@ def test_odd_sizes_are_padded_and_cropped_back():
     assert model.apply(variables, images)["out"].shape == (1, 37, 45, 3)
     fcn = models.create("fcn_r18_d8", num_classes=3)
     assert fcn.apply(fcn.init(jax.random.key(0), images), images)["out"].shape == (1, 37, 45, 3)
+
+
+def test_head_and_aux_channels_override_the_defaults():
+    model = models.create("fcn_r18_d8", num_classes=3, head_channels=24, aux_channels=12,
+                          backbone_kwargs={"width": 8, "stem_width": 8})
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    assert params["head"]["cls"]["conv_seg"]["kernel"].shape == (1, 1, 24, 3)
+    assert params["aux_head"]["cls"]["conv_seg"]["kernel"].shape == (1, 1, 12, 3)
+    assert params["backbone"]["layer4_0"]["conv2"]["kernel"].shape[-1] == 64
+    with pytest.raises(ValueError, match="head_channels"):
+        models.create("fcn_r18_d8", num_classes=3, head_channels=0)

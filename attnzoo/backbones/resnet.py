@@ -5,7 +5,7 @@ the variants segmentation uses:
 
 * v1b: 7x7 stem, stride in the 3x3 conv of the bottleneck (torchvision's
   ResNet, mmsegmentation's ``ResNet``);
-* v1c: a deep stem of three 3x3 convs (``stem_width``, ``stem_width``, 64),
+* v1c: a deep stem of three 3x3 convs (``stem_width``, ``stem_width``, ``width``),
   as mmsegmentation's ``ResNetV1c`` and DANet/CCNet use;
 * v1d: deep stem and average-pool downsampling in the shortcuts (He et al.,
   "Bag of Tricks", CVPR 2019).
@@ -160,6 +160,9 @@ class ResNet(nn.Module):
       output_stride: 8, 16 or 32.
       multi_grid: per-block dilation multipliers of the last stage.
       attn / attn_kwargs: a block registry name put in every residual block.
+      width: channels of the stem output and of stage 1 (64 in every
+        published ResNet; stage ``i`` has ``width * 2**i`` planes). Smaller
+        values give narrow CPU-sized backbones (no pretrained weights).
       frozen_bn: BatchNorm always uses its running statistics and never
         updates them (fine-tuning with small batches). Otherwise, with
         ``train=True``, batch statistics are used: under ``jax.jit`` with the
@@ -178,6 +181,7 @@ class ResNet(nn.Module):
     multi_grid: Sequence[int] | None = None
     cardinality: int = 1
     base_width: int = 64
+    width: int = 64
     attn: str | None = None
     attn_kwargs: tuple[tuple[str, Any], ...] = ()
     sk_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -195,6 +199,7 @@ class ResNet(nn.Module):
             raise ValueError(f"layers must give 4 stages; got {tuple(self.layers)}")
         for n in self.layers:
             check_positive(n, "layers entries")
+        check_positive(self.width, "width")
         if self.multi_grid is not None and len(self.multi_grid) != self.layers[3]:
             raise ValueError(
                 f"multi_grid has {len(self.multi_grid)} rates but the last stage has "
@@ -211,7 +216,7 @@ class ResNet(nn.Module):
         for i in range(4):
             if i > 0 and stride < self.output_stride:
                 stride *= 2
-            info[f"c{i + 1}"] = (64 * 2**i * exp, stride)
+            info[f"c{i + 1}"] = (self.width * 2**i * exp, stride)
         return info
 
     @nn.compact
@@ -222,21 +227,21 @@ class ResNet(nn.Module):
         nt = train and not self.frozen_bn
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.deep_stem:
-            widths = (self.stem_width, self.stem_width, 64)
+            widths = (self.stem_width, self.stem_width, self.width)
             for i, (w, s) in enumerate(zip(widths, (2, 1, 1))):
                 x = conv(w, 3, stride=s, padding=1, use_bias=False, name=f"conv1_{3 * i}", **kw)(x)
                 if i < 2:
                     x = jax.nn.relu(batch_norm(nt, name=f"conv1_{3 * i + 1}", **kw)(x))
         else:
-            x = conv(64, 7, stride=2, padding=3, use_bias=False, name="conv1", **kw)(x)
+            x = conv(self.width, 7, stride=2, padding=3, use_bias=False, name="conv1", **kw)(x)
         x = jax.nn.relu(batch_norm(nt, name="bn1", **kw)(x))
         x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
         features: dict[str, Array] = {}
-        in_ch, net_stride, dilation, prev_dilation = 64, 4, 1, 1
+        in_ch, net_stride, dilation, prev_dilation = self.width, 4, 1, 1
         exp = EXPANSION[self.block]
         for stage, num_blocks in enumerate(self.layers):
-            planes = 64 * 2**stage
+            planes = self.width * 2**stage
             stride = 1 if stage == 0 else 2
             if net_stride >= self.output_stride:
                 dilation, stride = dilation * stride, 1

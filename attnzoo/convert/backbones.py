@@ -87,7 +87,7 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 def _backbone_fields(module: backbones.ResNet) -> dict[str, Any]:
     return {k: getattr(module, k) for k in (
         "block", "layers", "deep_stem", "stem_width", "avg_down", "output_stride", "multi_grid",
-        "cardinality", "base_width", "attn", "attn_kwargs", "sk_kwargs", "radix", "avd",
+        "cardinality", "base_width", "width", "attn", "attn_kwargs", "sk_kwargs", "radix", "avd",
         "in_channels")}
 
 

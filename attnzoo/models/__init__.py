@@ -10,6 +10,8 @@ heads of mmsegmentation's r18 recipes (128 channels, aux 64). Keyword
 arguments: ``num_classes`` (required), ``backbone_kwargs`` (e.g.
 ``{"attn": "se", "frozen_bn": True}``), ``head_kwargs``,
 ``memory_efficient`` (DANet / non-local: exact memory-bounded attention),
+``head_channels`` / ``aux_channels`` (override the recipe's head widths,
+e.g. for a narrow CPU-sized model with ``backbone_kwargs={"width": 16}``),
 ``dtype``.
 """
 
@@ -53,6 +55,7 @@ def _head(kind: str, num_classes: int, channels: int, memory_efficient: bool, kw
 
 def create(name: str, /, *, num_classes: int, backbone_kwargs: dict | None = None,
            head_kwargs: dict | None = None, memory_efficient: bool = False,
+           head_channels: int | None = None, aux_channels: int | None = None,
            dtype: Any = jnp.float32, **kwargs: Any) -> nn.Module:
     """Build the model registered as ``name`` (see the module docstring)."""
     check_choice(name, list_models(), "name")
@@ -65,7 +68,11 @@ def create(name: str, /, *, num_classes: int, backbone_kwargs: dict | None = Non
     depth, stride = int(depth), int(stride)
     backbone = backbones.create(f"resnet{depth}_v1c", output_stride=stride, dtype=dtype,
                                 **(backbone_kwargs or {}))
-    channels, aux_channels = (128, 64) if depth == 18 else (512, 256)
+    default_channels, default_aux = (128, 64) if depth == 18 else (512, 256)
+    channels = default_channels if head_channels is None else head_channels
+    aux_channels = default_aux if aux_channels is None else aux_channels
+    check_positive(channels, "head_channels")
+    check_positive(aux_channels, "aux_channels")
     head = _head(kind, num_classes, channels, memory_efficient, kw, dict(head_kwargs or {}))
     aux = FCNHead(num_classes, aux_channels, num_convs=1, concat_input=False, **kw)
     branches = (("pam", 1.0), ("cam", 1.0)) if kind == "danet" else ()
