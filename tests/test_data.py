@@ -13,10 +13,8 @@ from attnzoo.data import pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    builder = data.builder("context_shapes", tmp_path_factory.mktemp("tfds"))
-    builder.download_and_prepare()
-    return builder
+def prepared(context_shapes_dir):
+    return data.builder("context_shapes", context_shapes_dir)
 
 
 def test_generator_rules():
@@ -69,6 +67,27 @@ def test_train_pipeline_shapes_ranges_and_determinism(prepared):
     assert abs(float(a["image"].mean())) < 1.5  # normalised
     np.testing.assert_array_equal(a["image"], b["image"])
     assert not np.array_equal(a["image"], c["image"])
+
+
+def test_skip_continues_the_stream_exactly(prepared):
+    def batches(skip, n):
+        ds = pipeline.train_dataset(prepared.as_dataset(split="train", shuffle_files=False),
+                                    batch_size=2, crop_size=(64, 64), num_classes=5, seed=3,
+                                    shuffle_buffer=16, skip=skip)
+        it = pipeline.as_numpy(ds)
+        return [next(it) for _ in range(n)]
+
+    full, resumed = batches(0, 3), batches(4, 1)
+    np.testing.assert_array_equal(resumed[0]["image"], full[2]["image"])
+    np.testing.assert_array_equal(resumed[0]["label"], full[2]["label"])
+
+
+def test_normalize_round_trip():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    x = data.normalize_image(rgb)
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], (rgb[..., 0] - 123.675) / 58.395, rtol=1e-6)
+    np.testing.assert_array_equal(data.denormalize_image(x), rgb)
 
 
 def test_crop_pads_with_ignore_and_respects_cat_max_ratio():

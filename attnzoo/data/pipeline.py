@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from attnzoo.data.sharding import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _uniform(seed: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
@@ -115,11 +114,15 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     shuffle_buffer: int = 1000,
+    skip: int = 0,
 ) -> tf.data.Dataset:
     """Infinite, shuffled, augmented batches ``{"image": (b, h, w, 3) float32, "label": (b, h, w) int32}``.
 
     ``batch_size`` is this process's share of the global batch.
     ``label_map`` maps raw mask values to train ids (e.g. Cityscapes).
+    ``skip`` drops that many of this process's examples before they are
+    augmented (resuming at step ``s`` skips ``s * batch_size``): the stream
+    then continues exactly as an uninterrupted one would.
     """
     crop = (int(crop_size[0]), int(crop_size[1]))
     ds = ds.shard(process_count, process_index)
@@ -141,7 +144,8 @@ def train_dataset(
         image = tf.ensure_shape(normalize(image), crop + (3,))
         return {"image": image, "label": tf.ensure_shape(label, crop)}
 
-    ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip((ds, seeds)).skip(skip)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -1,0 +1,122 @@
+"""Config-driven input: the TFDS dataset a config names -> global batches on a device mesh.
+
+``config`` here is the ``dataset`` part of an engine config (see
+``attnzoo.engine.config``): ``name``, ``data_dir``, ``manual_dir``,
+``train_split``, ``eval_split``, ``num_classes``, ``ignore_index``,
+``crop_size``, ``ratio_range``, ``scale``, ``cat_max_ratio``, ``photometric``,
+``shuffle_buffer``. Every process reads its own shard; batches come back as
+global ``jax.Array``s sharded over the mesh's ``data`` axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from attnzoo.data.sharding import global_batch, local_batch_size, prefetch_to_mesh
+
+
+def prepared_builder(config: Mapping[str, Any]):
+    """The dataset's TFDS builder, prepared (generated or read from ``manual_dir``) if needed."""
+    from attnzoo import data
+
+    kwargs = {}
+    if config.get("manual_dir"):
+        kwargs["manual_dir"] = config["manual_dir"]
+    builder = data.builder(config["name"], config.get("data_dir"), **kwargs)
+    builder.download_and_prepare()
+    return builder
+
+
+def class_names(builder: Any, num_classes: int) -> list[str]:
+    """The dataset's class names; ValueError if they disagree with ``num_classes``."""
+    names = list(builder.info.metadata["classes"])
+    if len(names) != num_classes:
+        raise ValueError(
+            f"dataset.num_classes={num_classes} but dataset {builder.name!r} has "
+            f"{len(names)} classes: {names}"
+        )
+    return names
+
+
+def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, seed: int,
+                  start_step: int = 0, builder: Any = None) -> Iterator[dict[str, jax.Array]]:
+    """Endless augmented global batches; ``start_step`` resumes the exact stream of a run."""
+    from attnzoo.data import pipeline
+
+    builder = builder or prepared_builder(config)
+    local = local_batch_size(batch_size, mesh)
+    ds = builder.as_dataset(split=config["train_split"], shuffle_files=False)
+    ds = pipeline.train_dataset(
+        ds, batch_size=local, crop_size=tuple(config["crop_size"]),
+        num_classes=config["num_classes"], seed=seed,
+        ratio_range=tuple(config["ratio_range"]),
+        scale=tuple(config["scale"]) if config.get("scale") else None,
+        cat_max_ratio=config["cat_max_ratio"], ignore_index=config["ignore_index"],
+        photometric=config["photometric"], label_map=_label_map(builder),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        shuffle_buffer=config["shuffle_buffer"], skip=start_step * local,
+    )
+    return prefetch_to_mesh(pipeline.as_numpy(ds), mesh)
+
+
+def num_eval_batches(builder: Any, split: str, batch_size: int) -> int:
+    """Batches per process that cover the largest process shard of ``split``."""
+    n = builder.info.splits[split].num_examples
+    largest_shard = math.ceil(n / jax.process_count())
+    return math.ceil(largest_shard / (batch_size // jax.process_count()))
+
+
+def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
+                 split: str | None = None, builder: Any = None) -> Iterator[dict[str, jax.Array]]:
+    """One pass over the evaluation split in global batches of ``batch_size``.
+
+    The last batches are padded with images of zeros whose labels are all
+    ``ignore_index`` (they count for nothing), so that every process runs the
+    same number of steps and every batch divides over the devices.
+    """
+    from attnzoo.data import pipeline
+
+    builder = builder or prepared_builder(config)
+    split = split or config["eval_split"]
+    local = local_batch_size(batch_size, mesh)
+    ds = pipeline.eval_dataset(
+        builder.as_dataset(split=split, shuffle_files=False), batch_size=local,
+        label_map=_label_map(builder), process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    steps = num_eval_batches(builder, split, batch_size)
+
+    def padded() -> Iterator[dict[str, np.ndarray]]:
+        it, template = pipeline.as_numpy(ds), None
+        for _ in range(steps):
+            batch = next(it, None)
+            if batch is None and template is None:
+                raise ValueError(f"split {split!r} has no examples for process {jax.process_index()}")
+            if batch is None:
+                batch = {k: v[:0] for k, v in template.items()}
+            template = batch
+            pad = local - len(batch["label"])
+            if pad:
+                batch = {
+                    "image": np.concatenate([batch["image"], np.zeros((pad, *batch["image"].shape[1:]),
+                                                                      batch["image"].dtype)]),
+                    "label": np.concatenate([batch["label"], np.full((pad, *batch["label"].shape[1:]),
+                                                                     config["ignore_index"],
+                                                                     batch["label"].dtype)]),
+                }
+            yield batch
+
+    return prefetch_to_mesh(padded(), mesh)
+
+
+def _label_map(builder: Any):
+    return getattr(builder, "label_map", None)
+
+
+__all__ = ["class_names", "eval_batches", "num_eval_batches", "prepared_builder", "train_batches"]
