@@ -1,0 +1,28 @@
+"""The training engine: train state, sharded steps, checkpoints, logging and the loop.
+
+``train_and_evaluate(config, workdir)`` is what ``train.py`` runs;
+``restore(workdir_or_path)`` gives ``(model, variables, config)`` for
+inference. The engine knows models only through ``attnzoo.models.create`` and
+the config, and data only through ``attnzoo.data.input`` (imported when
+training starts: restoring a checkpoint needs no TensorFlow).
+"""
+
+from attnzoo.engine.checkpoint import Checkpoints, restore
+from attnzoo.engine.config import default_config, recipe
+from attnzoo.engine.optim import make_optimizer
+from attnzoo.engine.state import (
+    TrainState,
+    build_model,
+    evaluate,
+    init_state,
+    make_eval_step,
+    make_mesh,
+    make_train_step,
+)
+from attnzoo.engine.train import NonFiniteLossError, train_and_evaluate
+
+__all__ = [
+    "Checkpoints", "NonFiniteLossError", "TrainState", "build_model", "default_config", "evaluate",
+    "init_state", "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "recipe",
+    "restore", "train_and_evaluate",
+]

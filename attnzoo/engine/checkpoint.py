@@ -1,0 +1,163 @@
+"""orbax checkpoints of a run: periodic (asynchronous) saves, the latest N plus the best by
+mIoU kept, resume from the newest readable one, and restore for inference.
+
+A run's checkpoints live in ``WORKDIR/checkpoints/<step>/`` with two items:
+``state`` (the :class:`~attnzoo.engine.state.TrainState` arrays) and ``config``
+(the run's config as JSON, so a checkpoint alone rebuilds its model). orbax
+writes each step into a temporary directory and renames it when complete, so
+a crash mid-save never leaves a half-written step that looks finished; a
+step that is present but unreadable (corrupted on disk) is skipped with a
+warning in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger("attnzoo")
+BEST_METRIC = "mIoU"
+
+
+class Checkpoints:
+    """A run's checkpoint directory (``WORKDIR/checkpoints``).
+
+    ``keep`` latest steps are kept, plus the ``keep_best`` steps with the
+    highest validation mIoU among those saved with metrics.
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, keep_best: int = 1,
+                 async_save: bool = True, read_only: bool = False) -> None:
+        self.directory = Path(directory).absolute()
+        policy = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,  # keeps the largest
+                           keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "config"))
+
+    def steps(self) -> list[int]:
+        """Saved steps, oldest first."""
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, config: Mapping[str, Any],
+             metrics: Mapping[str, float] | None = None) -> None:
+        """Start saving ``state`` at ``step`` (asynchronously when enabled)."""
+        config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)),
+            metrics=dict(metrics) if metrics else None, force=True)
+
+    def wait(self) -> None:
+        """Block until pending saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def restore_state(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
+        """``(state, step)`` from ``step`` or else the newest readable step; ``None`` if there is
+        none. ``target`` is an abstract state (shapes, dtypes, shardings) to restore onto."""
+        for s in ([step] if step is not None else reversed(self.steps())):
+            try:
+                restored = self.manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target)))
+            except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
+                if step is not None:
+                    raise
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the one before",
+                            s, self.directory, type(err).__name__, err)
+                continue
+            return restored["state"], s
+        return None
+
+    def config(self, step: int | None = None) -> ml_collections.ConfigDict:
+        """The config saved with ``step`` (default: the newest)."""
+        step = self.steps()[-1] if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return ml_collections.ConfigDict(restored["config"])
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def checkpoint_dir(workdir_or_path: str | Path) -> tuple[Path, int | None]:
+    """``(checkpoints directory, step or None)`` for a workdir, its ``checkpoints`` folder or
+    one step's folder."""
+    p = Path(workdir_or_path).absolute()
+    if (p / "checkpoints").is_dir():
+        return p / "checkpoints", None
+    if p.name.isdigit() and (p / "state").is_dir():
+        return p.parent, int(p.name)
+    if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()):
+        return p, None
+    raise FileNotFoundError(
+        f"no attnzoo checkpoints at {p}: expected a training workdir (with checkpoints/), a "
+        f"checkpoints directory, or one step's directory (checkpoints/<step>)"
+    )
+
+
+def restore(workdir_or_path: str | Path, *, step: int | None = None,
+            config_overrides: Mapping[str, Any] | None = None
+            ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict]:
+    """``(model, variables, config)`` ready for inference from a run's checkpoint.
+
+    ``workdir_or_path``: a training workdir, its ``checkpoints`` directory or
+    one step's directory; ``step`` picks a step (default: the newest readable).
+    ``config_overrides`` (e.g. ``{"model.memory_efficient": True}``) change the
+    rebuilt model without changing its parameters. Needs no TensorFlow.
+    """
+    model, variables, config, _ = restore_with_step(workdir_or_path, step=step,
+                                                    config_overrides=config_overrides)
+    return model, variables, config
+
+
+def restore_with_step(workdir_or_path: str | Path, *, step: int | None = None,
+                      config_overrides: Mapping[str, Any] | None = None
+                      ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict, int]:
+    """:func:`restore` and the step it restored."""
+    directory, path_step = checkpoint_dir(workdir_or_path)
+    ckpts = Checkpoints(directory, read_only=True, async_save=False)
+    try:
+        step = path_step if step is None else step
+        candidates = [step] if step is not None else list(reversed(ckpts.steps()))
+        if not candidates:
+            raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+        for s in candidates:
+            try:
+                return _restore_step(ckpts, s, config_overrides)
+            except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
+                if step is not None:
+                    raise
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the one before",
+                            s, directory, type(err).__name__, err)
+        raise FileNotFoundError(f"no readable checkpoint in {directory}")
+    finally:
+        ckpts.close()
+
+
+def _restore_step(ckpts: Checkpoints, step: int, config_overrides: Mapping[str, Any] | None
+                  ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict, int]:
+    from attnzoo.engine import optim, state as state_lib
+
+    config = ckpts.config(step)
+    for key, value in (config_overrides or {}).items():
+        target = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    model = state_lib.build_model(config)
+    tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
+    mesh = state_lib.make_mesh(jax.devices()[:1])
+    state, _ = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh), step)
+    return model, state.variables(), config, step

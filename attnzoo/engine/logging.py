@@ -1,0 +1,100 @@
+"""Run logging: TensorBoard event files (tensorboardX, no TensorFlow), a JSON-lines metrics
+file and a console progress line with step time and ETA. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+
+
+def _format_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _scalar(v: Any) -> float:
+    return float(np.asarray(v))
+
+
+class RunLogger:
+    """``WORKDIR/tensorboard/`` event files, ``WORKDIR/metrics.jsonl`` (one object a line:
+    ``{"step", "split", ...}``) and a progress line on ``stream``."""
+
+    def __init__(self, workdir: str | Path, num_steps: int, *, stream: TextIO = sys.stdout,
+                 enabled: bool | None = None) -> None:
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.num_steps, self.stream = num_steps, stream
+        self._last: tuple[int, float] | None = None
+        self._seconds_per_step = math.nan
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            workdir = Path(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+            self.jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def scalars(self, step: int, split: str, values: Mapping[str, Any]) -> None:
+        """Log scalar ``values`` under ``split/name`` in TensorBoard and one JSON line."""
+        if not self.enabled:
+            return
+        row = {k: _scalar(v) for k, v in values.items()}
+        for k, v in row.items():
+            self.writer.add_scalar(f"{split}/{k}", v, step)
+        self.jsonl.write(json.dumps({"step": step, "split": split, **row}) + "\n")
+        self.jsonl.flush()
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """An ``(H, W, 3)`` uint8 picture in TensorBoard."""
+        if self.enabled:
+            self.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+
+    def progress(self, step: int, values: Mapping[str, Any]) -> None:
+        """Print ``step N/T [#####.....] loss ... s/step ETA``; step time is measured between
+        calls (so it includes the input pipeline)."""
+        now = time.perf_counter()
+        if self._last is not None and step > self._last[0]:
+            self._seconds_per_step = (now - self._last[1]) / (step - self._last[0])
+        self._last = (step, now)
+        if not self.enabled:
+            return
+        frac = step / self.num_steps
+        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+        parts = " ".join(f"{k} {_scalar(v):.4g}" for k, v in values.items())
+        timing = ""
+        if math.isfinite(self._seconds_per_step):
+            eta = self._seconds_per_step * (self.num_steps - step)
+            timing = f"  {self._seconds_per_step:.3f} s/step  ETA {_format_seconds(eta)}"
+        print(f"step {step}/{self.num_steps} [{bar}] {parts}{timing}", file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+
+
+def class_table(names: list[str], result: Mapping[str, Any]) -> str:
+    """mmsegmentation's per-class table (IoU, Acc in percent) and the summary row."""
+    width = max(len("Class"), *(len(n) for n in names))
+    lines = [f"| {'Class':<{width}} |  IoU   |  Acc   |", f"|{'-' * (width + 2)}|--------|--------|"]
+    for i, name in enumerate(names):
+        iou, acc = (100 * float(result[k][i]) for k in ("IoU", "Acc"))
+        lines.append(f"| {name:<{width}} | {iou:6.2f} | {acc:6.2f} |")
+    lines.append("")
+    lines.append("|  aAcc  |  mIoU  |  mAcc  | mDice  |")
+    lines.append("|--------|--------|--------|--------|")
+    lines.append("| " + " | ".join(f"{100 * result[k]:6.2f}" for k in ("aAcc", "mIoU", "mAcc", "mDice"))
+                 + " |")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Optimisers and learning-rate schedules of the reference recipes (optax)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+from attnzoo._checks import check_choice, check_positive
+
+
+def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax.Schedule:
+    """``poly`` (mmsegmentation's PolyLR): ``(lr - min_lr) (1 - t/T)^power + min_lr``;
+    ``cosine``: cosine decay to ``min_lr``; ``constant``. A linear warm-up from 0 over
+    ``warmup_steps`` updates comes first when asked for."""
+    check_choice(config["schedule"], ("poly", "cosine", "constant"), "optimizer.schedule")
+    check_positive(num_updates, "num_steps")
+    lr, min_lr, warmup = float(config["learning_rate"]), float(config["min_lr"]), int(config["warmup_steps"])
+    decay_steps = max(num_updates - warmup, 1)
+    if config["schedule"] == "poly":
+        main = optax.polynomial_schedule(lr, min_lr, float(config["power"]), decay_steps)
+    elif config["schedule"] == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay_steps, alpha=min_lr / lr if lr else 0.0)
+    else:
+        main = optax.constant_schedule(lr)
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the weights that get weight decay: conv and dense kernels. Biases,
+    normalisation scales and the attention gammas (all 1-D) get none."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: Mapping[str, Any], num_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """``(tx, schedule)`` for ``config.optimizer``: gradient clipping by global norm
+    (``clip_norm`` > 0), then SGD + momentum with coupled weight decay (PyTorch's
+    ``SGD(weight_decay=...)``) or AdamW (decoupled); ``accumulate_steps`` > 1 wraps it in
+    ``optax.MultiSteps`` (one update every k calls; the schedule counts updates)."""
+    check_choice(config["name"], ("sgd", "adamw"), "optimizer.name")
+    k = int(config["accumulate_steps"])
+    check_positive(k, "optimizer.accumulate_steps")
+    schedule = learning_rate_schedule(config, max(num_steps // k, 1))
+    wd = float(config["weight_decay"])
+    parts = []
+    if float(config["clip_norm"]) > 0:
+        parts.append(optax.clip_by_global_norm(float(config["clip_norm"])))
+    if config["name"] == "sgd":
+        if wd:
+            parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
+        parts.append(optax.sgd(schedule, momentum=float(config["momentum"]) or None,
+                               nesterov=bool(config["nesterov"])))
+    else:
+        parts.append(optax.adamw(schedule, b1=float(config["b1"]), b2=float(config["b2"]),
+                                 weight_decay=wd, mask=decay_mask))
+    tx = optax.chain(*parts)
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k)
+    return tx, schedule

@@ -1,0 +1,188 @@
+"""The training loop: data -> sharded train steps -> evaluation -> checkpoints, resumable."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from attnzoo.engine import optim
+from attnzoo.engine import state as state_lib
+from attnzoo.engine.checkpoint import Checkpoints
+from attnzoo.engine.logging import RunLogger, class_table
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped, the last good checkpoint is kept."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuse inconsistent settings before anything is built."""
+    for name in ("num_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
+                 "checkpoint_every", "keep"):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{name} must be a positive integer; got {value!r}")
+    k = config.optimizer.accumulate_steps
+    if config.num_steps % k:
+        raise ValueError(f"config.num_steps={config.num_steps} must be a multiple of "
+                         f"optimizer.accumulate_steps={k}")
+
+
+def load_pretrained_backbone(state: state_lib.TrainState, path: str) -> state_lib.TrainState:
+    """Put a converted backbone (``python -m attnzoo.convert``) into the segmentor's
+    ``backbone`` variables; ValueError listing every mismatching entry."""
+    from attnzoo.convert import load_backbone
+
+    _, variables = load_backbone(path)
+    new = {}
+    for collection in ("params", "batch_stats"):
+        ours = getattr(state, collection)["backbone"]
+        theirs = variables.get(collection, {})
+        ours_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(ours)}
+        theirs_flat = {jax.tree_util.keystr(k): v
+                       for k, v in jax.tree_util.tree_leaves_with_path(theirs)}
+        problems = sorted(set(ours_flat) ^ set(theirs_flat))
+        problems += [f"{k}: model {ours_flat[k].shape} vs checkpoint {theirs_flat[k].shape}"
+                     for k in sorted(set(ours_flat) & set(theirs_flat))
+                     if ours_flat[k].shape != theirs_flat[k].shape]
+        if problems:
+            raise ValueError(f"config.init_from={path!r} does not fit the model's backbone "
+                             f"({collection}): " + "; ".join(problems[:20]))
+        sharding = jax.tree.leaves(ours)[0].sharding
+        new[collection] = {**getattr(state, collection), "backbone": jax.tree.map(
+            lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), sharding), ours, theirs)}
+    return state.replace(**new)
+
+
+def prediction_picture(model: Any, variables: Any, batch: Mapping[str, np.ndarray],
+                       num_classes: int, ignore_index: int, count: int = 4) -> np.ndarray:
+    """Rows of image | ground truth | prediction for the first ``count`` examples."""
+    from attnzoo import viz
+    from attnzoo.data import denormalize_image
+
+    images = np.asarray(batch["image"][:count])
+    labels = np.asarray(batch["label"][:count])
+    pred = np.asarray(jax.jit(lambda v, x: model.apply(v, x)["out"].argmax(-1))(variables, images))
+    rows = [[denormalize_image(im), viz.colorize(lb, num_classes, ignore_index),
+             viz.colorize(p, num_classes, ignore_index)]
+            for im, lb, p in zip(images, labels, pred) if (lb != ignore_index).any()]
+    return viz.grid(rows)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Train ``config`` in ``workdir`` (resuming from its newest readable checkpoint), evaluate
+    every ``eval_every`` steps and at the end, and return the final evaluation metrics (with
+    ``"classes"``). Writes ``checkpoints/``, ``tensorboard/``, ``metrics.jsonl``,
+    ``predictions.png`` and ``config.json`` under ``workdir``."""
+    from attnzoo import viz
+    from attnzoo.data import input as data_input
+
+    check_config(config)
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = state_lib.make_mesh()
+    model = state_lib.build_model(config)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.num_steps)
+    ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep, keep_best=config.keep_best,
+                        async_save=config.async_checkpoints)
+    logger = RunLogger(workdir, config.num_steps)
+    try:
+        restored = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh))
+        if restored is None:
+            state = state_lib.init_state(model, tx, config, mesh)
+            if config.init_from:
+                state = load_pretrained_backbone(state, config.init_from)
+                logger.message(f"backbone initialised from {config.init_from}")
+        else:
+            state, step = restored
+            logger.message(f"resuming from the checkpoint of step {step} in {ckpts.directory}")
+        start = int(jax.device_get(state.step))
+
+        builder = data_input.prepared_builder(config.dataset)
+        names = data_input.class_names(builder, config.dataset.num_classes)
+        train_step = state_lib.make_train_step(model, tx, schedule, config, mesh)
+        eval_step = state_lib.make_eval_step(model, config, mesh)
+
+        first_eval_batch: dict[str, jax.Array] = {}
+
+        def run_eval(step: int) -> dict[str, Any]:
+            def batches():  # keeps the first batch for the predictions picture
+                for i, batch in enumerate(data_input.eval_batches(
+                        config.dataset, batch_size=config.eval_batch_size, mesh=mesh,
+                        builder=builder)):
+                    if i == 0:
+                        first_eval_batch.update(batch)
+                    yield batch
+
+            result = state_lib.evaluate(eval_step, state.variables(), batches())
+            logger.scalars(step, "eval", {k: result[k] for k in ("mIoU", "mAcc", "aAcc", "mDice")})
+            logger.message(f"step {step}: mIoU {100 * result['mIoU']:.2f}  mAcc "
+                           f"{100 * result['mAcc']:.2f}  aAcc {100 * result['aAcc']:.2f}")
+            return result
+
+        n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+        logger.message(f"{config.model.name}: {n_params:,} parameters; {config.num_steps} steps "
+                       f"of global batch {config.batch_size} on {len(jax.devices())} "
+                       f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+        result: dict[str, Any] | None = None
+        batches = data_input.train_batches(config.dataset, batch_size=config.batch_size, mesh=mesh,
+                                           seed=config.seed, start_step=start, builder=builder)
+        pending: tuple[int, dict[str, jax.Array]] | None = None  # last step's metrics, unchecked
+        logger.progress(start, {})
+        for step in range(start + 1, config.num_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            if pending is not None:
+                _check_finite(*pending)
+            pending = (step, metrics)
+            last = step == config.num_steps
+            if step % config.log_every == 0 or last:
+                _check_finite(step, metrics)
+                values = jax.device_get(metrics)
+                logger.scalars(step, "train", values)
+                logger.progress(step, {"loss": values["loss"], "lr": values["lr"]})
+            result = None
+            if step % config.eval_every == 0 or last:
+                _check_finite(step, metrics)
+                result = run_eval(step)
+            if step % config.checkpoint_every == 0 or last:
+                _check_finite(step, metrics)
+                ckpts.save(step, state, config,
+                           metrics={"mIoU": result["mIoU"]} if result is not None else None)
+        ckpts.wait()
+        if result is None:  # nothing left to train: evaluate what was restored
+            result = run_eval(start)
+        logger.message(class_table(names, result))
+        picture = prediction_picture(model, state.variables(), jax.device_get(first_eval_batch),
+                                     config.dataset.num_classes, config.dataset.ignore_index)
+        if jax.process_index() == 0:
+            viz.save_png(workdir / "predictions.png", picture)
+            logger.image(config.num_steps, "eval/predictions", picture)
+            logger.message(f"checkpoints in {ckpts.directory}; predictions (image | ground truth "
+                           f"| prediction) in {workdir / 'predictions.png'}")
+        return {**result, "classes": names}
+    finally:
+        ckpts.close()
+        logger.close()
+
+
+def _check_finite(step: int, metrics: Mapping[str, jax.Array]) -> None:
+    """Raise :class:`NonFiniteLossError` if step ``step`` had a non-finite loss or produced
+    non-finite parameters (a non-finite ``update_norm``)."""
+    loss, update = (float(v) for v in jax.device_get((metrics["loss"], metrics["update_norm"])))
+    if not (math.isfinite(loss) and math.isfinite(update)):
+        what = f"the loss is {loss}" if not math.isfinite(loss) else \
+            f"the parameter update is {update} (the loss was {loss})"
+        raise NonFiniteLossError(
+            f"{what} at step {step}; training stopped and no checkpoint of this or "
+            f"a later step was written (the last good one is kept). Lower the learning rate, "
+            f"set optimizer.clip_norm, or check the data."
+        )

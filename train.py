@@ -1,0 +1,38 @@
+"""Train an attnzoo segmentor.
+
+    python train.py --config configs/quickstart.py --workdir runs/quickstart
+    python train.py --config configs/danet.py:r101,cityscapes --workdir runs/danet \
+        --config.dataset.manual_dir=/data/cityscapes --config.batch_size=16
+
+Any config field can be overridden (``--config.optimizer.learning_rate=0.005``).
+Running the same command again resumes from the newest checkpoint in
+``--workdir``.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and predictions.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = flags.FLAGS.config
+    import jax
+
+    if config.distributed:
+        jax.distributed.initialize()
+    logging.set_verbosity(logging.WARNING)
+    from attnzoo.engine import train_and_evaluate
+
+    result = train_and_evaluate(config, flags.FLAGS.workdir)
+    if jax.process_index() == 0:
+        print(f"final mIoU: {100 * result['mIoU']:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
