@@ -158,6 +158,6 @@ def _restore_step(ckpts: Checkpoints, step: int, config_overrides: Mapping[str, 
         target[leaf] = value
     model = state_lib.build_model(config)
     tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
-    mesh = state_lib.make_mesh(jax.devices()[:1])
+    mesh = state_lib.make_mesh(jax.local_devices()[:1])  # this process alone, also multi-host
     state, _ = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh), step)
     return model, state.variables(), config, step

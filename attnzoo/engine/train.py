@@ -161,9 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if result is None:  # nothing left to train: evaluate what was restored
             result = run_eval(start)
         logger.message(class_table(names, result))
-        picture = prediction_picture(model, state.variables(), jax.device_get(first_eval_batch),
-                                     config.dataset.num_classes, config.dataset.ignore_index)
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # from this process's part of the batch, on the host
+            picture = prediction_picture(
+                model, jax.device_get(state.variables()), _local_part(first_eval_batch),
+                config.dataset.num_classes, config.dataset.ignore_index)
             viz.save_png(workdir / "predictions.png", picture)
             logger.image(config.num_steps, "eval/predictions", picture)
             logger.message(f"checkpoints in {ckpts.directory}; predictions (image | ground truth "
@@ -172,6 +173,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     finally:
         ckpts.close()
         logger.close()
+
+
+def _local_part(batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+    """The rows of a global batch that live on this process's devices, in order."""
+    def local(a: jax.Array) -> np.ndarray:
+        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+        rows, seen = [], set()
+        for shard in shards:  # replicated shards of the same rows appear once
+            if shard.index[0].start not in seen:
+                seen.add(shard.index[0].start)
+                rows.append(np.asarray(shard.data))
+        return np.concatenate(rows)
+
+    return {k: local(v) for k, v in batch.items()}
 
 
 def _check_finite(step: int, metrics: Mapping[str, jax.Array]) -> None:
