@@ -1,0 +1,154 @@
+"""Predict segmentation masks for image files with a trained run.
+
+    python -m attnzoo.predict --workdir runs/quickstart --out preds img1.png img2.jpg
+    python -m attnzoo.predict --workdir runs/quickstart --out preds --attention \
+        --point 64,64 --point 100,20 img1.png
+
+For each image writes ``<stem>_mask.png`` (class colours) and
+``<stem>_overlay.png``. With ``--attention`` (DANet models) also
+``<stem>_pam.png``: for each query point (``y,x`` in image pixels) the
+position-attention weights it gives to every position, as the DANet paper's
+Figure 4; and ``<stem>_cam.png``: channel maps of the channel-attention
+output (``--channels``), as its Figure 5. Needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnzoo import ops, viz
+from attnzoo.blocks.danet import ChannelAttention, PositionAttention
+from attnzoo.data.sharding import normalize_image
+
+
+def _find(tree: Any, key: str) -> Any:
+    """The first sub-dict of a nested dict stored under ``key`` (depth-first)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for v in tree.values():
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def attention_maps(model: Any, variables: Any, image: jax.Array, points: Sequence[tuple[int, int]],
+                   channels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(pam, cam)`` of one normalised image ``(1, H, W, 3)`` for a DANet model: ``pam``
+    ``(P, h, w)`` the position-attention weights of each query point (image pixels, mapped
+    onto the feature grid ``h x w``), ``cam`` ``(len(channels), h, w)`` channels of the
+    channel-attention output."""
+
+    def wanted(module: Any, method: str) -> bool:
+        parent = module.parent
+        return method == "__call__" and (
+            isinstance(module, ChannelAttention)
+            or (isinstance(parent, PositionAttention) and module.name in ("query_conv", "key_conv")))
+
+    _, state = model.apply(variables, image, capture_intermediates=wanted, mutable=["intermediates"])
+    inter = state["intermediates"]
+    q, k = _find(inter, "query_conv"), _find(inter, "key_conv")
+    cam = _find(inter, "cam")
+    if q is None or k is None or cam is None:
+        raise ValueError("--attention needs a model with DANet position and channel attention "
+                         "(a danet_* model)")
+    q, k, cam = q["__call__"][0], k["__call__"][0], cam["__call__"][0]
+    (H, W), (h, w) = image.shape[1:3], q.shape[1:3]
+    grid_points = []
+    for y, x in points:
+        if not (0 <= y < H and 0 <= x < W):
+            raise ValueError(f"--point: ({y}, {x}) is outside the {H}x{W} image")
+        grid_points.append((y * h // H, x * w // W))
+    pam = ops.position_attention_map(q.astype(jnp.float32), k.astype(jnp.float32), grid_points)[0]
+    for c in channels:
+        if not 0 <= c < cam.shape[-1]:
+            raise ValueError(f"--channels: {c} is outside the {cam.shape[-1]} channels")
+    cam_maps = jnp.moveaxis(cam[0][..., list(channels)], -1, 0)
+    return np.asarray(pam), np.asarray(cam_maps)
+
+
+def _parse_points(values: Sequence[str]) -> list[tuple[int, int]]:
+    points = []
+    for v in values:
+        try:
+            y, x = (int(p) for p in v.split(","))
+        except ValueError:
+            raise ValueError(f"--point takes y,x integers; got {v!r}") from None
+        points.append((y, x))
+    return points
+
+
+def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | Path, *,
+                  attention: bool = False, points: Sequence[tuple[int, int]] = (),
+                  channels: Sequence[int] = (0, 1, 2, 3), memory_efficient: bool = False,
+                  step: int | None = None) -> list[Path]:
+    """Write masks and overlays (and attention pictures) of ``images`` to ``out``; returns the
+    files written."""
+    from attnzoo.engine.checkpoint import restore
+
+    model, variables, config = restore(workdir, step=step,
+                                       config_overrides={"model.memory_efficient": memory_efficient})
+    num_classes, ignore = int(config.dataset.num_classes), int(config.dataset.ignore_index)
+    out = Path(out)
+    predict = jax.jit(lambda v, x: model.apply(v, x)["out"].argmax(-1))
+    written = []
+    for path in images:
+        rgb = viz.load_image(path)
+        x = jnp.asarray(normalize_image(rgb))[None]
+        mask = np.asarray(predict(variables, x))[0]
+        colours = viz.colorize(mask, num_classes, ignore)
+        stem = Path(path).stem
+        written.append(viz.save_png(out / f"{stem}_mask.png", colours))
+        written.append(viz.save_png(out / f"{stem}_overlay.png", viz.overlay(rgb, colours)))
+        if attention:
+            pts = list(points) or [(rgb.shape[0] // 2, rgb.shape[1] // 2)]
+            pam, cam = attention_maps(model, variables, x, pts, channels)
+            size = rgb.shape[:2]
+            row = [rgb]
+            for (y, xx), m in zip(pts, pam):
+                pic = viz.overlay(rgb, viz.resize_nearest(viz.heatmap(m), size), 0.6)
+                pic[max(y - 2, 0):y + 3, max(xx - 2, 0):xx + 3] = (0, 255, 0)  # the query point
+                row.append(pic)
+            written.append(viz.save_png(out / f"{stem}_pam.png", viz.grid([row])))
+            cams = [viz.resize_nearest(viz.heatmap(m), size) for m in cam]
+            written.append(viz.save_png(out / f"{stem}_cam.png", viz.grid([[rgb, *cams]])))
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(prog="python -m attnzoo.predict",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--workdir", required=True, help="training workdir or checkpoint directory")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--attention", action="store_true",
+                        help="also write DANet position / channel attention pictures")
+    parser.add_argument("--point", action="append", default=[], metavar="Y,X",
+                        help="a query point in image pixels (repeat for several; default: the "
+                             "image centre)")
+    parser.add_argument("--channels", default="0,1,2,3", help="CAM output channels to draw")
+    parser.add_argument("--memory-efficient", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        channels = [int(c) for c in args.channels.split(",")]
+    except ValueError:
+        parser.error(f"--channels takes comma-separated integers; got {args.channels!r}")
+    written = predict_files(args.workdir, args.images, args.out, attention=args.attention,
+                            points=_parse_points(args.point), channels=channels,
+                            memory_efficient=args.memory_efficient, step=args.step)
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
