@@ -166,6 +166,7 @@ def test_bad_loop_settings_name_the_field(tmp_path, key, value, match):
 # ---------------------------------------------------------------- sharded steps
 
 
+@pytest.mark.slow
 def test_train_step_is_the_same_on_1_and_8_devices():
     assert len(jax.devices()) == 8
     config = tiny_config("/unused", **{"optimizer.name": "sgd", "model.name": "fcn_r18_d8"})
@@ -310,6 +311,7 @@ def test_same_config_and_seed_give_the_same_metrics(run, tmp_path):
     assert other[0]["loss"] != first[0]["loss"]
 
 
+@pytest.mark.slow
 def test_nan_stops_training_naming_the_step_and_keeps_good_checkpoints(run, tmp_path):
     workdir, config, _ = run
     copy = tmp_path / "copy"
@@ -434,6 +436,7 @@ def test_restore_and_predict_need_no_tensorflow(run, tmp_path):
     assert done.stdout.split() == ["(1,", "64,", "64,", "5)", "2"]
 
 
+@pytest.mark.slow
 def test_init_from_loads_a_converted_backbone(context_shapes_dir, tmp_path):
     from attnzoo.convert.backbones import save_backbone
     from attnzoo.engine.train import load_pretrained_backbone
