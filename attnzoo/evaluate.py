@@ -28,7 +28,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
 
     from attnzoo.data import input as data_input
     from attnzoo.engine import checkpoint, make_eval_step, make_mesh
-    from attnzoo.engine.state import evaluate
+    from attnzoo.engine.state import evaluate, replicated
 
     overrides: dict[str, Any] = {"model.memory_efficient": memory_efficient}
     if data_dir:
@@ -40,7 +40,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     names = data_input.class_names(builder, config.dataset.num_classes)
     eval_step = make_eval_step(model, config, mesh, mode=mode,
                                scales=TTA_SCALES if tta else None, flip=True if tta else None)
-    variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    variables = jax.device_put(variables, replicated(mesh))
     result = evaluate(eval_step, variables, data_input.eval_batches(
         config.dataset, batch_size=batch_size or config.eval_batch_size, mesh=mesh, split=split,
         builder=builder))

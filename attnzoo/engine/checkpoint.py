@@ -13,7 +13,7 @@ warning in favour of the one before it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +67,12 @@ class Checkpoints:
     def restore_state(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
         """``(state, step)`` from ``step`` or else the newest readable step; ``None`` if there is
         none. ``target`` is an abstract state (shapes, dtypes, shardings) to restore onto."""
-        for s in ([step] if step is not None else reversed(self.steps())):
-            try:
-                restored = self.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target)))
-            except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
-                if step is not None:
-                    raise
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the one before",
-                            s, self.directory, type(err).__name__, err)
-                continue
+        def load(s: int) -> tuple[Any, int]:
+            restored = self.manager.restore(s, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))
             return restored["state"], s
-        return None
+
+        return newest_readable(self.directory, self.steps(), step, load)
 
     def config(self, step: int | None = None) -> ml_collections.ConfigDict:
         """The config saved with ``step`` (default: the newest)."""
@@ -88,6 +82,22 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def newest_readable(directory: Path, steps: list[int], step: int | None,
+                    load: Callable[[int], Any]) -> Any:
+    """``load(step)``, or else ``load`` of the newest of ``steps`` that loads, skipping (with a
+    warning) every one that raises; ``None`` if none does. An explicit ``step`` is not
+    skipped: its error propagates."""
+    if step is not None:
+        return load(step)
+    for s in reversed(steps):
+        try:
+            return load(s)
+        except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
+            log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the one before",
+                        s, directory, type(err).__name__, err)
+    return None
 
 
 def checkpoint_dir(workdir_or_path: str | Path) -> tuple[Path, int | None]:
@@ -129,18 +139,14 @@ def restore_with_step(workdir_or_path: str | Path, *, step: int | None = None,
     ckpts = Checkpoints(directory, read_only=True, async_save=False)
     try:
         step = path_step if step is None else step
-        candidates = [step] if step is not None else list(reversed(ckpts.steps()))
-        if not candidates:
+        steps = ckpts.steps()
+        if step is None and not steps:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-        for s in candidates:
-            try:
-                return _restore_step(ckpts, s, config_overrides)
-            except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
-                if step is not None:
-                    raise
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the one before",
-                            s, directory, type(err).__name__, err)
-        raise FileNotFoundError(f"no readable checkpoint in {directory}")
+        restored = newest_readable(directory, steps, step,
+                                   lambda s: _restore_step(ckpts, s, config_overrides))
+        if restored is None:
+            raise FileNotFoundError(f"no readable checkpoint in {directory}")
+        return restored
     finally:
         ckpts.close()
 

@@ -90,9 +90,12 @@ def recipe(model_kind: str, arg: str = "") -> ConfigDict:
     """A reference recipe: ``recipe("danet", "r101,cityscapes")`` -> DANet-R101-D8 on Cityscapes.
 
     ``arg`` is comma-separated: ``r18|r50|r101``, ``d8|d16`` and a dataset
-    (``cityscapes``, ``cityscapes769``, ``ade20k``); defaults ``r50,d8,cityscapes``.
-    SGD lr 0.01, momentum 0.9, weight decay 5e-4, poly (power 0.9, min 1e-4),
-    auxiliary loss 0.4 (the model's terms).
+    (``cityscapes``: 512x1024 crops, 80k steps, batch 8, whole-image evaluation;
+    ``cityscapes769``: 769x769 crops, 80k, batch 8, sliding-window evaluation;
+    ``ade20k``: 512x512, 160k, batch 16); defaults ``r50,d8,cityscapes``
+    (``attention_unet`` takes only the dataset). SGD lr 0.01, momentum 0.9,
+    weight decay 5e-4, poly (power 0.9, min 1e-4), auxiliary FCN loss 0.4 (the
+    model's terms), as mmsegmentation's recipes.
     """
     depth, stride, dataset = "r50", "d8", "cityscapes"
     for part in filter(None, (p.strip() for p in arg.split(","))):

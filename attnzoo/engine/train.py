@@ -144,17 +144,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 _check_finite(*pending)
             pending = (step, metrics)
             last = step == config.num_steps
-            if step % config.log_every == 0 or last:
-                _check_finite(step, metrics)
+            log = step % config.log_every == 0 or last
+            evaluate = step % config.eval_every == 0 or last
+            save = step % config.checkpoint_every == 0 or last
+            if log or evaluate or save:  # nothing of a non-finite step is logged, judged or saved
+                _check_finite(*pending)
+                pending = None
+            if log:
                 values = jax.device_get(metrics)
                 logger.scalars(step, "train", values)
                 logger.progress(step, {"loss": values["loss"], "lr": values["lr"]})
             result = None
-            if step % config.eval_every == 0 or last:
-                _check_finite(step, metrics)
+            if evaluate:
                 result = run_eval(step)
-            if step % config.checkpoint_every == 0 or last:
-                _check_finite(step, metrics)
+            if save:
                 ckpts.save(step, state, config,
                            metrics={"mIoU": result["mIoU"]} if result is not None else None)
         ckpts.wait()
