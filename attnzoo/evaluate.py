@@ -37,7 +37,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
         workdir, step=step, config_overrides=overrides)
     mesh = make_mesh()
     builder = data_input.prepared_builder(config.dataset)
-    names = data_input.class_names(builder, config.dataset.num_classes)
+    names = data_input.class_names(config.dataset, builder)
     eval_step = make_eval_step(model, config, mesh, mode=mode,
                                scales=TTA_SCALES if tta else None, flip=True if tta else None)
     variables = jax.device_put(variables, replicated(mesh))

@@ -1,5 +1,9 @@
 """Datasets and input pipelines. The only package of attnzoo that imports TensorFlow,
 and only when one of these functions is called (``import attnzoo.data`` is cheap).
+
+Datasets (see :mod:`attnzoo.data.datasets`): ``context_shapes`` (built in,
+generated), ``cityscapes``, ``ade20k``, ``oxford_iiit_pet``,
+``oxford_iiit_pet_binary`` and ``folder`` (your own images and masks).
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from attnzoo.data.datasets import DATASETS, DatasetSpec, spec
 from attnzoo.data.sharding import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,21 +22,64 @@ from attnzoo.data.sharding import (
     prefetch_to_mesh,
 )
 
-BUILDERS = ("context_shapes",)
+BUILDERS = tuple(DATASETS)
 
 
-def builder(name: str, data_dir: str | Path | None = None, **kwargs: Any):
-    """The TFDS builder of an attnzoo dataset (``"context_shapes"``), not yet prepared.
+def builder(name: str, data_dir: str | Path | None = None, *, manual_dir: str | Path | None = None,
+            num_classes: int | None = None, ignore_index: int = 255) -> Any:
+    """The TFDS builder of dataset ``name`` (one of ``BUILDERS``), not yet prepared.
 
-    ``data_dir`` defaults to TFDS's own (``~/tensorflow_datasets``).
+    ``data_dir`` defaults to TFDS's own (``~/tensorflow_datasets``). The
+    ``folder`` dataset needs ``manual_dir`` (the folder) and takes its class
+    names from ``manual_dir/classes.txt`` or ``num_classes``.
     """
-    from attnzoo._checks import check_choice
+    import tensorflow_datasets as tfds
 
-    check_choice(name, BUILDERS, "name")
-    from attnzoo.data.builders import ContextShapes
+    from attnzoo.data import builders
 
-    return ContextShapes(data_dir=None if data_dir is None else str(data_dir), **kwargs)
+    spec(name)
+    data_dir = None if data_dir is None else str(data_dir)
+    if name == "context_shapes":
+        return builders.ContextShapes(data_dir=data_dir)
+    if name == "ade20k":
+        return builders.Ade20k(data_dir=data_dir)
+    if name == "cityscapes":
+        return tfds.builder("cityscapes/semantic_segmentation", data_dir=data_dir)
+    if name.startswith("oxford_iiit_pet"):
+        return tfds.builder("oxford_iiit_pet", data_dir=data_dir)
+    if manual_dir is None:
+        raise ValueError("the folder dataset needs manual_dir: the folder holding images/ and masks/")
+    return builders.SegmentationFolder(
+        data_dir=data_dir, config=builders.folder_config(manual_dir, num_classes, ignore_index))
 
 
-__all__ = ["BUILDERS", "IMAGENET_MEAN", "IMAGENET_STD", "builder", "denormalize_image",
-           "global_batch", "local_batch_size", "normalize_image", "prefetch_to_mesh"]
+def prepare(name: str, data_dir: str | Path | None = None, *,
+            manual_dir: str | Path | None = None, num_classes: int | None = None,
+            ignore_index: int = 255) -> Any:
+    """The builder of ``name``, prepared: generated, or read from the files in ``manual_dir``
+    (checked first: a missing file is named with where to get it). A dataset prepared
+    before is only opened."""
+    import tensorflow_datasets as tfds
+
+    b = builder(name, data_dir, manual_dir=manual_dir, num_classes=num_classes,
+                ignore_index=ignore_index)
+    if b.is_prepared():
+        return b
+    s = spec(name)
+    if name != "folder" and s.manual_files and (manual_dir is not None or not s.download):
+        missing = [(f, where) for f, where in s.manual_files
+                   if manual_dir is None or not (Path(manual_dir) / f).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"dataset {name!r} is prepared from files you download yourself; missing in "
+                f"manual_dir={str(manual_dir) if manual_dir else '(not set)'}: "
+                + "; ".join(f"{f} (from {where})" for f, where in missing)
+                + ". Set config.dataset.manual_dir to the folder holding them.")
+    config = None if manual_dir is None else tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    b.download_and_prepare(download_config=config)
+    return b
+
+
+__all__ = ["BUILDERS", "DATASETS", "DatasetSpec", "IMAGENET_MEAN", "IMAGENET_STD", "builder",
+           "denormalize_image", "global_batch", "local_batch_size", "normalize_image",
+           "prefetch_to_mesh", "prepare", "spec"]

@@ -4,7 +4,8 @@
 ``attnzoo.engine.config``): ``name``, ``data_dir``, ``manual_dir``,
 ``train_split``, ``eval_split``, ``num_classes``, ``ignore_index``,
 ``crop_size``, ``ratio_range``, ``scale``, ``cat_max_ratio``, ``photometric``,
-``shuffle_buffer``. Every process reads its own shard; batches come back as
+``shuffle_buffer``, ``eval_scale`` and ``eval_canvas`` (see
+``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every process reads its own shard; batches come back as
 global ``jax.Array``s sharded over the mesh's ``data`` axis.
 """
 
@@ -25,23 +26,32 @@ def prepared_builder(config: Mapping[str, Any]):
     """The dataset's TFDS builder, prepared (generated or read from ``manual_dir``) if needed."""
     from attnzoo import data
 
-    kwargs = {}
-    if config.get("manual_dir"):
-        kwargs["manual_dir"] = config["manual_dir"]
-    builder = data.builder(config["name"], config.get("data_dir"), **kwargs)
-    builder.download_and_prepare()
-    return builder
+    return data.prepare(config["name"], config.get("data_dir"), manual_dir=config.get("manual_dir"),
+                        num_classes=config["num_classes"], ignore_index=config["ignore_index"])
 
 
-def class_names(builder: Any, num_classes: int) -> list[str]:
+def class_names(config: Mapping[str, Any], builder: Any) -> list[str]:
     """The dataset's class names; ValueError if they disagree with ``num_classes``."""
-    names = list(builder.info.metadata["classes"])
-    if len(names) != num_classes:
+    from attnzoo import data
+
+    names = list(data.spec(config["name"]).classes or builder.info.metadata["classes"])
+    if len(names) != config["num_classes"]:
         raise ValueError(
-            f"dataset.num_classes={num_classes} but dataset {builder.name!r} has "
+            f"dataset.num_classes={config['num_classes']} but dataset {config['name']!r} has "
             f"{len(names)} classes: {names}"
         )
     return names
+
+
+def _features(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline arguments that come from the dataset's spec: feature keys, label map."""
+    from attnzoo import data
+    from attnzoo.data import pipeline
+
+    spec = data.spec(config["name"])
+    table = spec.lookup_table(config["ignore_index"])
+    return {"image_key": spec.image_key, "mask_key": spec.mask_key,
+            "label_map": None if table is None else pipeline.lookup(table)}
 
 
 def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, seed: int,
@@ -58,8 +68,8 @@ def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, see
         ratio_range=tuple(config["ratio_range"]),
         scale=tuple(config["scale"]) if config.get("scale") else None,
         cat_max_ratio=config["cat_max_ratio"], ignore_index=config["ignore_index"],
-        photometric=config["photometric"], label_map=_label_map(builder),
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        photometric=config["photometric"], process_index=jax.process_index(),
+        process_count=jax.process_count(), **_features(config),
         shuffle_buffer=config["shuffle_buffer"], skip=start_step * local,
     )
     return prefetch_to_mesh(pipeline.as_numpy(ds), mesh)
@@ -87,8 +97,9 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
     local = local_batch_size(batch_size, mesh)
     ds = pipeline.eval_dataset(
         builder.as_dataset(split=split, shuffle_files=False), batch_size=local,
-        label_map=_label_map(builder), process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        scale=_pair(config.get("eval_scale")), canvas=_pair(config.get("eval_canvas")),
+        ignore_index=config["ignore_index"], process_index=jax.process_index(),
+        process_count=jax.process_count(), **_features(config),
     )
     steps = num_eval_batches(builder, split, batch_size)
 
@@ -115,8 +126,8 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
     return prefetch_to_mesh(padded(), mesh)
 
 
-def _label_map(builder: Any):
-    return getattr(builder, "label_map", None)
+def _pair(value: Any) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
 
 
 __all__ = ["class_names", "eval_batches", "num_eval_batches", "prepared_builder", "train_batches"]

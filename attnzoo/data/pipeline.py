@@ -91,11 +91,39 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
     return (tf.cast(image, tf.float32) - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def _split_example(example: dict) -> tuple[tf.Tensor, tf.Tensor]:
-    label = example["segmentation_mask"]
+def lookup(table: Sequence[int]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A label map from a 256-entry table (raw uint8 mask value -> train id)."""
+    table = tf.constant(table, tf.int32)
+    return lambda label: tf.gather(table, label)
+
+
+def _split_example(example: dict, image_key: str, mask_key: str) -> tuple[tf.Tensor, tf.Tensor]:
+    label = example[mask_key]
     if label.shape.rank == 3:
         label = label[..., 0]
-    return tf.cast(example["image"], tf.float32), tf.cast(label, tf.int32)
+    return tf.cast(example[image_key], tf.float32), tf.cast(label, tf.int32)
+
+
+def resize_to_fit(image: tf.Tensor, label: tf.Tensor, scale: tuple[int, int] | None,
+                  canvas: tuple[int, int] | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Keep-ratio rescale (image bilinear, label nearest) so that the long side is at most
+    ``scale[0]`` and the short side at most ``scale[1]`` (mmsegmentation's ``Resize``
+    with ``keep_ratio``), then shrink further if needed to fit in ``canvas`` (h, w)."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    r = tf.constant(np.inf, tf.float32)
+    if scale is not None:
+        r = tf.minimum(scale[0] / tf.reduce_max(size), scale[1] / tf.reduce_min(size))
+    if canvas is not None:
+        r = tf.minimum(r, tf.reduce_min(tf.constant(canvas, tf.float32) / size))
+    if scale is None and canvas is None:
+        return image, label
+    if scale is None:  # only fit into the canvas: never enlarge
+        r = tf.minimum(r, 1.0)
+    new = tf.cast(tf.round(size * r), tf.int32)
+    new = tf.minimum(new, canvas) if canvas is not None else new
+    image = tf.image.resize(image, new, "bilinear")
+    label = tf.image.resize(label[..., None], new, "nearest")[..., 0]
+    return image, label
 
 
 def train_dataset(
@@ -111,6 +139,8 @@ def train_dataset(
     ignore_index: int = 255,
     photometric: bool = True,
     label_map: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    image_key: str = "image",
+    mask_key: str = "segmentation_mask",
     process_index: int = 0,
     process_count: int = 1,
     shuffle_buffer: int = 1000,
@@ -119,7 +149,8 @@ def train_dataset(
     """Infinite, shuffled, augmented batches ``{"image": (b, h, w, 3) float32, "label": (b, h, w) int32}``.
 
     ``batch_size`` is this process's share of the global batch.
-    ``label_map`` maps raw mask values to train ids (e.g. Cityscapes).
+    ``label_map`` maps raw mask values to train ids (e.g. Cityscapes, see
+    :func:`lookup`); ``image_key`` / ``mask_key`` name the example's features.
     ``skip`` drops that many of this process's examples before they are
     augmented (resuming at step ``s`` skips ``s * batch_size``): the stream
     then continues exactly as an uninterrupted one would.
@@ -130,7 +161,7 @@ def train_dataset(
     seeds = tf.data.Dataset.random(seed=seed * 1009 + process_index).batch(2)
 
     def augment(example: dict, seed2: tf.Tensor) -> dict:
-        image, label = _split_example(example)
+        image, label = _split_example(example, image_key, mask_key)
         if label_map is not None:
             label = label_map(label)
         s = tf.random.experimental.stateless_split(tf.cast(seed2, tf.int64), 4)
@@ -154,17 +185,37 @@ def eval_dataset(
     *,
     batch_size: int,
     label_map: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    image_key: str = "image",
+    mask_key: str = "segmentation_mask",
+    scale: tuple[int, int] | None = None,
+    canvas: tuple[int, int] | None = None,
+    ignore_index: int = 255,
     process_index: int = 0,
     process_count: int = 1,
 ) -> tf.data.Dataset:
-    """Normalised images and labels as they are (one pass, in order; this process's shard)."""
+    """Normalised images and labels, one pass in order (this process's shard).
+
+    Without ``scale`` and ``canvas`` images keep their size (every image of
+    the split must then have the same size, as Cityscapes'). Datasets of
+    mixed sizes (ADE20K, Pet, folders) give a ``canvas`` (h, w): each image
+    is resized as :func:`resize_to_fit` and padded to the canvas (image with
+    zeros after normalisation, labels with ``ignore_index``), so that batches
+    have one shape. Metrics are then taken on the resized labels.
+    """
     ds = ds.shard(process_count, process_index)
 
     def prepare(example: dict) -> dict:
-        image, label = _split_example(example)
+        image, label = _split_example(example, image_key, mask_key)
         if label_map is not None:
             label = label_map(label)
-        return {"image": normalize(image), "label": label}
+        image, label = resize_to_fit(image, label, scale, canvas)
+        image = normalize(image)
+        if canvas is not None:
+            h, w = tf.shape(image)[0], tf.shape(image)[1]
+            pad = [[0, canvas[0] - h], [0, canvas[1] - w]]
+            image = tf.ensure_shape(tf.pad(image, pad + [[0, 0]]), (*canvas, 3))
+            label = tf.ensure_shape(tf.pad(label, pad, constant_values=ignore_index), canvas)
+        return {"image": image, "label": label}
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
 

@@ -52,7 +52,8 @@ def default_config() -> ConfigDict:
         manual_dir=config_dict.placeholder(str), train_split="train", eval_split="validation",
         num_classes=5, ignore_index=255, crop_size=(128, 128), ratio_range=(0.5, 2.0),
         scale=config_dict.placeholder(tuple), cat_max_ratio=0.75, photometric=True,
-        shuffle_buffer=1000,
+        shuffle_buffer=1000, eval_scale=config_dict.placeholder(tuple),
+        eval_canvas=config_dict.placeholder(tuple),
     ))
     c.optimizer = ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999,
@@ -82,7 +83,8 @@ DATASETS = {
                           num_steps=80_000, batch_size=8, eval_mode="slide",
                           eval_split="validation"),
     "ade20k": dict(num_classes=150, crop_size=(512, 512), scale=(2048, 512), num_steps=160_000,
-                   batch_size=16, eval_mode="whole", eval_split="test"),
+                   batch_size=16, eval_mode="whole", eval_split="validation",
+                   eval_scale=(2048, 512), eval_canvas=(1024, 1024)),
 }
 
 
@@ -119,6 +121,9 @@ def recipe(model_kind: str, arg: str = "") -> ConfigDict:
     c.dataset.crop_size = d["crop_size"]
     c.dataset.scale = d["scale"]
     c.dataset.eval_split = d["eval_split"]
+    # images of mixed sizes: evaluated resized as mmsegmentation's test pipeline, on one canvas
+    c.dataset.eval_scale = d.get("eval_scale")
+    c.dataset.eval_canvas = d.get("eval_canvas")
     c.num_steps = d["num_steps"]
     c.batch_size = d["batch_size"]
     c.eval_batch_size = 8

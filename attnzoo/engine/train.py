@@ -108,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         start = int(jax.device_get(state.step))
 
         builder = data_input.prepared_builder(config.dataset)
-        names = data_input.class_names(builder, config.dataset.num_classes)
+        names = data_input.class_names(config.dataset, builder)
         train_step = state_lib.make_train_step(model, tx, schedule, config, mesh)
         eval_step = state_lib.make_eval_step(model, config, mesh)
 

@@ -1,0 +1,131 @@
+"""What attnzoo knows of each dataset it reads (no TensorFlow here): the TFDS builder behind it,
+which features hold the image and the mask, how raw mask values map to train ids, the class
+names, and which files a user must place in ``manual_dir`` (and where to get them).
+
+| name | TFDS builder | classes | splits | manual files |
+|---|---|---|---|---|
+| ``context_shapes`` | attnzoo's, generated | 5 | train, validation | none |
+| ``cityscapes`` | TFDS ``cityscapes/semantic_segmentation`` | 19 train ids, 255 ignored | train, validation, test | ``leftImg8bit_trainvaltest.zip``, ``gtFine_trainvaltest.zip`` |
+| ``ade20k`` | attnzoo's, from ``ADEChallengeData2016.zip`` | 150 (0 -> ignore) | train, validation | ``ADEChallengeData2016.zip`` |
+| ``oxford_iiit_pet`` | TFDS ``oxford_iiit_pet`` | 3: background, pet, border | train, test | ``images.tar.gz``, ``annotations.tar.gz`` (else downloaded) |
+| ``oxford_iiit_pet_binary`` | same | 2: background, pet (border ignored) | train, test | same |
+| ``folder`` | attnzoo's, from a folder | ``classes.txt`` or ``num_classes`` | the folder's | the folder |
+
+ADE20K does not go through TFDS's ``scene_parse150``: that builder reads the
+2017 *instance* annotations (``annotations_instance.tar``: the red channel
+holds one of 100 instance-challenge categories, the green an instance id),
+not the 150-class scene-parsing labels that mmsegmentation and the DANet /
+CCNet papers evaluate on. The ``ade20k`` builder reads the scene-parsing
+release (the same zip mmsegmentation uses) and reduces the zero label as
+mmsegmentation does: 0 ("other") -> ignore, class k -> k - 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset as attnzoo reads it.
+
+    ``label_map`` maps raw mask values to train ids; values not in it become
+    the ignore index (255). ``None`` keeps the values as they are.
+    ``manual_files`` are ``(file name, where to get it)`` pairs expected in
+    ``manual_dir``; ``download`` says whether TFDS can fetch them itself
+    when no ``manual_dir`` is given.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    image_key: str = "image"
+    mask_key: str = "segmentation_mask"
+    label_map: Mapping[int, int] | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    manual_files: tuple[tuple[str, str], ...] = ()
+    download: bool = False
+
+    def lookup_table(self, ignore_index: int = 255) -> list[int] | None:
+        """``label_map`` as a 256-entry table (raw uint8 value -> train id), or ``None``."""
+        if self.label_map is None:
+            return None
+        return [self.label_map.get(v, ignore_index) for v in range(256)]
+
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)
+# cityscapesScripts' label id -> train id for the 19 evaluated classes; every other id is ignored.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                        24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
+    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug",
+    "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole",
+    "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van",
+    "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool",
+    "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle",
+    "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase",
+    "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+
+# Oxford-IIIT Pet trimaps: 1 pet, 2 background, 3 border ("not classified" in the paper).
+PET_TRIMAP = {1: 1, 2: 0, 3: 2}
+PET_BINARY = {1: 1, 2: 0}
+PET_FILES = (
+    ("images.tar.gz", "https://www.robots.ox.ac.uk/~vgg/data/pets/ (images)"),
+    ("annotations.tar.gz", "https://www.robots.ox.ac.uk/~vgg/data/pets/ (groundtruth data)"),
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("context_shapes", ("background", "alpha", "beta", "gamma", "marker")),
+        DatasetSpec(
+            "cityscapes", CITYSCAPES_CLASSES, image_key="image_left",
+            mask_key="segmentation_label", label_map=CITYSCAPES_TRAIN_IDS,
+            manual_files=(
+                ("leftImg8bit_trainvaltest.zip",
+                 "https://www.cityscapes-dataset.com/downloads/ (registration needed)"),
+                ("gtFine_trainvaltest.zip",
+                 "https://www.cityscapes-dataset.com/downloads/ (registration needed)"),
+            ),
+        ),
+        DatasetSpec(
+            "ade20k", ADE20K_CLASSES, mask_key="annotation",
+            label_map={k: k - 1 for k in range(1, 151)},
+            manual_files=(("ADEChallengeData2016.zip",
+                           "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"),),
+        ),
+        DatasetSpec("oxford_iiit_pet", ("background", "pet", "border"), label_map=PET_TRIMAP,
+                    eval_split="test", manual_files=PET_FILES, download=True),
+        DatasetSpec("oxford_iiit_pet_binary", ("background", "pet"), label_map=PET_BINARY,
+                    eval_split="test", manual_files=PET_FILES, download=True),
+        DatasetSpec("folder", (), eval_split="val",
+                    manual_files=(("images/", "your images (any format PIL reads)"),
+                                  ("masks/", "PNG masks of class ids, one per image stem"))),
+    )
+}
+
+
+def spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``; ValueError naming the known ones otherwise."""
+    from attnzoo._checks import check_choice
+
+    check_choice(name, tuple(DATASETS), "name")
+    return DATASETS[name]
