@@ -108,6 +108,31 @@ def test_crop_pads_with_ignore_and_respects_cat_max_ratio():
     assert (small_lab.numpy()[:, 24:] == 255).all() and (small_img.numpy()[20:] == 0).all()
 
 
+def test_resize_to_fit_keeps_ratio_then_fits_the_canvas():
+    image = tf.random.stateless_uniform((100, 300, 3), [1, 2], 0, 255)
+    label = tf.random.stateless_uniform((100, 300), [3, 4], 0, 5, tf.int32)
+    # mmsegmentation's rule: long side <= 200, short side <= 50 -> factor 0.5
+    img, lab = pipeline.resize_to_fit(image, label, (200, 50), None)
+    assert img.shape == (50, 150, 3) and lab.shape == (50, 150)
+    np.testing.assert_array_equal(lab.numpy(), label.numpy()[1::2, 1::2])  # nearest, half-pixel
+    # then into a 64x128 canvas: the width decides (128 / 300)
+    img, lab = pipeline.resize_to_fit(image, label, (200, 50), (64, 128))
+    assert img.shape == (43, 128, 3) and lab.shape == (43, 128)
+    # a canvas alone never enlarges
+    img, _ = pipeline.resize_to_fit(image, label, None, (512, 512))
+    np.testing.assert_array_equal(img.numpy(), image.numpy())
+
+
+def test_eval_canvas_pads_with_ignore():
+    examples = tf.data.Dataset.from_tensor_slices({
+        "image": np.full((2, 30, 40, 3), 200, np.uint8),
+        "segmentation_mask": np.ones((2, 30, 40, 1), np.uint8)})
+    batch = next(pipeline.as_numpy(pipeline.eval_dataset(examples, batch_size=2, canvas=(32, 48))))
+    assert batch["image"].shape == (2, 32, 48, 3) and batch["label"].shape == (2, 32, 48)
+    assert (batch["label"][:, :30, :40] == 1).all() and (batch["label"][:, 30:] == 255).all()
+    assert (batch["label"][:, :, 40:] == 255).all() and (batch["image"][:, 30:] == 0).all()
+
+
 def test_eval_pipeline_keeps_images(prepared):
     ds = pipeline.eval_dataset(prepared.as_dataset(split="validation", shuffle_files=False),
                                batch_size=8)
