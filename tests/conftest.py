@@ -13,11 +13,18 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def context_shapes_dir(tmp_path_factory):
-    """A TFDS data_dir holding the prepared ``context_shapes`` (once per test session)."""
+    """A TFDS data_dir holding the prepared ``context_shapes``: prepared once per test run and
+    shared by the pytest-xdist workers (the first one prepares it under a file lock)."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tensorflow_datasets")
+    from filelock import FileLock
+
     from attnzoo import data
 
-    data_dir = tmp_path_factory.mktemp("tfds")
-    data.builder("context_shapes", data_dir).download_and_prepare()
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    data_dir = root / "context_shapes_tfds"
+    with FileLock(f"{data_dir}.lock"):
+        data.builder("context_shapes", data_dir).download_and_prepare()
     return data_dir
