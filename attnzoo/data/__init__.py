@@ -66,7 +66,7 @@ def prepare(name: str, data_dir: str | Path | None = None, *,
     if b.is_prepared():
         return b
     s = spec(name)
-    if name != "folder" and s.manual_files and (manual_dir is not None or not s.download):
+    if s.manual_files and (manual_dir is not None or not s.download):
         missing = [(f, where) for f, where in s.manual_files
                    if manual_dir is None or not (Path(manual_dir) / f).exists()]
         if missing:

@@ -116,9 +116,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     eval_split="test", manual_files=PET_FILES, download=True),
         DatasetSpec("oxford_iiit_pet_binary", ("background", "pet"), label_map=PET_BINARY,
                     eval_split="test", manual_files=PET_FILES, download=True),
-        DatasetSpec("folder", (), eval_split="val",
-                    manual_files=(("images/", "your images (any format PIL reads)"),
-                                  ("masks/", "PNG masks of class ids, one per image stem"))),
+        # manual_dir is the folder itself; SegmentationFolder checks its layout while preparing
+        DatasetSpec("folder", (), eval_split="val"),
     )
 }
 

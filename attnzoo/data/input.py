@@ -5,8 +5,9 @@
 ``train_split``, ``eval_split``, ``num_classes``, ``ignore_index``,
 ``crop_size``, ``ratio_range``, ``scale``, ``cat_max_ratio``, ``photometric``,
 ``shuffle_buffer``, ``eval_scale`` and ``eval_canvas`` (see
-``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every process reads its own shard; batches come back as
-global ``jax.Array``s sharded over the mesh's ``data`` axis.
+``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every
+process reads its own shard; batches come back as global ``jax.Array``s
+sharded over the mesh's ``data`` axis.
 """
 
 from __future__ import annotations

@@ -27,18 +27,27 @@ def _coin(seed: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed) < 0.5
 
 
+def keep_ratio_factor(size: tf.Tensor, scale: tuple[int, int]) -> tf.Tensor:
+    """mmsegmentation's ``Resize`` with ``keep_ratio``: the factor that brings the long side of
+    ``size`` (h, w; float) to at most ``scale[0]`` and the short side to at most ``scale[1]``."""
+    return tf.minimum(scale[0] / tf.reduce_max(size), scale[1] / tf.reduce_min(size))
+
+
+def resize_pair(image: tf.Tensor, label: tf.Tensor, new: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resize to ``new`` (h, w): the image bilinear, the label nearest."""
+    image = tf.image.resize(image, new, "bilinear")
+    label = tf.image.resize(label[..., None], new, "nearest")[..., 0]
+    return image, label
+
+
 def random_resize(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
                   ratio_range: tuple[float, float], scale: tuple[int, int] | None) -> tuple:
     """Rescale by ``r ~ U(ratio_range)`` of ``scale`` (long, short; keep ratio) or of the image."""
     size = tf.cast(tf.shape(image)[:2], tf.float32)
     r = _uniform(seed, *ratio_range)
     if scale is not None:
-        long_side, short_side = tf.reduce_max(size), tf.reduce_min(size)
-        r = r * tf.minimum(scale[0] / long_side, scale[1] / short_side)
-    new = tf.cast(tf.round(size * r), tf.int32)
-    image = tf.image.resize(image, new, "bilinear")
-    label = tf.image.resize(label[..., None], new, "nearest")[..., 0]
-    return image, label
+        r = r * keep_ratio_factor(size, scale)
+    return resize_pair(image, label, tf.cast(tf.round(size * r), tf.int32))
 
 
 def random_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, crop: tuple[int, int],
@@ -106,24 +115,16 @@ def _split_example(example: dict, image_key: str, mask_key: str) -> tuple[tf.Ten
 
 def resize_to_fit(image: tf.Tensor, label: tf.Tensor, scale: tuple[int, int] | None,
                   canvas: tuple[int, int] | None) -> tuple[tf.Tensor, tf.Tensor]:
-    """Keep-ratio rescale (image bilinear, label nearest) so that the long side is at most
-    ``scale[0]`` and the short side at most ``scale[1]`` (mmsegmentation's ``Resize``
-    with ``keep_ratio``), then shrink further if needed to fit in ``canvas`` (h, w)."""
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
-    r = tf.constant(np.inf, tf.float32)
-    if scale is not None:
-        r = tf.minimum(scale[0] / tf.reduce_max(size), scale[1] / tf.reduce_min(size))
-    if canvas is not None:
-        r = tf.minimum(r, tf.reduce_min(tf.constant(canvas, tf.float32) / size))
+    """Keep-ratio rescale (:func:`keep_ratio_factor` of ``scale``), then shrink further if
+    needed to fit in ``canvas`` (h, w); a canvas alone never enlarges."""
     if scale is None and canvas is None:
         return image, label
-    if scale is None:  # only fit into the canvas: never enlarge
-        r = tf.minimum(r, 1.0)
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    r = keep_ratio_factor(size, scale) if scale is not None else tf.constant(1.0)
+    if canvas is not None:
+        r = tf.minimum(r, tf.reduce_min(tf.constant(canvas, tf.float32) / size))
     new = tf.cast(tf.round(size * r), tf.int32)
-    new = tf.minimum(new, canvas) if canvas is not None else new
-    image = tf.image.resize(image, new, "bilinear")
-    label = tf.image.resize(label[..., None], new, "nearest")[..., 0]
-    return image, label
+    return resize_pair(image, label, tf.minimum(new, canvas) if canvas is not None else new)
 
 
 def train_dataset(
