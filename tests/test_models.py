@@ -186,3 +186,20 @@ def test_head_and_aux_channels_override_the_defaults():
     assert params["backbone"]["layer4_0"]["conv2"]["kernel"].shape[-1] == 64
     with pytest.raises(ValueError, match="head_channels"):
         models.create("fcn_r18_d8", num_classes=3, head_channels=0)
+
+
+def test_classifier_dropout_drops_whole_channels():
+    """Dropout2d semantics (mmsegmentation / official DANet): a channel is kept or zeroed at
+    every position of an image, independently per image, and kept ones are scaled by 1/(1-p)."""
+    p = 0.5
+    x = jax.random.uniform(jax.random.key(0), (3, 6, 7, 32), minval=1.0, maxval=2.0)
+    head = Classifier(5, dropout=p)
+    variables = head.init(jax.random.key(1), x)
+    _, state = head.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+                          capture_intermediates=True, mutable=["intermediates"])
+    dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0])
+    kept = dropped != 0
+    assert (kept == kept[:, :1, :1, :]).all(), "a channel is zeroed at some positions only"
+    np.testing.assert_allclose(dropped[kept], np.asarray(x / (1 - p))[kept], rtol=1e-6)
+    per_image = kept[:, 0, 0, :]
+    assert 0 < per_image.mean() < 1 and not (per_image == per_image[:1]).all()

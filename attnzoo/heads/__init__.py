@@ -22,7 +22,12 @@ Array = jax.Array
 
 
 class Classifier(nn.Module):
-    """Dropout then a 1x1 conv to ``num_classes`` (mmsegmentation's ``cls_seg``)."""
+    """Channel dropout then a 1x1 conv to ``num_classes`` (mmsegmentation's ``cls_seg``).
+
+    The dropout zeroes whole feature maps (PyTorch's ``Dropout2d``, which
+    mmsegmentation's decode heads and the official DANet / CCNet heads use),
+    not single activations.
+    """
 
     num_classes: int
     dropout: float = 0.1
@@ -31,7 +36,7 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
         return conv(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=nn.initializers.normal(0.01), name="conv_seg")(x)
 
