@@ -82,6 +82,11 @@ def dense_map_bytes(case: str, n: int) -> int:
 
 
 def available_bytes() -> int:
+    """Free memory of the device the workers compute on (host memory on CPU)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats()
+        return stats["bytes_limit"] - stats["bytes_in_use"]
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):

@@ -48,14 +48,22 @@ def _status_kib(field: str) -> int:
 
 
 def execution_peak_bytes(compiled: Callable[..., Any], *args: Any) -> int:
-    """Peak resident memory that one call of an already compiled ``compiled(*args)`` adds.
+    """Peak memory that one call of an already compiled ``compiled(*args)`` adds.
 
-    Linux only: resets the process's high-water mark (``/proc/self/clear_refs``
+    CPU (Linux): resets the process's high-water mark (``/proc/self/clear_refs``
     <- 5), runs, and returns ``VmHWM`` minus the resident size before the call.
     (XLA:CPU's ``memory_analysis()`` reports no temporaries, so it cannot be used.)
+    GPU/TPU: the allocator's ``peak_bytes_in_use`` after the call minus
+    ``bytes_in_use`` before it (the peak cannot be reset, so nothing bigger may
+    run before the call in that process).
     Run each measurement in a fresh process so freed memory is not reused.
     """
     jax.block_until_ready(args)
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        before = device.memory_stats()["bytes_in_use"]
+        jax.block_until_ready(compiled(*args))
+        return device.memory_stats()["peak_bytes_in_use"] - before
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

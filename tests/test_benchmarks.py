@@ -1,0 +1,82 @@
+"""The benchmark scripts: the PyTorch DANet they compare against computes what attnzoo's does,
+and the scripts run end to end (tiny sizes; their real tables are in docs/benchmarks.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from torch_danet import TorchDANet, loss, randomize  # noqa: E402
+
+from attnzoo import losses, models  # noqa: E402
+from attnzoo.convert import convert_state_dict, target_shapes  # noqa: E402
+
+TOL = 1e-4  # max |attnzoo - PyTorch float64| / max |PyTorch|, as the backbone parity tests
+
+
+def converted(seed=0):
+    torch.manual_seed(seed)
+    reference = randomize(TorchDANet(num_classes=7), seed).eval()
+    model = models.create("danet_r50_d8", num_classes=7)
+    target = target_shapes(model, np.zeros((1, 64, 64, 3), np.float32))
+    return reference, model, convert_state_dict(reference.state_dict(), target)
+
+
+def test_torch_danet_matches_attnzoo_danet_r50_d8():
+    reference, model, variables = converted()
+    assert float(reference.head.pam.gamma) != 0 and float(reference.head.cam.gamma) != 0
+    x = np.random.default_rng(0).standard_normal((2, 64, 96, 3)).astype(np.float32)
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x)["out"])(variables, x))
+    with torch.no_grad():
+        want = reference.double()(torch.from_numpy(x.transpose(0, 3, 1, 2)).double())["out"]
+    want = want.numpy().transpose(0, 2, 3, 1)
+    assert got.shape == want.shape == (2, 64, 96, 7)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= TOL, f"max relative error {err:.2e} > {TOL:.0e}"
+
+
+def test_torch_danet_loss_is_the_recipe_loss():
+    """The PyTorch benchmark trains on the same weighted terms as attnzoo's loss_terms."""
+    _, model, _ = converted()
+    rng = np.random.default_rng(1)
+    logits = {k: rng.standard_normal((2, 8, 8, 7)).astype(np.float32)
+              for k in ("out", "pam", "cam", "aux")}
+    labels = rng.integers(0, 7, (2, 8, 8)).astype(np.int32)
+    labels[0, :3] = 255
+    want, _ = losses.combined_loss(logits, labels, model.loss_terms(), ignore_index=255)
+    got = loss({k: torch.from_numpy(v.transpose(0, 3, 1, 2)) for k, v in logits.items()},
+               torch.from_numpy(labels).long())
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+
+
+def run(script, *args):
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_flops_script():
+    out = run("flops.py", "--models", "danet_r18_d8", "--size", "64x64", "--mfu-model",
+              "danet_r18_d8", "--mfu-size", "64x64", "--matmul-size", "256", "--repeats", "1")
+    row = next(line for line in out.splitlines() if line.startswith("| danet_r18_d8"))
+    assert float(row.split("|")[-2]) > 0.5  # GFLOPs of a 64x64 forward pass
+    assert "fraction of peak" in out
+
+
+@pytest.mark.slow
+def test_whole_image_script_dense_equals_bounded():
+    out = run("whole_image.py", "--sizes", "64x128", "--model", "danet_r18_d8")
+    rows = [line for line in out.splitlines() if line.startswith("| 64x128")]
+    assert [r.split("|")[3].strip() for r in rows] == ["dense", "bounded"]
+    assert float(rows[0].split("|")[-2].split()[0]) <= 1e-5
