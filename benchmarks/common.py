@@ -71,6 +71,14 @@ def execution_peak_bytes(compiled: Callable[..., Any], *args: Any) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
+def parse_size(text: str, flag: str) -> tuple[int, int]:
+    """``"512x1024"`` -> ``(512, 1024)``; anything else exits naming ``flag``."""
+    h, _, w = text.strip().partition("x")
+    if not (h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise SystemExit(f"{flag}: expected HxW (e.g. 512x1024), got {text!r}")
+    return int(h), int(w)
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-markdown table."""
     cells = [[str(c) for c in r] for r in [headers] + rows]

@@ -37,16 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 NUM_CLASSES = 19
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    sizes = []
-    for part in text.split(","):
-        h, _, w = part.partition("x")
-        if not (h.isdigit() and w.isdigit()):
-            raise SystemExit(f"--sizes: expected HxW[,HxW...], got {part!r}")
-        sizes.append((int(h), int(w)))
-    return sizes
-
-
 def torch_model(seed: int = 0):
     import torch
     from torch_danet import TorchDANet, randomize
@@ -221,15 +211,16 @@ def main() -> None:
         return
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"  # the workers inherit it
-    from common import machine, table
+    from common import machine, parse_size, table
 
+    sizes = [parse_size(s, "--sizes") for s in args.sizes.split(",")]
     print(machine(), flush=True)
     check = in_subprocess({"framework": "parity"})
     print(f"parity (eval logits, 64x96): max |attnzoo - PyTorch| / max |PyTorch| = "
           f"{check.get('error', check.get('failed'))}", flush=True)
     rows = []
     for mode in args.modes.split(","):
-        for size in parse_sizes(args.sizes):
+        for size in sizes:
             for batch in (int(b) for b in args.batches.split(",")):
                 base = dict(mode=mode, size=size, batch=batch, dtype=args.dtype,
                             repeats=args.repeats, device=args.device)

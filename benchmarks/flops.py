@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, time_fn  # noqa: E402
+from common import machine, parse_size, table, time_fn  # noqa: E402
 
 from attnzoo import engine, models  # noqa: E402
 from attnzoo.engine.state import DTYPES, batch_sharding  # noqa: E402
@@ -95,13 +95,6 @@ def train_step_rate(name: str, num_classes: int, size: tuple[int, int], batch: i
         return metrics["loss"]
 
     return flops, time_fn(call, repeats=repeats, warmup=1)
-
-
-def parse_size(text: str, flag: str) -> tuple[int, int]:
-    h, _, w = text.partition("x")
-    if not (h.isdigit() and w.isdigit()):
-        raise SystemExit(f"{flag}: expected HxW, got {text!r}")
-    return int(h), int(w)
 
 
 def main() -> None:

@@ -81,14 +81,13 @@ def main() -> None:
         return
     import numpy as np
 
-    from common import machine, table
+    from common import machine, parse_size, table
 
     print(machine(), flush=True)
     OUT.mkdir(exist_ok=True)
     rows = []
     for text in args.sizes.split(","):
-        h, _, w = text.partition("x")
-        size = (int(h), int(w))
+        size = parse_size(text, "--sizes")
         results = {p: in_subprocess(args.model, size, p) for p in args.paths.split(",")}
         ran = [r for r in results.values() if "failed" not in r]
         diff = "-"
