@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import execution_peak_bytes, machine, table, time_fn  # noqa: E402
+from common import available_bytes, execution_peak_bytes, machine, table, time_fn  # noqa: E402
 
 from attnzoo import ops  # noqa: E402
 
@@ -79,19 +79,6 @@ def dense_map_bytes(case: str, n: int) -> int:
     """Size of the dense path's score and weight maps (two N x N float32 maps per head)."""
     heads = 8 if CASES[case][0] is None else 1
     return 2 * heads * n * n * 4
-
-
-def available_bytes() -> int:
-    """Free memory of the device the workers compute on (host memory on CPU)."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats()
-        return stats["bytes_limit"] - stats["bytes_in_use"]
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_in_subprocess(case: str, n: int, path: str, repeats: int, out_file: Path) -> dict:

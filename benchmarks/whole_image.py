@@ -81,21 +81,30 @@ def main() -> None:
         return
     import numpy as np
 
-    from common import machine, parse_size, table
+    from common import available_bytes, machine, parse_size, table
 
+    paths = args.paths.split(",")
+    if not set(paths) <= {"dense", "bounded"}:
+        raise SystemExit(f"--paths: expected dense and/or bounded, got {args.paths!r}")
     print(machine(), flush=True)
     OUT.mkdir(exist_ok=True)
     rows = []
     for text in args.sizes.split(","):
         size = parse_size(text, "--sizes")
-        results = {p: in_subprocess(args.model, size, p) for p in args.paths.split(",")}
+        n = (size[0] // 8) * (size[1] // 8)
+        results = {}
+        for path in paths:
+            need = 2 * n * n * 4  # the dense path's N x N scores and softmax weights
+            if path == "dense" and need > available_bytes() // 2:
+                results[path] = {"failed": f"skipped: its N x N maps need {need / 2**30:.0f} GiB"}
+            else:
+                results[path] = in_subprocess(args.model, size, path)
         ran = [r for r in results.values() if "failed" not in r]
         diff = "-"
         if len(ran) == 2:
             a, b = (np.load(r["file"]) for r in ran)
             diff = f"{np.abs(a - b).max():.1e} (max abs logit {np.abs(a).max():.2f})"
         for path, r in results.items():
-            n = (size[0] // 8) * (size[1] // 8)
             if "failed" in r:
                 rows.append([text, n, path, r["failed"], "-", "-", diff])
             else:
