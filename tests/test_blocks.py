@@ -286,3 +286,27 @@ def test_scse_equation(aggregation):
     sse = xs * sig(conv1x1(xs, p["sse"]))
     want = cse + sse if aggregation == "add" else np.maximum(cse, sse)
     np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_pointwise_conv_equals_flax_1x1_conv(use_bias):
+    """Same parameter tree, same initial values, same outputs and gradients as ``nn.Conv``."""
+    import flax.linen as nn
+
+    from attnzoo.blocks.common import PointwiseConv, conv
+
+    assert isinstance(conv(8, 1, use_bias=use_bias), PointwiseConv)
+    assert isinstance(conv(8, 1, stride=2), nn.Conv) and isinstance(conv(8, 3), nn.Conv)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 6))
+    ours, ref = PointwiseConv(8, use_bias=use_bias), nn.Conv(8, (1, 1), use_bias=use_bias)
+    v = ours.init(jax.random.key(1), x)
+    v_ref = ref.init(jax.random.key(1), x)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), v, v_ref)
+    if use_bias:
+        v = {"params": {**v["params"], "bias": jax.random.normal(jax.random.key(2), (8,))}}
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda p, a: (ours.apply(p, a) ** 2).sum(), argnums=(0, 1))(v, x)
+    g_ref = jax.grad(lambda p, a: (ref.apply(p, a) ** 2).sum(), argnums=(0, 1))(v, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, g_ref)
+    half = PointwiseConv(8, use_bias=use_bias, dtype=jnp.bfloat16).apply(v, x)
+    assert half.dtype == jnp.bfloat16
