@@ -33,7 +33,7 @@ def converted(seed=0):
 
 def test_torch_danet_matches_attnzoo_danet_r50_d8():
     reference, model, variables = converted()
-    assert float(reference.head.pam.gamma) != 0 and float(reference.head.cam.gamma) != 0
+    assert reference.head.pam.gamma.item() != 0 and reference.head.cam.gamma.item() != 0
     x = np.random.default_rng(0).standard_normal((2, 64, 96, 3)).astype(np.float32)
     got = np.asarray(jax.jit(lambda v, x: model.apply(v, x)["out"])(variables, x))
     with torch.no_grad():
