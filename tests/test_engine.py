@@ -189,8 +189,13 @@ def test_train_step_is_the_same_on_1_and_8_devices():
     (p1, b1, m1), (p8, b8, m8) = results
     assert int(m1["loss"] > 0) and set(m1) >= {"loss", "grad_norm", "update_norm", "lr",
                                           "out/cross_entropy", "aux/cross_entropy"}
+    # Tolerance: 1e-5 relative; the two gradient norms 5e-5. On 8 devices each parameter
+    # gradient is a sum of 8 per-device partial sums (all-reduced), on 1 device one sum in
+    # another order; the norm, a further sum of squares over 0.8M entries, carries that float32
+    # rounding (measured 2.5e-5 with 1x1 convolutions as dot_general).
     for k in m1:
-        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, err_msg=k)
+        rtol = 5e-5 if k in ("grad_norm", "update_norm") else 1e-5
+        np.testing.assert_allclose(m8[k], m1[k], rtol=rtol, err_msg=k)
     assert_trees_equal(p8, p1, rtol=1e-5, atol=1e-7)
     assert_trees_equal(b8, b1, rtol=1e-5, atol=1e-7)
 
