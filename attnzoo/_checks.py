@@ -32,16 +32,33 @@ def check_divisible(value: int, divisor: int, name: str, divisor_name: str) -> N
         )
 
 
-def check_channels(x: Any, channels: int, name: str = "x") -> None:
-    """Raise ValueError unless the last axis of ``x`` has ``channels`` entries."""
+def check_channels(x: Any, channels: int, name: str = "x", field: str = "channels") -> None:
+    """Raise ValueError unless the last axis of ``x`` has ``channels`` entries (the module's
+    ``field``)."""
     if x.shape[-1] != channels:
         raise ValueError(
-            f"{name} has {x.shape[-1]} channels (last axis of shape {x.shape}); "
-            f"the block was built for channels={channels}"
+            f"{name} has {x.shape[-1]} channels (last axis of shape {tuple(x.shape)}); "
+            f"the module was built for {field}={channels}"
         )
+
+
+def check_image(x: Any, channels: int, name: str = "x", field: str = "channels") -> None:
+    """Raise ValueError unless ``x`` is ``(B, H, W, channels)`` (NHWC)."""
+    check_rank(x, 4, name, "B, H, W, C")
+    check_channels(x, channels, name, field)
 
 
 def check_choice(value: Any, choices: Sequence[Any], name: str) -> None:
     """Raise ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
+
+
+def mismatch_report(missing: Sequence[str], unexpected: Sequence[str],
+                    mis_shaped: Sequence[str]) -> str:
+    """``"missing (2): a, b; mis-shaped (1): c ..."`` for the non-empty lists; ``""`` if all are
+    empty (weights that fit)."""
+    parts = [f"{title} ({len(items)}): " + ", ".join(sorted(items))
+             for title, items in (("missing", missing), ("unexpected", unexpected),
+                                  ("mis-shaped", mis_shaped)) if items]
+    return "; ".join(parts)

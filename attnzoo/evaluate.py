@@ -27,8 +27,8 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     import numpy as np
 
     from attnzoo.data import input as data_input
-    from attnzoo.engine import checkpoint, make_eval_step, make_mesh
-    from attnzoo.engine.state import evaluate, replicated
+    from attnzoo.engine import checkpoint, evaluate, make_eval_step
+    from attnzoo.sharding import make_mesh, replicated
 
     overrides: dict[str, Any] = {"model.memory_efficient": memory_efficient}
     if data_dir:

@@ -25,7 +25,7 @@ import numpy as np
 
 from attnzoo import ops, viz
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
-from attnzoo.data.sharding import normalize_image
+from attnzoo.data.normalize import normalize_image
 
 
 def _find(tree: Any, key: str) -> Any:

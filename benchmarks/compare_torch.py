@@ -81,16 +81,18 @@ def run_jax(mode: str, size: tuple[int, int], batch: int, dtype: str, repeats: i
     import jax.numpy as jnp
 
     from attnzoo import engine
-    from attnzoo.engine.state import batch_sharding, replicated
+    from attnzoo.engine.config import load_config_file
+    from attnzoo.sharding import batch_sharding, make_mesh, replicated
 
-    config = engine.recipe("danet", "r50,d8,cityscapes")
+    config = load_config_file(str(Path(__file__).resolve().parents[1] / "configs" / "danet.py")
+                              + ":r50,d8,cityscapes")
     config.compute_dtype = dtype
     config.dataset.crop_size = size
     config.batch_size = batch
     model = engine.build_model(config)
     variables = attnzoo_variables(torch_model(), model)
     images, labels = batch_arrays(size, batch)
-    mesh = engine.make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1])
     if mode == "infer":
         apply = jax.jit(lambda v, x: model.apply(v, x.astype(model.head.dtype))["out"])
         variables = jax.device_put(variables, replicated(mesh))

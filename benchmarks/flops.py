@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, parse_size, table, time_fn  # noqa: E402
 
 from attnzoo import engine, models  # noqa: E402
-from attnzoo.engine.state import DTYPES, batch_sharding  # noqa: E402
+from attnzoo.engine.state import DTYPES  # noqa: E402
+from attnzoo.sharding import batch_sharding, make_mesh  # noqa: E402
 
 
 def parameters(name: str, num_classes: int) -> tuple[float, float]:
@@ -77,7 +78,7 @@ def train_step_rate(name: str, num_classes: int, size: tuple[int, int], batch: i
     config.dataset.crop_size = size
     config.batch_size = batch
     config.compute_dtype = dtype
-    mesh = engine.make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1])
     model = engine.build_model(config)
     tx, schedule = engine.make_optimizer(config.optimizer, config.num_steps)
     state = engine.init_state(model, tx, config, mesh)

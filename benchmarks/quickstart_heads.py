@@ -15,7 +15,6 @@ far-away marker) as mean +- std over the seeds, with the machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -28,10 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def quickstart_config(head: str):
-    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "configs" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(head)
+    from attnzoo.engine.config import load_config_file
+
+    return load_config_file(f"{ROOT / 'configs' / 'quickstart.py'}:{head}")
 
 
 def mean_std(values: list[float]) -> str:

@@ -2,12 +2,15 @@
 
     python train.py --config configs/attention_unet.py:cityscapes --workdir runs/attention_unet
 
-Argument: the dataset (cityscapes, cityscapes769, ade20k); default cityscapes.
-Same schedule as the other recipes (SGD 0.01, poly); no auxiliary head.
+Argument: ``dataset`` (cityscapes | cityscapes769 | ade20k) and ``size``
+(full | small: level widths 64..1024 or 16..128). mmsegmentation's schedule
+(``configs/common.py``); no auxiliary head.
 """
 
-from attnzoo.engine.config import recipe
+from configs import common
 
 
 def get_config(arg: str = ""):
-    return recipe("attention_unet", arg)
+    a = common.parse_arg(arg, dataset=tuple(common.DATASETS), size=("full", "small"))
+    return common.mmseg_schedule(a.dataset, "attention_unet" if a.size == "full"
+                                 else "attention_unet_small")

@@ -1,13 +1,19 @@
-"""CCNet (Huang et al., ICCV 2019): recurrent criss-cross attention, R=2.
+"""CCNet (Huang et al., ICCV 2019; mmsegmentation's ``ccnet_r50-d8`` recipes): recurrent
+criss-cross attention.
 
     python train.py --config configs/ccnet.py:r101,cityscapes --workdir runs/ccnet_r101_cityscapes
 
-The argument (depth, output stride, dataset) and the mmsegmentation recipe it
-selects: ``attnzoo.engine.config.recipe``.
+Argument: ``depth`` (r50 | r18 | r101), ``stride`` (d8 | d16) and ``dataset``
+(cityscapes | cityscapes769 | ade20k), comma-separated; the schedule is
+mmsegmentation's (``configs/common.py``).
 """
 
-from attnzoo.engine.config import recipe
+from configs import common
 
 
 def get_config(arg: str = ""):
-    return recipe("ccnet", arg)
+    c = common.resnet_recipe("ccnet", arg)
+    # R = 2 passes of the shared criss-cross block (the paper's setting; R = 1 sees one
+    # row and column, R = 2 the whole image)
+    c.model.head_kwargs = {"recurrence": 2}
+    return c

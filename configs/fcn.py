@@ -1,13 +1,17 @@
-"""FCN baseline (Long et al., CVPR 2015; mmsegmentation's FCNHead, 2 convs, concat input).
+"""FCN baseline (Long et al., CVPR 2015; mmsegmentation's ``fcn_r50-d8`` recipes).
 
     python train.py --config configs/fcn.py:r101,cityscapes --workdir runs/fcn_r101_cityscapes
 
-The argument (depth, output stride, dataset) and the mmsegmentation recipe it
-selects: ``attnzoo.engine.config.recipe``.
+Argument: ``depth`` (r50 | r18 | r101), ``stride`` (d8 | d16) and ``dataset``
+(cityscapes | cityscapes769 | ade20k), comma-separated; the schedule is
+mmsegmentation's (``configs/common.py``).
 """
 
-from attnzoo.engine.config import recipe
+from configs import common
 
 
 def get_config(arg: str = ""):
-    return recipe("fcn", arg)
+    c = common.resnet_recipe("fcn", arg)
+    # FCNHead: two 3x3 conv-BN-ReLU of 512, input concatenated and fused (mmseg's defaults)
+    c.model.head_kwargs = {"num_convs": 2, "concat_input": True}
+    return c

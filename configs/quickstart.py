@@ -11,12 +11,16 @@ picks another head for the same budget: ``configs/quickstart.py:ccnet``
 ``benchmarks/quickstart_heads.py``.
 """
 
-from attnzoo.engine.config import default_config
+from attnzoo.engine import default_config
+from configs import common
+
+HEADS = ("danet", "fcn", "ccnet", "nonlocal", "psa", "psas", "gcnet", "deeplabv3")
 
 
-def get_config(head: str = "danet"):
+def get_config(arg: str = ""):
+    a = common.parse_arg(arg, head=HEADS)
     c = default_config()
-    c.model.name = f"{head or 'danet'}_r18_d8"
+    c.model.name = f"{a.head}_r18_d8"
     c.model.backbone_kwargs = {"width": 16, "stem_width": 16}
     c.model.head_channels = 32
     c.model.aux_channels = 16

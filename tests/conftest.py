@@ -8,7 +8,12 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes import configs.common
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +33,17 @@ def context_shapes_dir(tmp_path_factory):
     with FileLock(f"{data_dir}.lock"):
         data.builder("context_shapes", data_dir).download_and_prepare()
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def run(context_shapes_dir, tmp_path_factory):
+    """One finished 4-step run of the tiny config on 8 devices (checkpoints at steps 2, 4);
+    tests that change it work on a copy."""
+    from helpers import tiny_config
+
+    from attnzoo import engine
+
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config(context_shapes_dir)
+    result = engine.train_and_evaluate(config, workdir)
+    return workdir, config, result

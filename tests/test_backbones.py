@@ -53,7 +53,7 @@ def test_attention_in_every_block(attn):
     module = backbones.create("resnet18_v1c", attn=attn)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 32, 32, 3)), jnp.float32)
     variables = module.init(jax.random.key(0), x)
-    blocks_with_attn = [k for k, v in variables["params"].items() if "se" in v]
+    blocks_with_attn = [k for k, v in variables["params"].items() if "attn" in v]
     assert len(blocks_with_attn) == 8  # 2 + 2 + 2 + 2 residual blocks
     out = module.apply(variables, x)
     assert np.isfinite(np.asarray(out["c4"])).all()
@@ -62,7 +62,7 @@ def test_attention_in_every_block(attn):
 def test_attention_kwargs_reach_the_block():
     module = backbones.create("resnet50_v1b", attn="se", attn_kwargs={"rd_ratio": 0.25})
     params = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    assert params["layer1_0"]["se"]["fc1"]["kernel"].shape == (1, 1, 256, 64)
+    assert params["layer1_0"]["attn"]["fc1"]["kernel"].shape == (1, 1, 256, 64)
 
 
 def test_frozen_bn_never_uses_or_updates_batch_statistics():
@@ -93,7 +93,7 @@ def test_multi_grid_changes_last_stage_dilations_only():
 
 def test_bad_input_is_refused():
     module = backbones.create("resnet18_v1b")
-    with pytest.raises(ValueError, match="x has 1 channels; in_channels=3"):
+    with pytest.raises(ValueError, match="x has 1 channels .* in_channels=3"):
         module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
     with pytest.raises(ValueError, match="rank 4"):
         module.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
@@ -128,3 +128,40 @@ def test_sharded_training_batch_norm_uses_the_global_batch():
     flat_got = flax.traverse_util.flatten_dict(got_stats)
     for key, value in flax.traverse_util.flatten_dict(want_stats).items():
         assert rel(flat_got[key], value) <= 1e-4, key
+
+
+def test_residual_blocks_are_modules_honouring_train():
+    """One module per block kind; ``train=True`` uses and updates batch statistics."""
+    from attnzoo.backbones import Bottleneck, ResidualBlock
+
+    assert backbones.create("resnest14d").block_cls is backbones.ResNeStBottleneck
+    assert backbones.create("skresnet18").block_cls is backbones.SelectiveKernelBasic
+    block = Bottleneck(8, downsample=True, attn="eca")
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 8, 8, 16)), jnp.float32)
+    variables = block.init(jax.random.key(0), x)
+    assert sorted(variables["params"]) == ["attn", "bn1", "bn2", "bn3", "conv1", "conv2", "conv3",
+                                           "downsample_0", "downsample_1"]
+    _, updates = block.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(updates["batch_stats"]["bn1"]["mean"], 0.0)
+    assert not np.allclose(block.apply(variables, x, train=True, mutable=["batch_stats"])[0],
+                           block.apply(variables, x))
+    with pytest.raises(ValueError, match="block_cls must be a ResidualBlock subclass"):
+        backbones.create("resnet18_v1b", block_cls=ResidualBlock.__call__)
+
+
+def test_a_backbone_converted_before_the_restructuring_loads(tmp_path):
+    """``fixtures/backbone_v0``: an SK-ResNet-18 written by ``save_backbone`` at 90627af, whose
+    JSON names the block kind by string with ``sk_kwargs`` at the top level. It loads with
+    the block class and gives the features it gave then (same float32 computation)."""
+    from pathlib import Path
+
+    from attnzoo.convert import load_backbone, save_backbone
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "backbone_v0"
+    module, variables = load_backbone(fixture)
+    assert module.block_cls is backbones.SelectiveKernelBasic
+    expected = np.load(fixture / "expected.npz")
+    np.testing.assert_allclose(np.asarray(module.apply(variables, expected["image"])["c4"]),
+                               expected["c4"], rtol=1e-6, atol=1e-6)
+    again, _ = load_backbone(save_backbone(tmp_path / "again", module, variables))
+    assert again == module

@@ -7,7 +7,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_datasets")
 
-from attnzoo import data  # noqa: E402
+from attnzoo import data, sharding  # noqa: E402
 from attnzoo.data import context_shapes as cs  # noqa: E402
 from attnzoo.data import pipeline  # noqa: E402
 
@@ -144,10 +144,10 @@ def test_global_batch_on_8_devices(prepared):
     from jax.sharding import AxisType, PartitionSpec
 
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-    n = data.local_batch_size(16, mesh)
+    n = sharding.local_batch_size(16, mesh)
     ds = pipeline.train_dataset(prepared.as_dataset(split="train"), batch_size=n,
                                 crop_size=(64, 64), num_classes=5)
-    batches = data.prefetch_to_mesh(pipeline.as_numpy(ds.take(3)), mesh)
+    batches = sharding.prefetch_to_mesh(pipeline.as_numpy(ds.take(3)), mesh)
     count = 0
     for batch in batches:
         count += 1
@@ -157,4 +157,4 @@ def test_global_batch_on_8_devices(prepared):
         assert batch["label"].addressable_shards[0].data.shape == (2, 64, 64)
     assert count == 3
     with pytest.raises(ValueError, match="batch_size=12 must be a positive multiple of the 8"):
-        data.local_batch_size(12, mesh)
+        sharding.local_batch_size(12, mesh)

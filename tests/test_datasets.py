@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 
 from attnzoo import data  # noqa: E402
 from attnzoo.data import datasets, input as data_input  # noqa: E402
-from attnzoo.engine import make_mesh  # noqa: E402
+from attnzoo.sharding import make_mesh  # noqa: E402
 from attnzoo.engine.config import default_config  # noqa: E402
 
 

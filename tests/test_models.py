@@ -1,18 +1,19 @@
-"""Every registered model builds, runs and trains one jitted step; DANet equals its parts."""
+"""Every registered model builds, runs and trains one step of the engine; DANet equals its
+parts; the model and head registries."""
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from attnzoo import blocks, losses, models
+from attnzoo import blocks, engine, heads, models, sharding
 from attnzoo.blocks.common import ConvNormAct
 from attnzoo.heads import Classifier
+from attnzoo.models import zoo
 
 SMALL = [n for n in models.list_models() if "_r18_d8" in n or n == "attention_unet_small"]
-SAMPLE = [f"{h}_r50_d8" for h in models.HEADS] + ["danet_r101_d8", "ccnet_r101_d16"]
+SAMPLE = [f"{f}_r50_d8" for f in zoo.FAMILIES] + ["danet_r101_d8", "ccnet_r101_d16"]
 REST = [n for n in models.list_models() if n not in SMALL + SAMPLE]
 
 
@@ -24,23 +25,17 @@ def batch(seed=0, size=48, num_classes=4):
     return images, jnp.asarray(labels)
 
 
-def train_step(model):
-    tx = optax.sgd(0.01, momentum=0.9)
-
-    def step(variables, opt_state, images, labels, rng):
-        def loss_fn(params):
-            outputs, updates = model.apply(
-                {**variables, "params": params}, images, train=True, mutable=["batch_stats"],
-                rngs={"dropout": rng})
-            total, _ = losses.combined_loss(outputs, labels, model.loss_terms())
-            return total, updates
-
-        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-        upd, opt_state = tx.update(grads, opt_state, variables["params"])
-        params = optax.apply_updates(variables["params"], upd)
-        return {**variables, **updates, "params": params}, opt_state, loss, grads
-
-    return tx, step
+def train_step(model, num_classes, size):
+    """The engine's own train step (SGD 0.01, the model's loss terms) on one device, and a
+    fresh state for it (initialised at ``size``)."""
+    config = engine.default_config()
+    config.dataset.num_classes = num_classes
+    config.dataset.crop_size = (size, size)
+    config.optimizer.schedule = "constant"
+    tx, schedule = engine.make_optimizer(config.optimizer, config.num_steps)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    step = engine.make_train_step(model, tx, schedule, config, mesh)
+    return step, (model, tx, config, mesh)
 
 
 def test_registry_names():
@@ -61,13 +56,14 @@ def test_small_model_forward_and_jitted_gradient_step(name):
     variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, images)
     out = jax.jit(model.apply)(variables, images)
     assert list(out) == ["out"] and out["out"].shape == (2, 48, 48, 4)
-    tx, step = train_step(model)
-    new_vars, _, loss, grads = jax.jit(step)(variables, tx.init(variables["params"]), images,
-                                             labels, jax.random.key(2))
-    assert np.isfinite(float(loss))
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-    assert not np.allclose(jax.tree.leaves(new_vars["params"])[0],
-                           jax.tree.leaves(variables["params"])[0])
+    step, init_args = train_step(model, 4, 48)
+    state = engine.init_state(*init_args)
+    before = jax.device_get(state.params)
+    state, metrics = step(state, {"image": images, "label": labels})
+    assert np.isfinite(float(metrics["loss"]))
+    assert np.isfinite(float(metrics["grad_norm"]))  # the norm of any inf / NaN gradient is too
+    assert not np.allclose(jax.tree.leaves(jax.device_get(state.params))[0],
+                           jax.tree.leaves(before)[0])
 
 
 @pytest.mark.parametrize(
@@ -80,26 +76,24 @@ def test_large_model_shapes(name):
         lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x),
         images)
     assert jax.eval_shape(model.apply, variables, images)["out"].shape == (1, 64, 64, 19)
-    tx, step = train_step(model)
+    step, init_args = train_step(model, 19, 64)
+    state = engine.state.abstract_state(*init_args)
     labels = jax.ShapeDtypeStruct((1, 64, 64), jnp.int32)
-    opt_state = jax.eval_shape(tx.init, variables["params"])
-    _, _, loss, _ = jax.eval_shape(step, variables, opt_state, images, labels, jax.random.key(0))
-    assert loss.shape == ()
+    _, metrics = jax.eval_shape(step, state, {"image": images, "label": labels})
+    assert metrics["loss"].shape == ()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [f"{h}_r50_d8" for h in models.HEADS]
+@pytest.mark.parametrize("name", [f"{f}_r50_d8" for f in zoo.FAMILIES]
                          + ["danet_r101_d8", "ccnet_r101_d8"]
                          + [n for n in models.list_models() if "_r18_d16" in n])
 def test_models_run_slow(name):
     """Executed (not only traced): every head at r50, the r101 backbone, every r18 at d16."""
     model = models.create(name, num_classes=19)
     images, labels = batch(size=32, num_classes=19)
-    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, images)
-    tx, step = train_step(model)
-    _, _, loss, _ = jax.jit(step)(variables, tx.init(variables["params"]), images, labels,
-                                  jax.random.key(2))
-    assert np.isfinite(float(loss))
+    step, init_args = train_step(model, 19, 32)
+    _, metrics = step(engine.init_state(*init_args), {"image": images, "label": labels})
+    assert np.isfinite(float(metrics["loss"]))
 
 
 def _apply(module, variables, path, x, train):
@@ -161,7 +155,7 @@ def test_danet_memory_efficient_equals_dense():
 
 def test_bad_images_are_refused():
     model = models.create("fcn_r18_d8", num_classes=3)
-    with pytest.raises(ValueError, match="images have 1 channels; the model takes 3"):
+    with pytest.raises(ValueError, match="images has 1 channels .* in_channels=3"):
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
     with pytest.raises(ValueError, match="images must have rank 4"):
         model.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
@@ -203,3 +197,62 @@ def test_classifier_dropout_drops_whole_channels():
     np.testing.assert_allclose(dropped[kept], np.asarray(x / (1 - p))[kept], rtol=1e-6)
     per_image = kept[:, 0, 0, :]
     assert 0 < per_image.mean() < 1 and not (per_image == per_image[:1]).all()
+
+
+def test_models_are_registered_descriptions():
+    spec = models.get_spec("danet_r101_d16")
+    assert isinstance(spec, models.EncoderDecoderSpec)
+    assert (spec.backbone, spec.head, spec.output_stride) == ("resnet101_v1c", "danet", 16)
+    assert spec.head_kwargs == {"channels": 512} and spec.aux_kwargs["channels"] == 256
+    assert models.get_spec("deeplabv3_r18_d8").head == "aspp"
+    assert models.get_spec("attention_unet_small").widths == (16, 32, 64, 128)
+    with pytest.raises(ValueError, match="model 'danet_r18_d8' is registered twice"):
+        models.register("danet_r18_d8", spec)
+
+
+def test_a_new_model_is_one_registered_description():
+    name = "test_gcnet_se_resnet18_d16"
+    models.register(name, models.EncoderDecoderSpec(
+        backbone="resnet18_v1b", head="gcnet", output_stride=16,
+        backbone_kwargs={"attn": "se", "width": 8}, head_kwargs={"channels": 16}, aux_head=None))
+    model = models.create(name, num_classes=3)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(
+        (1, 64, 64, 3), jnp.float32))["params"]
+    assert "aux_head" not in variables and "attn" in variables["backbone"]["layer1_0"]
+    assert variables["head"]["attention"]  # the GC block of the head
+    assert [t["output"] for t in model.loss_terms()] == ["out"]
+    assert name in models.list_models()
+
+
+def test_heads_declare_their_loss_terms():
+    assert heads.list_heads() == ["aspp", "ccnet", "danet", "fcn", "gcnet", "nonlocal", "psa",
+                                  "psas"]
+    assert heads.DANetHead.branches == (("pam", 1.0), ("cam", 1.0))
+    assert heads.FCNHead.branches == ()
+    terms = models.create("danet_r18_d8", num_classes=3).loss_terms()
+    assert [(t["output"], t["weight"]) for t in terms] == [
+        ("out", 1.0), ("pam", 1.0), ("cam", 1.0), ("aux", 0.4)]
+    assert heads.create("psas", num_classes=3).mode == "sequential"
+    assert heads.create("ccnet", num_classes=3, recurrence=1).recurrence == 1
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        heads.create("fcn", num_classes=0)
+    with pytest.raises(ValueError, match="features must have rank 4"):
+        head = heads.create("fcn", num_classes=3, channels=8)
+        head.init(jax.random.key(0), jnp.zeros((8, 8, 4)))
+
+
+def test_memory_efficient_reaches_only_heads_that_have_it():
+    assert models.create("danet_r18_d8", num_classes=3, memory_efficient=True).head.memory_efficient
+    assert models.create("nonlocal_r18_d8", num_classes=3,
+                         memory_efficient=True).head.memory_efficient
+    assert not hasattr(models.create("fcn_r18_d8", num_classes=3, memory_efficient=True).head,
+                       "memory_efficient")
+
+
+def test_attention_unet_is_built_from_a_config_like_any_model():
+    config = engine.default_config()
+    config.model.name = "attention_unet_small"
+    assert isinstance(engine.build_model(config), models.AttentionUNet)
+    config.model.backbone_kwargs = {"attn": "se"}
+    with pytest.raises(ValueError, match=r"\['backbone_kwargs'\] do not apply to an Attention U-Net"):
+        engine.build_model(config)

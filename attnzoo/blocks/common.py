@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_channels, check_choice, check_positive, check_rank
+from attnzoo._checks import check_choice, check_positive
 
 Array = jax.Array
 Dtype = Any
@@ -202,12 +202,6 @@ class ConvNormAct(nn.Module):
         if self.act is not None:
             x = activation(self.act)(x)
         return x
-
-
-def check_image(x: Array, channels: int, name: str = "x") -> None:
-    """``x`` must be ``(B, H, W, channels)``."""
-    check_rank(x, 4, name, "B, H, W, C")
-    check_channels(x, channels, name)
 
 
 def global_avg_pool(x: Array) -> Array:

@@ -6,10 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive
-from attnzoo.blocks.common import (
-    Dtype, activation, batch_norm, check_image, conv, gate, make_divisible,
-)
+from attnzoo._checks import check_image, check_positive
+from attnzoo.blocks.common import Dtype, activation, batch_norm, conv, gate, make_divisible
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_positive
-from attnzoo.blocks.common import Dtype, check_image, conv, zero_gamma
+from attnzoo._checks import check_image, check_positive
+from attnzoo.blocks.common import Dtype, conv, zero_gamma
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

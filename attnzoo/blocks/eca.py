@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive
-from attnzoo.blocks.common import Dtype, check_image, gate, global_avg_pool
+from attnzoo._checks import check_image, check_positive
+from attnzoo.blocks.common import Dtype, gate, global_avg_pool
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

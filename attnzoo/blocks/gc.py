@@ -6,10 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive
-from attnzoo.blocks.common import (
-    Dtype, activation, check_image, conv, gate, global_avg_pool, reduced_width,
-)
+from attnzoo._checks import check_image, check_positive
+from attnzoo.blocks.common import Dtype, activation, conv, gate, global_avg_pool, reduced_width
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive
-from attnzoo.blocks.common import ConvNormAct, Dtype, check_image, conv
+from attnzoo._checks import check_image, check_positive
+from attnzoo.blocks.common import ConvNormAct, Dtype, conv
 from attnzoo.blocks.registry import register
 
 Array = jax.Array

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_choice, check_positive
-from attnzoo.blocks.common import ConvNormAct, Dtype, check_image
+from attnzoo._checks import check_choice, check_image, check_positive
+from attnzoo.blocks.common import ConvNormAct, Dtype
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_choice
+from attnzoo._registry import Registry
 
 Array = jax.Array
 
@@ -37,7 +37,7 @@ class BlockSpec:
     torch_renames: tuple[tuple[str, str], ...] = ()
 
 
-_BLOCKS: dict[str, BlockSpec] = {}
+_BLOCKS: Registry[BlockSpec] = Registry("block")
 
 
 def register(
@@ -48,9 +48,7 @@ def register(
     torch_renames: dict[str, str] | None = None,
 ) -> None:
     """Register ``factory`` (a module class or a function returning a module) as ``name``."""
-    if name in _BLOCKS:
-        raise ValueError(f"block {name!r} is registered twice")
-    _BLOCKS[name] = BlockSpec(name, factory, example, tuple((torch_renames or {}).items()))
+    _BLOCKS.add(name, BlockSpec(name, factory, example, tuple((torch_renames or {}).items())))
 
 
 def registered(name: str, **kwargs: Any) -> Callable[[type], type]:
@@ -65,8 +63,7 @@ def registered(name: str, **kwargs: Any) -> Callable[[type], type]:
 
 def get_spec(name: str) -> BlockSpec:
     """The registry entry for ``name``; ValueError listing the names if unknown."""
-    check_choice(name, sorted(_BLOCKS), "name")
-    return _BLOCKS[name]
+    return _BLOCKS.get(name)
 
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
@@ -79,4 +76,4 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
 
 def list_blocks() -> list[str]:
     """All registered block names, sorted."""
-    return sorted(_BLOCKS)
+    return _BLOCKS.names()

@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_choice, check_positive
-from attnzoo.blocks.common import Dtype, check_image, conv, global_avg_pool
+from attnzoo._checks import check_choice, check_image, check_positive
+from attnzoo.blocks.common import Dtype, conv, global_avg_pool
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

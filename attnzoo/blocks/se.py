@@ -6,9 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive
+from attnzoo._checks import check_image, check_positive
 from attnzoo.blocks.common import (
-    Dtype, activation, batch_norm, check_image, conv, gate, global_avg_pool, reduced_width,
+    Dtype, activation, batch_norm, conv, gate, global_avg_pool, reduced_width,
 )
 from attnzoo.blocks.registry import registered
 

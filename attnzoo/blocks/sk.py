@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_divisible, check_positive
-from attnzoo.blocks.common import ConvNormAct, Dtype, batch_norm, check_image, conv, make_divisible
+from attnzoo._checks import check_divisible, check_image, check_positive
+from attnzoo.blocks.common import ConvNormAct, Dtype, batch_norm, conv, make_divisible
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_divisible, check_positive
-from attnzoo.blocks.common import Dtype, batch_norm, check_image, conv, global_avg_pool, make_divisible
+from attnzoo._checks import check_divisible, check_image, check_positive
+from attnzoo.blocks.common import Dtype, batch_norm, conv, global_avg_pool, make_divisible
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array

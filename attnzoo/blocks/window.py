@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_divisible, check_positive
-from attnzoo.blocks.common import Dtype, check_image
+from attnzoo._checks import check_divisible, check_image, check_positive
+from attnzoo.blocks.common import Dtype
 from attnzoo.blocks.mhsa import relative_position_bias
 from attnzoo.blocks.registry import registered
 

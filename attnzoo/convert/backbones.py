@@ -16,6 +16,8 @@ from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
 
 # Classifier keys of the references: not part of a segmentation backbone.
 _BACKBONE_KEYS = r"^(?!fc\.)"
+# timm names the attention module of a residual block ``se`` whatever its kind; attnzoo ``attn``.
+_TIMM_RENAMES = ((r"^(layer\d+\.\d+)\.se\.", r"\1.attn."),)
 META_FILE = "attnzoo_backbone.json"
 
 
@@ -38,7 +40,8 @@ def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
              output_stride: int) -> tuple[backbones.ResNet, dict]:
     module = backbones.create(name, output_stride=output_stride, **kwargs)
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
-    return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS)
+    return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS,
+                                      regex_renames=_TIMM_RENAMES)
 
 
 def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
@@ -84,11 +87,34 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return dict(sd)
 
 
+_FIELDS = ("layers", "deep_stem", "stem_width", "avg_down", "output_stride", "multi_grid",
+           "cardinality", "base_width", "width", "attn", "attn_kwargs", "block_kwargs",
+           "in_channels")
+# Files written before the block kinds became classes (attnzoo <= 0.1 at 90627af) hold these
+# block fields at the top level; each block kind reads the ones it has.
+_LEGACY_BLOCK_FIELDS = ("sk_kwargs", "radix", "avd")
+
+
 def _backbone_fields(module: backbones.ResNet) -> dict[str, Any]:
-    return {k: getattr(module, k) for k in (
-        "block", "layers", "deep_stem", "stem_width", "avg_down", "output_stride", "multi_grid",
-        "cardinality", "base_width", "width", "attn", "attn_kwargs", "sk_kwargs", "radix", "avd",
-        "in_channels")}
+    names = {cls: name for name, cls in backbones.BLOCKS.items()}
+    if module.block_cls not in names:
+        raise ValueError(f"block_cls {module.block_cls.__name__} is not one of attnzoo's block "
+                         f"kinds {sorted(backbones.BLOCKS)}; it cannot be saved by name")
+    return {"block": names[module.block_cls], **{k: getattr(module, k) for k in _FIELDS}}
+
+
+def _resnet_from_fields(meta: dict[str, Any]) -> backbones.ResNet:
+    fields = {k: v for k, v in meta.items() if k not in ("source", "block", *_LEGACY_BLOCK_FIELDS)}
+    block_cls = backbones.BLOCKS[meta["block"]]
+    block_kwargs = {k: meta[k] for k in _LEGACY_BLOCK_FIELDS
+                    if k in meta and k in block_cls.__dataclass_fields__}
+    block_kwargs.update(dict(fields.get("block_kwargs", ())))
+    if "sk_kwargs" in block_kwargs:
+        block_kwargs["sk_kwargs"] = tuple(tuple(item) for item in block_kwargs["sk_kwargs"])
+    fields["block_kwargs"] = tuple(sorted(block_kwargs.items()))
+    fields["attn_kwargs"] = tuple(tuple(item) for item in fields["attn_kwargs"])
+    fields["layers"] = tuple(fields["layers"])
+    return backbones.ResNet(block_cls=block_cls, **fields)
 
 
 def save_backbone(directory: str | Path, module: backbones.ResNet, variables: dict,
@@ -115,12 +141,7 @@ def load_backbone(directory: str | Path) -> tuple[backbones.ResNet, dict]:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{str(directory)!r} holds no {META_FILE}: not an attnzoo backbone")
-    meta = json.loads(meta_path.read_text())
-    fields = {k: v for k, v in meta.items() if k != "source"}
-    for key in ("attn_kwargs", "sk_kwargs"):
-        fields[key] = tuple(tuple(item) for item in fields[key])
-    fields["layers"] = tuple(fields["layers"])
-    module = backbones.ResNet(**fields)
+    module = _resnet_from_fields(json.loads(meta_path.read_text()))
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(directory / "variables", target)

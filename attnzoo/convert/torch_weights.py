@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from attnzoo._checks import mismatch_report
+
 _SKIPPED = ("num_batches_tracked",)
 
 
@@ -77,16 +79,21 @@ def _transform(array: np.ndarray, target_path: tuple[str, ...]) -> np.ndarray:
 
 
 def apply_renames(
-    state_dict: Mapping[str, Any], renames: Iterable[tuple[str, str]]
+    state_dict: Mapping[str, Any], renames: Iterable[tuple[str, str]] = (),
+    regex_renames: Iterable[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """Replace key prefixes (``old.`` -> ``new.``, or a whole key) in ``state_dict``."""
+    """Replace key prefixes (``old.`` -> ``new.``, or a whole key) in ``state_dict``, then
+    apply each ``(pattern, replacement)`` of ``regex_renames`` (``re.sub``) to every key."""
     renames = tuple(renames)
+    compiled = [(re.compile(pattern), repl) for pattern, repl in regex_renames]
     out: dict[str, Any] = {}
     for key, value in state_dict.items():
         for old, new in renames:
             if key == old or key.startswith(old + "."):
                 key = new + key[len(old):]
                 break
+        for pattern, repl in compiled:
+            key = pattern.sub(repl, key)
         out[key] = value
     return out
 
@@ -103,6 +110,7 @@ def convert_state_dict(
     target: Mapping[str, Any],
     *,
     renames: Iterable[tuple[str, str]] = (),
+    regex_renames: Iterable[tuple[str, str]] = (),
     strict_regex: str | None = None,
 ) -> dict[str, Any]:
     """Map ``state_dict`` onto the variable tree ``target`` (shapes), exactly.
@@ -111,6 +119,7 @@ def convert_state_dict(
       state_dict: reference key -> tensor/array.
       target: the module's variables or their shapes (:func:`target_shapes`).
       renames: ``(reference_prefix, attnzoo_prefix)`` pairs applied first.
+      regex_renames: ``(pattern, replacement)`` pairs applied to every key next.
       strict_regex: if given, only reference keys matching it are converted
         (others are ignored, e.g. a classifier head); all target leaves must
         still be filled.
@@ -126,7 +135,7 @@ def convert_state_dict(
     filled: dict[tuple[str, ...], np.ndarray] = {}
     unexpected: list[str] = []
     mismatched: list[str] = []
-    for key, value in apply_renames(state_dict, renames).items():
+    for key, value in apply_renames(state_dict, renames, regex_renames).items():
         if key.rsplit(".", 1)[-1] in _SKIPPED or (pattern and not pattern.search(key)):
             continue
         path = next((p for p in _candidates(key) if p in flat_target), None)
@@ -149,11 +158,7 @@ def convert_state_dict(
             continue
         filled[path] = array.astype(want.dtype)
     missing = ["/".join(p) for p in flat_target if p not in filled]
-    if missing or unexpected or mismatched:
-        lines = []
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", mismatched)):
-            if items:
-                lines.append(f"{title} ({len(items)}): " + ", ".join(sorted(items)))
-        raise ConversionError("state dict does not fit the module; " + "; ".join(lines))
+    report = mismatch_report(missing, unexpected, mismatched)
+    if report:
+        raise ConversionError("state dict does not fit the module; " + report)
     return flax.traverse_util.unflatten_dict({k: jax.numpy.asarray(v) for k, v in filled.items()})

@@ -12,22 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from attnzoo.data.datasets import DATASETS, DatasetSpec, spec
-from attnzoo.data.sharding import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    denormalize_image,
-    global_batch,
-    local_batch_size,
-    normalize_image,
-    prefetch_to_mesh,
-)
-
-BUILDERS = tuple(DATASETS)
+from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
 
 
 def builder(name: str, data_dir: str | Path | None = None, *, manual_dir: str | Path | None = None,
             num_classes: int | None = None, ignore_index: int = 255) -> Any:
-    """The TFDS builder of dataset ``name`` (one of ``BUILDERS``), not yet prepared.
+    """The TFDS builder of dataset ``name`` (a key of ``DATASETS``), not yet prepared.
 
     ``data_dir`` defaults to TFDS's own (``~/tensorflow_datasets``). The
     ``folder`` dataset needs ``manual_dir`` (the folder) and takes its class
@@ -80,6 +70,5 @@ def prepare(name: str, data_dir: str | Path | None = None, *,
     return b
 
 
-__all__ = ["BUILDERS", "DATASETS", "DatasetSpec", "IMAGENET_MEAN", "IMAGENET_STD", "builder",
-           "denormalize_image", "global_batch", "local_batch_size", "normalize_image",
-           "prefetch_to_mesh", "prepare", "spec"]
+__all__ = ["DATASETS", "DatasetSpec", "IMAGENET_MEAN", "IMAGENET_STD", "builder",
+           "denormalize_image", "normalize_image", "prepare", "spec"]

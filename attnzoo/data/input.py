@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from attnzoo.data.sharding import global_batch, local_batch_size, prefetch_to_mesh
+from attnzoo.sharding import local_batch_size, prefetch_to_mesh
 
 
 def prepared_builder(config: Mapping[str, Any]):
@@ -95,7 +95,7 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
 
     builder = builder or prepared_builder(config)
     split = split or config["eval_split"]
-    local = local_batch_size(batch_size, mesh)
+    local = local_batch_size(batch_size, mesh, "eval_batch_size")
     ds = pipeline.eval_dataset(
         builder.as_dataset(split=split, shuffle_files=False), batch_size=local,
         scale=_pair(config.get("eval_scale")), canvas=_pair(config.get("eval_canvas")),

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from attnzoo.data.sharding import IMAGENET_MEAN, IMAGENET_STD
+from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _uniform(seed: tf.Tensor, lo: float, hi: float) -> tf.Tensor:

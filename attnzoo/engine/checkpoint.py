@@ -8,11 +8,17 @@ writes each step into a temporary directory and renames it when complete, so
 a crash mid-save never leaves a half-written step that looks finished; a
 step that is present but unreadable (corrupted on disk) is skipped with a
 warning in favour of the one before it.
+
+Checkpoints of earlier attnzoo versions restore: the one variable rename
+since 0.1.0 (the attention module inside residual blocks, ``se`` -> ``attn``)
+is read from the saved tree's metadata and applied while restoring.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from attnzoo.sharding import make_mesh
 
 log = logging.getLogger("attnzoo")
 BEST_METRIC = "mIoU"
@@ -44,8 +52,10 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "config"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler()})
 
     def steps(self) -> list[int]:
         """Saved steps, oldest first."""
@@ -68,9 +78,15 @@ class Checkpoints:
         """``(state, step)`` from ``step`` or else the newest readable step; ``None`` if there is
         none. ``target`` is an abstract state (shapes, dtypes, shardings) to restore onto."""
         def load(s: int) -> tuple[Any, int]:
+            legacy = _names_block_attention(self.manager.item_metadata(s)["state"], "se")
+            on_disk = _rename_block_attention(target, "attn", "se") if legacy else target
             restored = self.manager.restore(s, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target)))
-            return restored["state"], s
+                state=ocp.args.StandardRestore(on_disk)))["state"]
+            if legacy:
+                log.info("checkpoint step %d in %s predates the 'se' -> 'attn' rename of "
+                         "residual-block attention; renamed while restoring", s, self.directory)
+                restored = _rename_block_attention(restored, "se", "attn")
+            return restored, s
 
         return newest_readable(self.directory, self.steps(), step, load)
 
@@ -82,6 +98,34 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+_RESIDUAL_BLOCK = re.compile(r"layer\d+_\d+")
+
+
+def _names_block_attention(tree: Any, name: str) -> bool:
+    """Whether any residual block (``layer<i>_<j>``) in ``tree`` has a child called ``name``."""
+    pattern = re.compile(rf"\['layer\d+_\d+'\]\['{name}'\]")
+    return any(pattern.search(jax.tree_util.keystr(path))
+               for path, _ in jax.tree_util.tree_leaves_with_path(tree))
+
+
+def _rename_block_attention(tree: Any, old: str, new: str, key: Any = None) -> Any:
+    """``tree`` with the child ``old`` of every residual-block dict (``layer<i>_<j>``) renamed
+    ``new``; dicts, lists, tuples, named tuples (optax states) and dataclasses (the train
+    state) are rebuilt, other leaves kept."""
+    if isinstance(tree, Mapping):
+        inside = isinstance(key, str) and _RESIDUAL_BLOCK.fullmatch(key) is not None
+        return {(new if inside and k == old else k): _rename_block_attention(v, old, new, k)
+                for k, v in tree.items()}
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: _rename_block_attention(
+            getattr(tree, f.name), old, new) for f in dataclasses.fields(tree)})
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_rename_block_attention(v, old, new) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_rename_block_attention(v, old, new) for v in tree)
+    return tree
 
 
 def newest_readable(directory: Path, steps: list[int], step: int | None,
@@ -156,14 +200,9 @@ def _restore_step(ckpts: Checkpoints, step: int, config_overrides: Mapping[str, 
     from attnzoo.engine import optim, state as state_lib
 
     config = ckpts.config(step)
-    for key, value in (config_overrides or {}).items():
-        target = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
+    config.update_from_flattened_dict(dict(config_overrides or {}))
     model = state_lib.build_model(config)
     tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
-    mesh = state_lib.make_mesh(jax.local_devices()[:1])  # this process alone, also multi-host
+    mesh = make_mesh(jax.local_devices()[:1])  # this process alone, also multi-host
     state, _ = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh), step)
     return model, state.variables(), config, step

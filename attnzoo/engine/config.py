@@ -1,8 +1,10 @@
-"""Engine configuration: the defaults every ``configs/*.py`` starts from, and the recipes.
+"""Engine configuration: every field the engine reads, with its default.
 
-A config is an ``ml_collections.ConfigDict``; ``train.py`` loads one with
-``config_flags`` so any field can be overridden on the command line
-(``--config.optimizer.learning_rate=0.005``).
+A config is an ``ml_collections.ConfigDict``; the recipes in ``configs/``
+start from :func:`default_config` and ``train.py`` loads one with
+``config_flags``, so any field can be overridden on the command line
+(``--config.optimizer.learning_rate=0.005``); in Python, use
+``config.update_from_flattened_dict({"optimizer.learning_rate": 0.005})``.
 
 Fields (defaults in :func:`default_config`):
 
@@ -30,6 +32,10 @@ Fields (defaults in :func:`default_config`):
 """
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 from ml_collections import ConfigDict, config_dict
 
@@ -74,61 +80,18 @@ def default_config() -> ConfigDict:
     return c
 
 
-# Reference recipes: (crop, num_steps, batch_size, eval mode) per dataset, as mmsegmentation's
-# ``_base_`` schedules (Cityscapes 512x1024 80k, 769x769 with slide eval; ADE20K 512x512 160k).
-DATASETS = {
-    "cityscapes": dict(num_classes=19, crop_size=(512, 1024), scale=(2048, 1024), num_steps=80_000,
-                       batch_size=8, eval_mode="whole", eval_split="validation"),
-    "cityscapes769": dict(num_classes=19, crop_size=(769, 769), scale=(2049, 1025),
-                          num_steps=80_000, batch_size=8, eval_mode="slide",
-                          eval_split="validation"),
-    "ade20k": dict(num_classes=150, crop_size=(512, 512), scale=(2048, 512), num_steps=160_000,
-                   batch_size=16, eval_mode="whole", eval_split="validation",
-                   eval_scale=(2048, 512), eval_canvas=(1024, 1024)),
-}
-
-
-def recipe(model_kind: str, arg: str = "") -> ConfigDict:
-    """A reference recipe: ``recipe("danet", "r101,cityscapes")`` -> DANet-R101-D8 on Cityscapes.
-
-    ``arg`` is comma-separated: ``r18|r50|r101``, ``d8|d16`` and a dataset
-    (``cityscapes``: 512x1024 crops, 80k steps, batch 8, whole-image evaluation;
-    ``cityscapes769``: 769x769 crops, 80k, batch 8, sliding-window evaluation;
-    ``ade20k``: 512x512, 160k, batch 16); defaults ``r50,d8,cityscapes``
-    (``attention_unet`` takes only the dataset). SGD lr 0.01, momentum 0.9,
-    weight decay 5e-4, poly (power 0.9, min 1e-4), auxiliary FCN loss 0.4 (the
-    model's terms), as mmsegmentation's recipes.
-    """
-    depth, stride, dataset = "r50", "d8", "cityscapes"
-    for part in filter(None, (p.strip() for p in arg.split(","))):
-        if part in ("r18", "r50", "r101"):
-            depth = part
-        elif part in ("d8", "d16"):
-            stride = part
-        elif part in DATASETS:
-            dataset = part
-        else:
-            raise ValueError(
-                f"config argument {part!r} is not a depth (r18, r50, r101), a stride (d8, d16) "
-                f"or a dataset {sorted(DATASETS)}"
-            )
-    d = DATASETS[dataset]
-    c = default_config()
-    c.model.name = model_kind if model_kind.startswith("attention_unet") else \
-        f"{model_kind}_{depth}_{stride}"
-    c.dataset.name = "cityscapes" if dataset.startswith("cityscapes") else dataset
-    c.dataset.num_classes = d["num_classes"]
-    c.dataset.crop_size = d["crop_size"]
-    c.dataset.scale = d["scale"]
-    c.dataset.eval_split = d["eval_split"]
-    # images of mixed sizes: evaluated resized as mmsegmentation's test pipeline, on one canvas
-    c.dataset.eval_scale = d.get("eval_scale")
-    c.dataset.eval_canvas = d.get("eval_canvas")
-    c.num_steps = d["num_steps"]
-    c.batch_size = d["batch_size"]
-    c.eval_batch_size = 8
-    c.eval.mode = d["eval_mode"]
-    c.eval.crop_size = d["crop_size"]
-    c.eval.stride = (513, 513) if dataset == "cityscapes769" else (341, 682)
-    c.eval_every = c.num_steps // 10
-    return c
+def load_config_file(spec: str) -> ConfigDict:
+    """The config ``train.py --config SPEC`` would read: ``SPEC`` is a file and an optional
+    argument, ``"configs/danet.py:r101,cityscapes"``; ``get_config(arg)`` is called with the
+    argument when there is one. A recipe inside a package (``configs/``) may import its
+    siblings (``from configs import common``): the package's parent goes on ``sys.path``."""
+    path_text, _, arg = spec.partition(":")
+    path = Path(path_text).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path_text!r} does not exist")
+    if (path.parent / "__init__.py").is_file() and str(path.parent.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent.parent))
+    module_spec = importlib.util.spec_from_file_location(f"_attnzoo_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

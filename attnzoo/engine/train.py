@@ -12,10 +12,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from attnzoo.engine import optim
+from attnzoo._checks import check_positive, mismatch_report
+from attnzoo.engine import optim, steps
 from attnzoo.engine import state as state_lib
 from attnzoo.engine.checkpoint import Checkpoints
 from attnzoo.engine.logging import RunLogger, class_table
+from attnzoo.sharding import make_mesh
 
 
 class NonFiniteLossError(RuntimeError):
@@ -26,9 +28,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuse inconsistent settings before anything is built."""
     for name in ("num_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
                  "checkpoint_every", "keep"):
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"config.{name} must be a positive integer; got {value!r}")
+        check_positive(config[name], f"config.{name}")
     k = config.optimizer.accumulate_steps
     if config.num_steps % k:
         raise ValueError(f"config.num_steps={config.num_steps} must be a multiple of "
@@ -48,13 +48,15 @@ def load_pretrained_backbone(state: state_lib.TrainState, path: str) -> state_li
         ours_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(ours)}
         theirs_flat = {jax.tree_util.keystr(k): v
                        for k, v in jax.tree_util.tree_leaves_with_path(theirs)}
-        problems = sorted(set(ours_flat) ^ set(theirs_flat))
-        problems += [f"{k}: model {ours_flat[k].shape} vs checkpoint {theirs_flat[k].shape}"
-                     for k in sorted(set(ours_flat) & set(theirs_flat))
-                     if ours_flat[k].shape != theirs_flat[k].shape]
-        if problems:
+        report = mismatch_report(
+            missing=sorted(set(ours_flat) - set(theirs_flat)),
+            unexpected=sorted(set(theirs_flat) - set(ours_flat)),
+            mis_shaped=[f"{k}: model {ours_flat[k].shape} vs checkpoint {theirs_flat[k].shape}"
+                        for k in sorted(set(ours_flat) & set(theirs_flat))
+                        if ours_flat[k].shape != theirs_flat[k].shape])
+        if report:
             raise ValueError(f"config.init_from={path!r} does not fit the model's backbone "
-                             f"({collection}): " + "; ".join(problems[:20]))
+                             f"({collection}): {report}")
         sharding = jax.tree.leaves(ours)[0].sharding
         new[collection] = {**getattr(state, collection), "backbone": jax.tree.map(
             lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), sharding), ours, theirs)}
@@ -89,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    mesh = state_lib.make_mesh()
+    mesh = make_mesh()
     model = state_lib.build_model(config)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_steps)
     ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep, keep_best=config.keep_best,
@@ -109,8 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         builder = data_input.prepared_builder(config.dataset)
         names = data_input.class_names(config.dataset, builder)
-        train_step = state_lib.make_train_step(model, tx, schedule, config, mesh)
-        eval_step = state_lib.make_eval_step(model, config, mesh)
+        train_step = steps.make_train_step(model, tx, schedule, config, mesh)
+        eval_step = steps.make_eval_step(model, config, mesh)
 
         first_eval_batch: dict[str, jax.Array] = {}
 
@@ -123,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         first_eval_batch.update(batch)
                     yield batch
 
-            result = state_lib.evaluate(eval_step, state.variables(), batches())
+            result = steps.evaluate(eval_step, state.variables(), batches())
             logger.scalars(step, "eval", {k: result[k] for k in ("mIoU", "mAcc", "aAcc", "mDice")})
             logger.message(f"step {step}: mIoU {100 * result['mIoU']:.2f}  mAcc "
                            f"{100 * result['mAcc']:.2f}  aAcc {100 * result['aAcc']:.2f}")

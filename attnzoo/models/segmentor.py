@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import blocks
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_image
 from attnzoo.blocks.common import ConvNormAct, Dtype, conv
-from attnzoo.heads import FCNHead
 
 Array = jax.Array
 
@@ -25,20 +24,22 @@ def resize_logits(logits: Array, size: tuple[int, int]) -> Array:
     return jax.image.resize(logits, (logits.shape[0], *size, logits.shape[-1]), "bilinear")
 
 
-def check_images(x: Array, in_channels: int) -> None:
-    check_rank(x, 4, "images", "B, H, W, C")
-    if x.shape[-1] != in_channels:
-        raise ValueError(f"images have {x.shape[-1]} channels; the model takes {in_channels}")
-
-
 class EncoderDecoder(nn.Module):
-    """Backbone + decode head (+ auxiliary FCN head on ``c3``), logits at input size.
+    """Backbone + decode head (+ auxiliary head), logits at input size (mmsegmentation's
+    ``EncoderDecoder``).
 
     ``__call__(images, *, train=False)`` returns a dict of logits
     ``(B, H, W, num_classes)`` upsampled bilinearly to the input: ``"out"``
-    always; in training (and at init) also ``"aux"`` and any extra head
-    outputs (DANet's ``"pam"``, ``"cam"``). ``loss_terms`` says how a
-    trainer weighs them (auxiliary 0.4 by default, as mmsegmentation).
+    always; in training (and at init) also ``"aux"`` and the outputs the head
+    declares in its ``branches`` (DANet's ``"pam"``, ``"cam"``).
+    :meth:`loss_terms` says how a trainer weighs them.
+
+    Attributes:
+      backbone: a module returning a dict of features (``c1`` .. ``c4``) with
+        an ``in_channels`` field.
+      head: the decode head, reading ``in_feature``.
+      aux_head: the auxiliary head, reading ``aux_feature`` (training only).
+      aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
     """
 
     backbone: nn.Module
@@ -47,19 +48,20 @@ class EncoderDecoder(nn.Module):
     in_feature: str = "c4"
     aux_feature: str = "c3"
     aux_weight: float = 0.4
-    branch_weights: tuple[tuple[str, float], ...] = ()
 
     def loss_terms(self) -> list[dict[str, Any]]:
-        """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`."""
+        """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`: the main output
+        (weight 1), the head's declared branches, the auxiliary output."""
         terms = [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
-        terms += [{"output": k, "loss": "cross_entropy", "weight": w} for k, w in self.branch_weights]
+        terms += [{"output": k, "loss": "cross_entropy", "weight": w}
+                  for k, w in getattr(self.head, "branches", ())]
         if self.aux_head is not None:
             terms.append({"output": "aux", "loss": "cross_entropy", "weight": self.aux_weight})
         return terms
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
-        check_images(images, self.backbone.in_channels)
+        check_image(images, self.backbone.in_channels, "images", "in_channels")
         size = images.shape[1:3]
         feats = self.backbone(images, train=train)
         outputs = self.head(feats[self.in_feature], train=train)
@@ -101,11 +103,12 @@ class AttentionUNet(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def loss_terms(self) -> list[dict[str, Any]]:
+        """One cross-entropy term on ``"out"``."""
         return [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
-        check_images(images, self.in_channels)
+        check_image(images, self.in_channels, "images", "in_channels")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h, w = images.shape[1:3]
         m = 2 ** (len(self.widths) - 1)
@@ -126,5 +129,3 @@ class AttentionUNet(nn.Module):
         logits = conv(self.num_classes, name="cls", **kw)(x)
         return {"out": logits[:, :h, :w]}
 
-
-ModelFactory = Callable[..., nn.Module]

@@ -1,0 +1,40 @@
+"""ASPP head of DeepLabV3 (Chen et al., "Rethinking Atrous Convolution", 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo.blocks.common import global_avg_pool
+from attnzoo.heads.base import DecodeHead, register
+
+Array = jax.Array
+
+
+@register("aspp")
+class ASPPHead(DecodeHead):
+    """Atrous spatial pyramid pooling (mmsegmentation's ``ASPPHead``).
+
+    An image-pooling branch (global average pool, 1x1 conv-BN-ReLU, broadcast
+    back) and one branch per rate in ``dilations`` (1x1 for rate 1, 3x3
+    dilated otherwise), concatenated and fused by a 3x3 bottleneck conv.
+
+    Attributes:
+      dilations: the rates; (1, 12, 24, 36) for output stride 8.
+    """
+
+    dilations: Sequence[int] = (1, 12, 24, 36)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+        self.check_input(x)
+        pooled = self.conv_block(1, "image_pool")(global_avg_pool(x), train=train)
+        branches = [jnp.broadcast_to(pooled, x.shape[:3] + (self.channels,))]
+        for i, d in enumerate(self.dilations):
+            branches.append(self.conv_block(1 if d == 1 else 3, f"aspp_{i}", dilation=d)(
+                x, train=train))
+        y = self.conv_block(3, "bottleneck")(jnp.concatenate(branches, axis=-1), train=train)
+        return {"out": self.classifier()(y, train=train)}

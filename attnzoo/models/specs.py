@@ -1,0 +1,102 @@
+"""Segmentors described as data: which backbone, which head, which auxiliary head.
+
+A registered model name (``danet_r50_d8``) is one of these descriptions;
+``build`` turns it, with the user's overrides, into a Flax module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from attnzoo import backbones, heads
+from attnzoo._checks import check_positive
+from attnzoo.models.segmentor import AttentionUNet, EncoderDecoder
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderSpec:
+    """An :class:`EncoderDecoder`: backbone + decode head + auxiliary head.
+
+    Attributes:
+      backbone: a ``backbones.list_backbones()`` name.
+      head: a ``heads.list_heads()`` name, reading the backbone's ``c4``.
+      output_stride: 8, 16 or 32 (dilated last stages).
+      backbone_kwargs: fields of the backbone (e.g. ``{"attn": "se"}``).
+      head_kwargs: fields of the head (e.g. ``{"channels": 512}``).
+      aux_head: the auxiliary head's name (reading ``c3``), or None.
+      aux_kwargs: its fields.
+      aux_weight: its loss weight.
+    """
+
+    backbone: str
+    head: str
+    output_stride: int = 8
+    backbone_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    head_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    aux_head: str | None = "fcn"
+    aux_kwargs: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"channels": 256, "num_convs": 1, "concat_input": False})
+    aux_weight: float = 0.4
+
+    def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
+              backbone_kwargs: Mapping[str, Any] | None = None,
+              head_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
+              head_channels: int | None = None, aux_channels: int | None = None,
+              **kwargs: Any) -> EncoderDecoder:
+        """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` update the
+        description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
+        narrow CPU-sized model), ``memory_efficient`` switches heads that have exact
+        memory-bounded attention (DANet, non-local) to it; ``kwargs`` are
+        :class:`EncoderDecoder` fields."""
+        check_positive(num_classes, "num_classes")
+        backbone = backbones.create(self.backbone, output_stride=self.output_stride, dtype=dtype,
+                                    **{**self.backbone_kwargs, **(backbone_kwargs or {})})
+        head = heads.create(self.head, num_classes=num_classes, dtype=dtype,
+                            **_with_channels(self.head_kwargs, head_kwargs, head_channels,
+                                             "head_channels"))
+        if memory_efficient and "memory_efficient" in type(head).__dataclass_fields__:
+            head = head.clone(memory_efficient=True)
+        aux = None
+        if self.aux_head is not None:
+            aux = heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
+                               **_with_channels(self.aux_kwargs, None, aux_channels,
+                                                "aux_channels"))
+        return EncoderDecoder(backbone, head, aux, aux_weight=self.aux_weight, **kwargs)
+
+
+def _with_channels(base: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                   channels: int | None, field: str) -> dict[str, Any]:
+    kwargs = {**base, **(overrides or {})}
+    if channels is not None:
+        check_positive(channels, field)
+        kwargs["channels"] = channels
+    return kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetSpec:
+    """An :class:`AttentionUNet` of the given level ``widths`` (no backbone, no heads)."""
+
+    widths: tuple[int, ...]
+
+    def build(self, *, num_classes: int, dtype: Dtype = jnp.float32, **kwargs: Any
+              ) -> nn.Module:
+        """The module; ``kwargs`` are :class:`AttentionUNet` fields (``widths``,
+        ``in_channels``, ``param_dtype``)."""
+        check_positive(num_classes, "num_classes")
+        allowed = ("widths", "in_channels", "param_dtype")
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"{unknown} do not apply to an Attention U-Net (it has no backbone "
+                             f"or decode head); its options are {list(allowed)}")
+        return AttentionUNet(num_classes, **{"widths": self.widths, **kwargs}, dtype=dtype)
+
+
+ModelSpec = EncoderDecoderSpec | UNetSpec

@@ -1,0 +1,115 @@
+"""What the recipes share: mmsegmentation's schedule, the dataset table and the argument parser.
+
+Every recipe starts from ``attnzoo.engine.default_config()`` (all fields the
+engine reads) and :func:`mmseg_schedule` sets mmsegmentation's
+``schedule_80k`` / ``schedule_160k`` and dataset settings on it:
+
+* SGD, lr 0.01, momentum 0.9, weight decay 5e-4 (kernels only), poly decay
+  (power 0.9, min lr 1e-4);
+* ``cityscapes``: 512x1024 crops of images resized to 2048x1024 (ratio
+  0.5-2.0), 80k steps of batch 8, whole-image evaluation;
+* ``cityscapes769``: 769x769 crops of 2049x1025, 80k, batch 8, sliding-window
+  evaluation (769 windows, stride 513);
+* ``ade20k``: 512x512 crops of 2048x512, 160k steps of batch 16, evaluation
+  resized to 2048x512 on a 1024x1024 canvas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from attnzoo.engine import default_config
+
+# dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride)
+DATASETS: dict[str, dict[str, Any]] = {
+    "cityscapes": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(512, 1024),
+                                    scale=(2048, 1024)),
+                       num_steps=80_000, batch_size=8, eval_mode="whole", stride=(341, 682)),
+    "cityscapes769": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(769, 769),
+                                       scale=(2049, 1025)),
+                          num_steps=80_000, batch_size=8, eval_mode="slide", stride=(513, 513)),
+    "ade20k": dict(dataset=dict(name="ade20k", num_classes=150, crop_size=(512, 512),
+                                scale=(2048, 512), eval_scale=(2048, 512),
+                                eval_canvas=(1024, 1024)),
+                   num_steps=160_000, batch_size=16, eval_mode="whole", stride=(341, 682)),
+}
+DEPTHS = ("r50", "r18", "r101")
+STRIDES = ("d8", "d16")
+
+
+def parse_arg(arg: str, **fields: Any) -> ConfigDict:
+    """Parse a recipe argument into typed fields (after big_vision's ``parse_arg``).
+
+    Each keyword names a field and gives its default: a tuple of allowed
+    strings (the first is the default) or a value of type ``str``, ``int``,
+    ``float`` or ``bool``. ``arg`` is comma-separated: ``key=value`` sets a
+    field (converted to the default's type, checked against the choices), a
+    bare ``value`` sets the one field whose choices contain it.
+
+    >>> parse_arg("r101,dataset=ade20k", depth=DEPTHS, dataset=tuple(DATASETS)).depth
+    'r101'
+
+    Raises:
+      ValueError naming the token, the fields and their choices.
+    """
+    values = {k: (v[0] if isinstance(v, tuple) else v) for k, v in fields.items()}
+    choices = {k: v for k, v in fields.items() if isinstance(v, tuple)}
+
+    def describe() -> str:
+        return ", ".join(f"{k} in {list(choices[k])}" if k in choices else
+                         f"{k}={type(v).__name__}" for k, v in values.items())
+
+    for token in filter(None, (t.strip() for t in arg.split(","))):
+        key, sep, text = token.partition("=")
+        if not sep:
+            owners = [k for k, c in choices.items() if token in c]
+            if len(owners) != 1:
+                raise ValueError(f"config argument {token!r} matches no field; expected {describe()}")
+            values[owners[0]] = token
+            continue
+        if key not in values:
+            raise ValueError(f"config argument {key!r} is not a field; expected {describe()}")
+        if key in choices and text not in choices[key]:
+            raise ValueError(f"config argument {key}={text!r} must be one of {list(choices[key])}")
+        values[key] = _typed(text, values[key], key)
+    return ConfigDict(values)
+
+
+def _typed(text: str, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"config argument {key}={text!r} must be true or false")
+        return text.lower() in ("true", "1")
+    try:
+        return type(default)(text)
+    except ValueError as err:
+        raise ValueError(f"config argument {key}={text!r} must be a {type(default).__name__}") from err
+
+
+def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
+    """``default_config()`` with model ``model`` and mmsegmentation's schedule and data settings
+    for ``dataset`` (see the module docstring)."""
+    d = DATASETS[dataset]
+    c = default_config()
+    c.model.name = model
+    c.dataset.update(d["dataset"])
+    c.num_steps = d["num_steps"]
+    c.batch_size = d["batch_size"]
+    c.eval_batch_size = 8
+    c.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
+                            schedule="poly", power=0.9, min_lr=1e-4))
+    c.eval.mode = d["eval_mode"]
+    c.eval.crop_size = d["dataset"]["crop_size"]
+    c.eval.stride = d["stride"]
+    c.eval_every = c.num_steps // 10
+    return c
+
+
+def resnet_recipe(family: str, arg: str) -> ConfigDict:
+    """The recipe of model ``<family>_<depth>_<stride>`` on a dataset, from ``arg``
+    (``depth``: r50 | r18 | r101, ``stride``: d8 | d16, ``dataset``; defaults r50, d8,
+    cityscapes)."""
+    a = parse_arg(arg, depth=DEPTHS, stride=STRIDES, dataset=tuple(DATASETS))
+    return mmseg_schedule(a.dataset, f"{family}_{a.depth}_{a.stride}")

@@ -1,0 +1,61 @@
+"""Shared by the engine tests: a seconds-long config, JSONL and tree comparisons, config files."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from attnzoo import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir, **overrides):
+    """A narrow DANet on 64x64 crops of context_shapes: seconds per run on CPU."""
+    c = engine.default_config()
+    c.model.name = "danet_r18_d8"
+    c.model.backbone_kwargs = {"width": 8, "stem_width": 8}
+    c.model.head_channels = 16
+    c.model.aux_channels = 8
+    c.dataset.data_dir = str(data_dir)
+    c.dataset.crop_size = (64, 64)
+    c.dataset.ratio_range = (1.0, 1.0)
+    c.dataset.eval_split = "validation[:16]"
+    c.dataset.shuffle_buffer = 64
+    c.num_steps = 4
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "cosine"
+    c.optimizer.min_lr = 1e-5
+    c.eval.crop_size = (64, 64)
+    c.eval.stride = (32, 32)
+    c.log_every = 1
+    c.eval_every = 1000
+    c.checkpoint_every = 2
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def assert_trees_equal(a, b, rtol=0.0, atol=0.0):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def final_params(workdir):
+    _, variables, _ = engine.restore(workdir)
+    return variables
+
+
+def load_config(spec):
+    """``configs/<spec>`` as ``train.py --config`` reads it."""
+    return engine.config.load_config_file(str(ROOT / "configs" / spec))

@@ -1,0 +1,84 @@
+"""Checkpoints (``attnzoo.engine.checkpoint``): keep policy, restore, corrupt steps skipped, checkpoints of earlier versions."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_trees_equal
+
+from attnzoo import engine, sharding
+
+
+def test_checkpoints_keep_latest_and_best_by_miou(tmp_path):
+    ckpts = engine.Checkpoints(tmp_path, keep=2, keep_best=1, async_save=True)
+    state = {"w": np.arange(4.0)}
+    for step, miou in zip(range(1, 7), (0.1, 0.6, 0.2, 0.3, 0.1, 0.05)):
+        ckpts.save(step, jax.tree.map(lambda a: a * step, state), {"seed": 0},
+                   metrics={"mIoU": miou})
+    ckpts.wait()
+    assert ckpts.steps() == [2, 5, 6]
+    restored, step = ckpts.restore_state({"w": jax.ShapeDtypeStruct((4,), np.float64)}, 2)
+    np.testing.assert_array_equal(restored["w"], np.arange(4.0) * 2)
+    ckpts.close()
+
+
+def test_restore_gives_the_trained_model(run, context_shapes_dir):
+    workdir, config, _ = run
+    model, variables, restored_config = engine.restore(workdir)
+    assert restored_config.model.name == config.model.name
+    for path in (workdir / "checkpoints", workdir / "checkpoints" / "4"):
+        _, v, _ = engine.restore(path)
+        assert_trees_equal(v, variables)
+    _, v2, _ = engine.restore(workdir, step=2)
+    assert not np.allclose(v2["params"]["head"]["cls"]["conv_seg"]["kernel"],
+                           variables["params"]["head"]["cls"]["conv_seg"]["kernel"])
+    out = model.apply(variables, jnp.ones((1, 64, 96, 3)))
+    assert out["out"].shape == (1, 64, 96, 5)
+    with pytest.raises(FileNotFoundError, match="no attnzoo checkpoints"):
+        engine.restore(context_shapes_dir)
+
+
+def test_corrupt_checkpoint_is_skipped_with_a_warning(run, tmp_path, caplog):
+    workdir, config, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    for f in (copy / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="attnzoo"):
+        _, variables, _ = engine.restore(copy)
+    assert "checkpoint step 4" in caplog.text and "unreadable" in caplog.text
+    _, step2, _ = engine.restore(workdir, step=2)
+    assert_trees_equal(variables, step2)
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint_v0"
+
+
+def test_a_checkpoint_written_before_the_restructuring_restores():
+    """``fixtures/checkpoint_v0`` was written by attnzoo at 90627af (before heads and models
+    became registered families and the residual-block attention was renamed ``se`` ->
+    ``attn``): an SE-ResNet-18 DANet after one AdamW step. It restores for inference with the
+    logits it gave then, and as a train state (optimizer moments renamed too) for resuming.
+    Tolerance 1e-6 relative: the same float32 computation on the same variables."""
+    expected = np.load(FIXTURE / "expected.npz")
+    model, variables, config = engine.restore(FIXTURE)
+    assert config.model.name == "danet_r18_d8" and config.model.backbone_kwargs.attn == "se"
+    assert "attn" in variables["params"]["backbone"]["layer1_0"]
+    logits = model.apply(variables, jnp.asarray(expected["image"]))["out"]
+    np.testing.assert_allclose(np.asarray(logits), expected["logits"], rtol=1e-6, atol=1e-6)
+
+    tx, _ = engine.make_optimizer(config.optimizer, config.num_steps)
+    target = engine.state.abstract_state(model, tx, config, sharding.make_mesh(jax.devices()[:1]))
+    ckpts = engine.Checkpoints(FIXTURE / "checkpoints", read_only=True, async_save=False)
+    state, step = ckpts.restore_state(target)
+    ckpts.close()
+    assert step == 1 and int(state.step) == 1
+    assert_trees_equal(state.params, variables["params"])
+    adam = state.opt_state[0][0]  # clip -> adamw: scale_by_adam's state
+    assert "attn" in adam.mu["backbone"]["layer4_1"] and "se" not in adam.mu["backbone"]["layer4_1"]
+    assert np.abs(np.asarray(adam.mu["backbone"]["layer4_1"]["attn"]["fc1"]["kernel"])).sum() > 0

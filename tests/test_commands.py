@@ -1,0 +1,127 @@
+"""The commands on a trained run: ``python -m attnzoo.evaluate`` / ``attnzoo.predict``, restore without TensorFlow, the notebook."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import ROOT
+
+from attnzoo import engine
+
+
+def test_evaluate_command_reproduces_the_training_evaluation(run, capsys):
+    from attnzoo import evaluate
+
+    workdir, config, result = run
+    out = evaluate.main(["--workdir", str(workdir)])
+    printed = capsys.readouterr().out
+    assert out["mIoU"] == pytest.approx(result["mIoU"], abs=1e-6)
+    assert "mIoU" in printed and "marker" in printed and "step 4" in printed
+    saved = json.loads((workdir / "eval_validation[:16]_step4.json").read_text())
+    assert saved["mIoU"] == pytest.approx(result["mIoU"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_evaluate_command_slide_and_tta_modes(run):
+    from attnzoo import evaluate
+
+    workdir, _, result = run
+    slide = evaluate.main(["--workdir", str(workdir), "--mode", "slide", "--step", "2"])
+    tta = evaluate.main(["--workdir", str(workdir), "--tta", "--memory-efficient"])
+    assert slide["step"] == 2 and tta["step"] == 4
+    assert 0 <= slide["mIoU"] <= 1 and 0 <= tta["mIoU"] <= 1
+    assert tta["mIoU"] != result["mIoU"]  # six scales and flips do change the predictions
+
+
+def test_predict_command_writes_masks_overlays_and_attention(run, tmp_path, capsys):
+    from PIL import Image
+
+    from attnzoo import predict, viz
+    from attnzoo.data import context_shapes as cs
+
+    workdir, _, _ = run
+    paths = []
+    for i in range(2):
+        image, _, _ = cs.render(7, 1, i)
+        paths.append(viz.save_png(tmp_path / f"img{i}.png", image.astype(np.uint8)))
+    written = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "out"),
+                            "--attention", "--point", "10,10", "--point", "100,60", "--channels", "0,3",
+                            *map(str, paths)])
+    names = sorted(p.name for p in written)
+    assert names == sorted(f"img{i}_{k}.png" for i in range(2)
+                           for k in ("mask", "overlay", "pam", "cam"))
+    mask = np.asarray(Image.open(tmp_path / "out" / "img0_mask.png"))
+    palette = viz.palette(5)
+    assert mask.shape == (128, 128, 3)
+    assert {tuple(c) for c in mask.reshape(-1, 3)} <= {tuple(c) for c in palette}
+    assert np.asarray(Image.open(tmp_path / "out" / "img0_pam.png")).shape[1] >= 3 * 128
+    with pytest.raises(ValueError, match="--point"):
+        predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "o2"), "--attention",
+                      "--point", "500,5", str(paths[0])])
+
+
+def test_attention_maps_are_the_ones_the_position_attention_applies(run):
+    """With PAM's gamma g, out = g * (values weighted by the map) + x: the difference of the
+    PAM outputs at gamma 1 and gamma 0 must equal the maps predict draws, applied to the
+    values."""
+    from attnzoo.predict import _find, attention_maps
+
+    workdir, _, _ = run
+    model, variables, _ = engine.restore(workdir)
+    image = jnp.asarray(np.random.default_rng(3).normal(size=(1, 64, 64, 3)), jnp.float32)
+    h = w = 8  # output stride 8
+    points = [(y * 8, x * 8) for y in range(h) for x in range(w)]
+    pam, _ = attention_maps(model, variables, image, points, [0])
+    assert pam.shape == (h * w, h, w)
+    np.testing.assert_allclose(pam.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+
+    def pam_output(gamma):
+        params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+        _find(params, "pam")["gamma"] = jnp.full_like(_find(params, "pam")["gamma"], gamma)
+        _, st = model.apply({**variables, "params": params}, image, mutable=["intermediates"],
+                            capture_intermediates=lambda m, _: m.name in ("pam", "value_conv"))
+        inter = st["intermediates"]
+        return _find(inter, "pam")["__call__"][0], _find(inter, "value_conv")["__call__"][0]
+
+    out1, values = pam_output(1.0)
+    out0, _ = pam_output(0.0)
+    weighted = pam.reshape(h * w, h * w) @ np.asarray(values).reshape(h * w, -1)
+    np.testing.assert_allclose(np.asarray(out1 - out0).reshape(h * w, -1), weighted,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_restore_and_predict_need_no_tensorflow(run, tmp_path):
+    workdir, _, _ = run
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
+        "import numpy as np\n"
+        "from attnzoo.engine import restore\n"
+        "from attnzoo import predict, viz\n"
+        f"model, variables, config = restore({str(workdir)!r})\n"
+        "print(model.apply(variables, np.zeros((1, 64, 64, 3), np.float32))['out'].shape)\n"
+        f"p = viz.save_png({str(tmp_path / 'x.png')!r}, np.full((64, 64, 3), 90, np.uint8))\n"
+        f"print(len(predict.predict_files({str(workdir)!r}, [p], {str(tmp_path / 'o')!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["(1,", "64,", "64,", "5)", "2"]
+
+
+@pytest.mark.slow
+def test_compose_attention_notebook_runs(run, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    workdir, _, _ = run
+    monkeypatch.setenv("ATTNZOO_RUN", str(workdir))
+    notebook = nbformat.read(ROOT / "examples" / "compose_attention.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "max |block - reference|" in text and "restored from" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)
