@@ -334,3 +334,27 @@ def test_temporal_attention(causal):
         if causal:
             s = np.where(np.arange(4) <= t, s, -np.inf)
         np.testing.assert_allclose(out[n, t, y, x], softmax(s) @ v[n, :, y, x], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("size", [(7, 9), (33, 40), (16, 16), (5, 61)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resize_bilinear_equals_pytorch_interpolate(size, align_corners):
+    """Up and down, both corner conventions, against ``F.interpolate`` in float64 (no
+    antialiasing on either side); tolerance 1e-6 absolute on values of order 1."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).standard_normal((2, 16, 20, 3)).astype(np.float32)
+    want = torch.nn.functional.interpolate(
+        torch.tensor(x).permute(0, 3, 1, 2).double(), size=size, mode="bilinear",
+        align_corners=align_corners).permute(0, 2, 3, 1).numpy()
+    got = np.asarray(ops.resize_bilinear(jnp.asarray(x), size, align_corners=align_corners))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (6, 6), (5, 7)])
+def test_adaptive_avg_pool_equals_pytorch(size):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(4).standard_normal((2, 13, 17, 3)).astype(np.float32)
+    want = torch.nn.functional.adaptive_avg_pool2d(
+        torch.tensor(x).permute(0, 3, 1, 2).double(), size).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(ops.adaptive_avg_pool(jnp.asarray(x), size)), want,
+                               rtol=0, atol=1e-6)

@@ -14,12 +14,13 @@ Array = jax.Array
 
 
 class ConvMlp(nn.Module):
-    """1x1 conv -> LayerNorm over channels (eps 1e-6) -> act -> 1x1 conv (timm's ``ConvMlp``)."""
+    """1x1 conv -> LayerNorm over channels -> act -> 1x1 conv (timm's ``ConvMlp``)."""
 
     hidden: int
     features: int
     act: str = "relu"
     last_zero: bool = False
+    norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -27,7 +28,7 @@ class ConvMlp(nn.Module):
     def __call__(self, x: Array) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = conv(self.hidden, name="fc1", **kw)(x)
-        x = nn.LayerNorm(epsilon=1e-6, name="norm", **kw)(x)
+        x = nn.LayerNorm(epsilon=self.norm_eps, name="norm", **kw)(x)
         init = nn.initializers.zeros if self.last_zero else nn.initializers.lecun_normal()
         return conv(self.features, kernel_init=init, name="fc2", **kw)(activation(self.act)(x))
 
@@ -46,7 +47,8 @@ class GlobalContext(nn.Module):
 
     Matches timm's ``GlobalContext`` (``conv_attn``, ``mlp_scale``/``mlp_add``
     with ``fc1``, ``norm``, ``fc2``; width ``C * rd_ratio``, default 1/8;
-    the ``mlp_add`` output conv is zero-initialised).
+    the ``mlp_add`` output conv is zero-initialised; LayerNorm eps 1e-6 as timm,
+    ``norm_eps=1e-5`` as mmcv's ``ContextBlock``).
     """
 
     channels: int
@@ -58,6 +60,7 @@ class GlobalContext(nn.Module):
     rd_divisor: int = 1
     act: str = "relu"
     gate: str = "sigmoid"
+    norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -81,8 +84,10 @@ class GlobalContext(nn.Module):
             context = global_avg_pool(x)
         rd = reduced_width(self.channels, self.rd_ratio, self.rd_channels, self.rd_divisor)
         if self.fuse_scale:
-            s = ConvMlp(rd, self.channels, self.act, name="mlp_scale", **kw)(context)
+            s = ConvMlp(rd, self.channels, self.act, norm_eps=self.norm_eps, name="mlp_scale",
+                        **kw)(context)
             x = x * gate(self.gate)(s).astype(x.dtype)
         if self.fuse_add:
-            x = x + ConvMlp(rd, self.channels, self.act, last_zero=True, name="mlp_add", **kw)(context)
+            x = x + ConvMlp(rd, self.channels, self.act, last_zero=True, norm_eps=self.norm_eps,
+                            name="mlp_add", **kw)(context)
         return x

@@ -2,14 +2,18 @@
 
 ``create("danet", num_classes=19)``, ``list_heads()``. Registered: ``fcn``,
 ``danet``, ``ccnet``, ``nonlocal``, ``gcnet``, ``psa`` / ``psas`` (polarized
-self-attention, parallel / sequential) and ``aspp`` (DeepLabV3). A new head is
+self-attention, parallel / sequential), ``aspp`` (DeepLabV3), ``psp`` (PSPNet)
+and ``psanet`` (point-wise spatial attention). A new head is
 a :class:`DecodeHead` subclass in its own file, decorated with ``@register``.
 """
 
 from attnzoo.heads.aspp import ASPPHead
 from attnzoo.heads.base import HEADS, Classifier, DecodeHead, create, list_heads, register
 from attnzoo.heads.danet import DANetHead
-from attnzoo.heads.fcn import CCHead, FCNHead, GCHead, NLHead, PSAHead
+from attnzoo.heads.fcn import CCHead, FCNHead, GCHead, NLHead, PolarizedHead
+from attnzoo.heads.psanet import PSANetHead
+from attnzoo.heads.psp import PSPHead
 
 __all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DecodeHead", "FCNHead", "GCHead",
-           "HEADS", "NLHead", "PSAHead", "create", "list_heads", "register"]
+           "HEADS", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead", "create", "list_heads",
+           "register"]

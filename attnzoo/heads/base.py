@@ -60,6 +60,7 @@ class DecodeHead(nn.Module):
       num_classes: classes of the logits.
       channels: width of the head's convolutions.
       dropout: classifier channel dropout.
+      align_corners: of the head's bilinear resizing (PSPNet's pyramid), mmseg's flag.
       branches: (class attribute) ``(output name, loss weight)`` of the extra
         logits the head returns in training and at init; the segmentor adds
         them to its loss terms.
@@ -68,6 +69,7 @@ class DecodeHead(nn.Module):
     num_classes: int
     channels: int = 512
     dropout: float = 0.1
+    align_corners: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 

@@ -3,7 +3,7 @@
 mmsegmentation builds the CCNet, non-local and GCNet heads as subclasses of
 ``FCNHead`` that put one attention block after the first convolution; so does
 attnzoo (:class:`CCHead`, :class:`NLHead`, :class:`GCHead` and the polarized
-self-attention head :class:`PSAHead`), each overriding :meth:`FCNHead.attention`.
+self-attention head :class:`PolarizedHead`), each overriding :meth:`FCNHead.attention`.
 """
 
 from __future__ import annotations
@@ -79,14 +79,15 @@ class NLHead(FCNHead):
 @register("gcnet")
 class GCHead(FCNHead):
     """GCNet head (Cao et al., ICCVW 2019; mmsegmentation's ``GCHead``): a global context
-    block with attention pooling, reduction 1/4 and the channel-add fusion only."""
+    block with attention pooling, reduction 1/4 and the channel-add fusion only, its
+    LayerNorm with PyTorch's eps 1e-5 (mmcv's ``ContextBlock``)."""
 
     def attention(self) -> nn.Module:
         return blocks.GlobalContext(self.channels, fuse_add=True, fuse_scale=False,
-                                    rd_ratio=0.25, name="attention", **self.kw)
+                                    rd_ratio=0.25, norm_eps=1e-5, name="attention", **self.kw)
 
 
-class PSAHead(FCNHead):
+class PolarizedHead(FCNHead):
     """Polarized self-attention head (Liu et al., 2021): a PSA block in the FCN head,
     ``mode`` ``"parallel"`` (registered as ``psa``) or ``"sequential"`` (``psas``)."""
 
@@ -97,10 +98,10 @@ class PSAHead(FCNHead):
                                              **self.kw)
 
 
-def _sequential_psa_head(**kwargs: Any) -> PSAHead:
-    """:class:`PSAHead` in the sequential layout."""
-    return PSAHead(**{"mode": "sequential", **kwargs})
+def _sequential_polarized_head(**kwargs: Any) -> PolarizedHead:
+    """:class:`PolarizedHead` in the sequential layout."""
+    return PolarizedHead(**{"mode": "sequential", **kwargs})
 
 
-register("psa")(PSAHead)
-register("psas")(_sequential_psa_head)
+register("psa")(PolarizedHead)
+register("psas")(_sequential_polarized_head)

@@ -9,19 +9,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo import blocks
+from attnzoo import blocks, ops
 from attnzoo._checks import check_image
 from attnzoo.blocks.common import ConvNormAct, Dtype, conv
 
 Array = jax.Array
 
 
-def resize_logits(logits: Array, size: tuple[int, int]) -> Array:
-    """Bilinear resize of ``(B, h, w, C)`` logits to ``size`` (half-pixel centres, as
-    PyTorch's ``align_corners=False``; no antialiasing when upsampling)."""
+def resize_logits(logits: Array, size: tuple[int, int], align_corners: bool = False) -> Array:
+    """Bilinear resize of ``(B, h, w, C)`` logits to ``size`` as PyTorch's ``F.interpolate``
+    (``align_corners`` as its flag; no antialiasing). Upsampling with half-pixel centres is
+    ``jax.image.resize`` (the same formula, XLA's fused kernel); otherwise
+    :func:`attnzoo.ops.resize_bilinear`."""
     if logits.shape[1:3] == tuple(size):
         return logits
-    return jax.image.resize(logits, (logits.shape[0], *size, logits.shape[-1]), "bilinear")
+    if not align_corners and all(o >= i for o, i in zip(size, logits.shape[1:3])):
+        return jax.image.resize(logits, (logits.shape[0], *size, logits.shape[-1]), "bilinear")
+    return ops.resize_bilinear(logits, size, align_corners=align_corners)
 
 
 class EncoderDecoder(nn.Module):
@@ -40,6 +44,7 @@ class EncoderDecoder(nn.Module):
       head: the decode head, reading ``in_feature``.
       aux_head: the auxiliary head, reading ``aux_feature`` (training only).
       aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
+      align_corners: of the bilinear upsampling to the input size (mmseg's flag).
     """
 
     backbone: nn.Module
@@ -48,6 +53,7 @@ class EncoderDecoder(nn.Module):
     in_feature: str = "c4"
     aux_feature: str = "c3"
     aux_weight: float = 0.4
+    align_corners: bool = False
 
     def loss_terms(self) -> list[dict[str, Any]]:
         """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`: the main output
@@ -67,7 +73,7 @@ class EncoderDecoder(nn.Module):
         outputs = self.head(feats[self.in_feature], train=train)
         if self.aux_head is not None and (train or self.is_initializing()):
             outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
-        return {k: resize_logits(v, size) for k, v in outputs.items()}
+        return {k: resize_logits(v, size, self.align_corners) for k, v in outputs.items()}
 
 
 class ConvBlock(nn.Module):

@@ -49,16 +49,18 @@ class EncoderDecoderSpec:
               backbone_kwargs: Mapping[str, Any] | None = None,
               head_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
               head_channels: int | None = None, aux_channels: int | None = None,
-              **kwargs: Any) -> EncoderDecoder:
+              align_corners: bool = False, **kwargs: Any) -> EncoderDecoder:
         """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` update the
         description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
         narrow CPU-sized model), ``memory_efficient`` switches heads that have exact
-        memory-bounded attention (DANet, non-local) to it; ``kwargs`` are
+        memory-bounded attention (DANet, non-local) to it, ``align_corners`` sets the flag of
+        the heads' and the output's bilinear resizing (mmseg's 769x769 recipes); ``kwargs`` are
         :class:`EncoderDecoder` fields."""
         check_positive(num_classes, "num_classes")
         backbone = backbones.create(self.backbone, output_stride=self.output_stride, dtype=dtype,
                                     **{**self.backbone_kwargs, **(backbone_kwargs or {})})
         head = heads.create(self.head, num_classes=num_classes, dtype=dtype,
+                            align_corners=align_corners,
                             **_with_channels(self.head_kwargs, head_kwargs, head_channels,
                                              "head_channels"))
         if memory_efficient and "memory_efficient" in type(head).__dataclass_fields__:
@@ -66,9 +68,11 @@ class EncoderDecoderSpec:
         aux = None
         if self.aux_head is not None:
             aux = heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
+                               align_corners=align_corners,
                                **_with_channels(self.aux_kwargs, None, aux_channels,
                                                 "aux_channels"))
-        return EncoderDecoder(backbone, head, aux, aux_weight=self.aux_weight, **kwargs)
+        return EncoderDecoder(backbone, head, aux, aux_weight=self.aux_weight,
+                              align_corners=align_corners, **kwargs)
 
 
 def _with_channels(base: Mapping[str, Any], overrides: Mapping[str, Any] | None,

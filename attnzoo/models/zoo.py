@@ -15,7 +15,8 @@ from attnzoo.models.specs import EncoderDecoderSpec, UNetSpec
 
 # model family -> decode head (``heads.list_heads()``)
 FAMILIES = {"fcn": "fcn", "danet": "danet", "ccnet": "ccnet", "nonlocal": "nonlocal",
-            "psa": "psa", "psas": "psas", "gcnet": "gcnet", "deeplabv3": "aspp"}
+            "psa": "psa", "psas": "psas", "gcnet": "gcnet", "deeplabv3": "aspp", "pspnet": "psp",
+            "psanet": "psanet"}
 DEPTHS = (18, 50, 101)
 STRIDES = (8, 16)
 

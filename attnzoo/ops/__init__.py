@@ -17,6 +17,8 @@ from attnzoo.ops.hard import hard_attention, hard_attention_weights
 from attnzoo.ops.non_local import non_local_attention, non_local_concatenation
 from attnzoo.ops.polarized import polarized_channel_context, polarized_spatial_weights
 from attnzoo.ops.position import position_attention, position_attention_map
+from attnzoo.ops.psa import point_wise_spatial_attention, psa_mask
+from attnzoo.ops.resize import adaptive_avg_pool, resize_bilinear
 from attnzoo.ops.temporal import temporal_attention
 from attnzoo.ops.window import (
     relative_position_index,
@@ -27,6 +29,7 @@ from attnzoo.ops.window import (
 )
 
 __all__ = [
+    "adaptive_avg_pool",
     "attention_scores",
     "channel_attention",
     "channel_attention_map",
@@ -39,11 +42,14 @@ __all__ = [
     "map_query_chunks",
     "non_local_attention",
     "non_local_concatenation",
+    "point_wise_spatial_attention",
     "polarized_channel_context",
     "polarized_spatial_weights",
     "position_attention",
     "position_attention_map",
+    "psa_mask",
     "relative_position_index",
+    "resize_bilinear",
     "shifted_window_mask",
     "temporal_attention",
     "window_attention",
