@@ -20,7 +20,8 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | None = None,
                  mode: str | None = None, tta: bool = False, memory_efficient: bool = False,
-                 data_dir: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+                 data_dir: str | None = None, manual_dir: str | None = None,
+                 batch_size: int | None = None) -> dict[str, Any]:
     """Restore ``workdir``'s checkpoint and evaluate it (arguments override the saved config's
     ``eval`` settings). Returns the metrics with ``"classes"`` and ``"step"``."""
     import jax
@@ -33,6 +34,8 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     overrides: dict[str, Any] = {"model.memory_efficient": memory_efficient}
     if data_dir:
         overrides["dataset.data_dir"] = data_dir
+    if manual_dir:
+        overrides["dataset.manual_dir"] = manual_dir
     model, variables, config, saved_step = checkpoint.restore_with_step(
         workdir, step=step, config_overrides=overrides)
     mesh = make_mesh()
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-efficient", action="store_true",
                         help="exact memory-bounded attention (large images)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: the config's)")
+    parser.add_argument("--manual-dir", default=None,
+                        help="the dataset's downloaded files, to prepare it (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result = evaluate_run(args.workdir, step=args.step, split=args.split, mode=args.mode,
                           tta=args.tta, memory_efficient=args.memory_efficient,
-                          data_dir=args.data_dir, batch_size=args.batch_size)
+                          data_dir=args.data_dir, manual_dir=args.manual_dir,
+                          batch_size=args.batch_size)
     print(f"step {result['step']}, split {result['split']!r}"
           + (", multi-scale + flip" if args.tta else ""))
     print(class_table(result["classes"], result))

@@ -92,7 +92,7 @@ def test_nan_stops_training_naming_the_step_and_keeps_good_checkpoints(run, tmp_
 @pytest.mark.slow
 def test_init_from_loads_a_converted_backbone(context_shapes_dir, tmp_path):
     from attnzoo.convert.backbones import save_backbone
-    from attnzoo.engine.train import load_pretrained_backbone
+    from attnzoo.engine.train import load_pretrained
 
     config = tiny_config(context_shapes_dir)
     bb = backbones.create("resnet18_v1c", output_stride=8, width=8, stem_width=8)
@@ -102,13 +102,13 @@ def test_init_from_loads_a_converted_backbone(context_shapes_dir, tmp_path):
     model = engine.build_model(config)
     tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
     mesh = sharding.make_mesh()
-    st = load_pretrained_backbone(engine.init_state(model, tx, config, mesh), str(path))
+    st = load_pretrained(engine.init_state(model, tx, config, mesh), str(path))
     assert_trees_equal(st.params["backbone"], variables["params"])
     assert_trees_equal(st.batch_stats["backbone"], variables["batch_stats"])
     wide = backbones.create("resnet18_v1c", output_stride=8, width=16, stem_width=8)
     save_backbone(tmp_path / "wide", wide, wide.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     with pytest.raises(ValueError, match="init_from.*model .* vs checkpoint"):
-        load_pretrained_backbone(st, str(tmp_path / "wide"))
+        load_pretrained(st, str(tmp_path / "wide"))
 
 
 def tiny_cli_flags(data_dir, workdir, num_steps, checkpoint_every):
@@ -209,3 +209,22 @@ def test_two_processes_train_identical_parameters_and_a_restorable_checkpoint(
     for i, leaf in enumerate(restored):
         np.testing.assert_array_equal(leaf, p0[f"arr_{i}"])
     assert engine.Checkpoints(workdir / "checkpoints", read_only=True).steps() == [2, 4]
+
+
+def test_init_from_loads_a_whole_trained_model(run, tmp_path):
+    """``config.init_from`` = a run's workdir (or a converted mmseg model): every variable."""
+    from attnzoo.engine.train import load_pretrained
+
+    workdir, config, _ = run
+    model = engine.build_model(config)
+    tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
+    fresh = engine.init_state(model, tx, config, sharding.make_mesh())
+    loaded = load_pretrained(fresh, str(workdir))
+    trained = final_params(workdir)
+    assert_trees_equal(loaded.params, trained["params"])
+    assert_trees_equal(loaded.batch_stats, trained["batch_stats"])
+    other = tiny_config(config.dataset.data_dir, **{"model.head_channels": 24})
+    wide = engine.build_model(other)
+    with pytest.raises(ValueError, match="init_from.*does not fit the model's variables.*"
+                                         "mis-shaped"):
+        load_pretrained(engine.init_state(wide, tx, other, sharding.make_mesh()), str(workdir))

@@ -1,5 +1,5 @@
-"""Weights from PyTorch references (timm, torchvision, the official DANet code, mmcv) into
-attnzoo.
+"""Weights from PyTorch references (timm, torchvision, mmsegmentation, the official DANet
+code, mmcv) into attnzoo.
 
 No PyTorch import is needed to convert: state dicts may hold torch tensors
 or numpy arrays.
@@ -13,6 +13,7 @@ from attnzoo.convert.backbones import (
     save_backbone,
 )
 from attnzoo.convert.blocks import block_from_torch
+from attnzoo.convert.mmseg import from_mmseg, mmseg_config
 from attnzoo.convert.torch_weights import (
     ConversionError,
     convert_state_dict,
@@ -24,10 +25,12 @@ __all__ = [
     "ConversionError",
     "block_from_torch",
     "convert_state_dict",
+    "from_mmseg",
     "from_timm",
     "from_torchvision",
     "load_backbone",
     "load_state_dict",
+    "mmseg_config",
     "save_backbone",
     "target_shapes",
     "to_numpy",

@@ -1,13 +1,19 @@
-"""Convert a PyTorch backbone checkpoint on disk into an attnzoo (orbax) checkpoint.
+"""Convert a PyTorch checkpoint on disk into an attnzoo (orbax) checkpoint.
 
+    python -m attnzoo.convert --source mmseg:danet_r50-d8_4xb2-80k_cityscapes-512x1024 \\
+        --checkpoint danet_r50-d8_512x1024_80k_cityscapes_20200607_133029-2bfa2293.pth --out DIR
     python -m attnzoo.convert --source timm:resnet50d --checkpoint weights.pth --out DIR
     python -m attnzoo.convert --source torchvision:resnet101 --checkpoint r101.pth \\
         --out DIR --output-stride 8
 
 Nothing is downloaded: ``--checkpoint`` is a ``.pth``/``.pt``/``.bin`` (read
-with torch) or ``.safetensors`` (read with numpy) file. ``DIR`` then holds
-``variables/`` (orbax) and ``attnzoo_backbone.json``; restore with
-``attnzoo.convert.load_backbone(DIR)``.
+with torch) or ``.safetensors`` (read with numpy) file. A whole segmentor
+(``mmseg:<config stem>``) becomes a run directory: ``DIR/checkpoints/0`` and
+``DIR/config.json`` with mmseg's evaluation protocol, which
+``python -m attnzoo.evaluate --workdir DIR``, ``attnzoo.predict``,
+``engine.restore(DIR)`` and ``train.py --config.init_from=DIR`` take. A
+backbone (``timm:``, ``torchvision:``) becomes ``DIR/variables/`` and
+``DIR/attnzoo_backbone.json``; restore with ``attnzoo.convert.load_backbone(DIR)``.
 """
 
 from __future__ import annotations
@@ -22,15 +28,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnzoo.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True,
-                        help="timm:MODEL (e.g. timm:resnet50d) or torchvision:MODEL")
+                        help="mmseg:CONFIG_STEM (a trained segmentor), timm:MODEL (e.g. "
+                             "timm:resnet50d) or torchvision:MODEL (backbones)")
     parser.add_argument("--checkpoint", required=True, help="state dict file on disk")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
     args = parser.parse_args(argv)
     library, _, model = args.source.partition(":")
+    if library == "mmseg" and model:
+        from attnzoo.convert.mmseg import from_mmseg, mmseg_config
+        from attnzoo.engine.checkpoint import save_pretrained
+
+        _, variables = from_mmseg(model, load_state_dict(args.checkpoint))
+        out = save_pretrained(args.out, variables, mmseg_config(model))
+        n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))
+        print(f"wrote {args.source} ({n:,} parameters) to {out}; evaluate with "
+              f"python -m attnzoo.evaluate --workdir {out}")
+        return 0
     convert = {"timm": from_timm, "torchvision": from_torchvision}.get(library)
     if convert is None or not model:
-        parser.error(f"--source must be timm:MODEL or torchvision:MODEL; got {args.source!r}")
+        parser.error(f"--source must be mmseg:CONFIG_STEM, timm:MODEL or torchvision:MODEL; "
+                     f"got {args.source!r}")
     module, variables = convert(model, load_state_dict(args.checkpoint), args.output_stride)
     out = save_backbone(args.out, module, variables, source=args.source)
     n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))

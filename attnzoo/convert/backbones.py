@@ -80,7 +80,12 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
         return load_file(str(path))
     import torch
 
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read as a PyTorch state dict "
+                         f"(truncated, or not a .pth/.pt/.bin file): {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

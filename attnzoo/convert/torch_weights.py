@@ -135,12 +135,13 @@ def convert_state_dict(
     filled: dict[tuple[str, ...], np.ndarray] = {}
     unexpected: list[str] = []
     mismatched: list[str] = []
-    for key, value in apply_renames(state_dict, renames, regex_renames).items():
+    renamed = apply_renames(state_dict, renames, regex_renames)
+    for original, (key, value) in zip(state_dict, renamed.items()):  # errors name the original
         if key.rsplit(".", 1)[-1] in _SKIPPED or (pattern and not pattern.search(key)):
             continue
         path = next((p for p in _candidates(key) if p in flat_target), None)
         if path is None:
-            unexpected.append(key)
+            unexpected.append(original)
             continue
         array = _transform(to_numpy(value), path)
         want = flat_target[path]
@@ -149,12 +150,12 @@ def convert_state_dict(
                 array = array.reshape(want.shape)  # e.g. a (1,) gamma stored as ()
             else:
                 mismatched.append(
-                    f"{key}: {tuple(to_numpy(value).shape)} -> {'/'.join(path)} wants "
+                    f"{original}: {tuple(to_numpy(value).shape)} -> {'/'.join(path)} wants "
                     f"{tuple(want.shape)}"
                 )
                 continue
         if path in filled:
-            mismatched.append(f"{key}: fills {'/'.join(path)} a second time")
+            mismatched.append(f"{original}: fills {'/'.join(path)} a second time")
             continue
         filled[path] = array.astype(want.dtype)
     missing = ["/".join(p) for p in flat_target if p not in filled]

@@ -206,3 +206,33 @@ def _restore_step(ckpts: Checkpoints, step: int, config_overrides: Mapping[str, 
     mesh = make_mesh(jax.local_devices()[:1])  # this process alone, also multi-host
     state, _ = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh), step)
     return model, state.variables(), config, step
+
+
+def save_pretrained(directory: str | Path, variables: Mapping[str, Any],
+                    config: ml_collections.ConfigDict) -> Path:
+    """Write converted ``variables`` as step 0 of a run in ``directory`` (``checkpoints/0`` with
+    a fresh optimizer state, and ``config.json``), so that :func:`restore`, ``python -m
+    attnzoo.evaluate`` / ``predict`` and ``config.init_from`` take it like a trained run."""
+    from attnzoo.engine import optim, state as state_lib
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    model = state_lib.build_model(config)
+    tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
+    fresh = state_lib.abstract_state(model, tx, config, make_mesh(jax.local_devices()[:1]))
+    params = jax.tree.map(lambda t, v: jax.numpy.asarray(v, t.dtype), fresh.params,
+                          dict(variables["params"]))
+    batch_stats = jax.tree.map(lambda t, v: jax.numpy.asarray(v, t.dtype), fresh.batch_stats,
+                               dict(variables.get("batch_stats", {})))
+    state = state_lib.TrainState(
+        step=jax.numpy.zeros((), jax.numpy.int32), params=params, batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(int(config.seed))))
+    ckpts = Checkpoints(directory / "checkpoints", async_save=False)
+    try:
+        ckpts.save(0, state, config)
+        ckpts.wait()
+    finally:
+        ckpts.close()
+    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+    return directory

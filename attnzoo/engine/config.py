@@ -12,7 +12,9 @@ Fields (defaults in :func:`default_config`):
   all devices and processes); ``eval_batch_size``; ``compute_dtype``
   (``"float32"`` or ``"bfloat16"``; parameters stay float32).
 * ``model``: ``name`` (``attnzoo.models.list_models()``), ``backbone_kwargs``,
-  ``head_kwargs``, ``head_channels``, ``aux_channels``, ``memory_efficient``.
+  ``head_kwargs``, ``head_channels``, ``aux_channels``, ``memory_efficient``,
+  ``align_corners`` (bilinear resizing of the logits and in the heads, as
+  mmsegmentation's 769x769 Cityscapes recipes).
 * ``dataset``: see ``attnzoo.data.input``.
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``
@@ -51,7 +53,7 @@ def default_config() -> ConfigDict:
     c.model = ConfigDict(dict(
         name="danet_r50_d8", backbone_kwargs={}, head_kwargs={},
         head_channels=config_dict.placeholder(int), aux_channels=config_dict.placeholder(int),
-        memory_efficient=False,
+        memory_efficient=False, align_corners=False,
     ))
     c.dataset = ConfigDict(dict(
         name="context_shapes", data_dir=config_dict.placeholder(str),

@@ -43,7 +43,8 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     """The segmentor ``config.model`` names, computing in ``config.compute_dtype``.
 
     The model fields that are set (non-empty ``backbone_kwargs`` / ``head_kwargs``,
-    ``head_channels`` / ``aux_channels`` not None, ``memory_efficient`` true) go to
+    ``head_channels`` / ``aux_channels`` not None, ``memory_efficient`` / ``align_corners``
+    true) go to
     ``models.create`` as overrides; a model they do not apply to refuses them."""
     check_choice(config["compute_dtype"], tuple(DTYPES), "compute_dtype")
     m = config["model"]
@@ -51,6 +52,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         "backbone_kwargs": dict(m["backbone_kwargs"]), "head_kwargs": dict(m["head_kwargs"]),
         "head_channels": m.get("head_channels"), "aux_channels": m.get("aux_channels"),
         "memory_efficient": bool(m["memory_efficient"]),
+        "align_corners": bool(m.get("align_corners", False)),  # absent in configs before 0.2
     }
     return models.create(m["name"], num_classes=int(config["dataset"]["num_classes"]),
                          dtype=DTYPES[config["compute_dtype"]],

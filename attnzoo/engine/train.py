@@ -35,15 +35,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"optimizer.accumulate_steps={k}")
 
 
-def load_pretrained_backbone(state: state_lib.TrainState, path: str) -> state_lib.TrainState:
-    """Put a converted backbone (``python -m attnzoo.convert``) into the segmentor's
-    ``backbone`` variables; ValueError listing every mismatching entry."""
-    from attnzoo.convert import load_backbone
+def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainState:
+    """``config.init_from``: put pretrained variables into ``state`` (optimizer state untouched).
 
-    _, variables = load_backbone(path)
+    ``path`` is a converted backbone (``python -m attnzoo.convert --source timm:...``; fills
+    the segmentor's ``backbone``) or a whole model (a run's workdir or checkpoint, or
+    ``python -m attnzoo.convert --source mmseg:...``; fills every variable, for fine-tuning).
+    ValueError listing every missing, unexpected and mis-shaped entry."""
+    from attnzoo.convert.backbones import META_FILE, load_backbone
+    from attnzoo.engine.checkpoint import restore
+
+    if (Path(path) / META_FILE).is_file():
+        part, (_, variables) = "backbone", load_backbone(path)
+    else:
+        part, (_, variables, _) = None, restore(path)
     new = {}
     for collection in ("params", "batch_stats"):
-        ours = getattr(state, collection)["backbone"]
+        whole = getattr(state, collection)
+        ours = whole if part is None else whole[part]
         theirs = variables.get(collection, {})
         ours_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(ours)}
         theirs_flat = {jax.tree_util.keystr(k): v
@@ -55,11 +64,12 @@ def load_pretrained_backbone(state: state_lib.TrainState, path: str) -> state_li
                         for k in sorted(set(ours_flat) & set(theirs_flat))
                         if ours_flat[k].shape != theirs_flat[k].shape])
         if report:
-            raise ValueError(f"config.init_from={path!r} does not fit the model's backbone "
-                             f"({collection}): {report}")
+            raise ValueError(f"config.init_from={path!r} does not fit the model's "
+                             f"{part or 'variables'} ({collection}): {report}")
         sharding = jax.tree.leaves(ours)[0].sharding
-        new[collection] = {**getattr(state, collection), "backbone": jax.tree.map(
-            lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), sharding), ours, theirs)}
+        loaded = jax.tree.map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), sharding),
+                              ours, theirs)
+        new[collection] = loaded if part is None else {**whole, part: loaded}
     return state.replace(**new)
 
 
@@ -102,8 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if restored is None:
             state = state_lib.init_state(model, tx, config, mesh)
             if config.init_from:
-                state = load_pretrained_backbone(state, config.init_from)
-                logger.message(f"backbone initialised from {config.init_from}")
+                state = load_pretrained(state, config.init_from)
+                logger.message(f"initialised from {config.init_from}")
         else:
             state, step = restored
             logger.message(f"resuming from the checkpoint of step {step} in {ckpts.directory}")

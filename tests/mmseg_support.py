@@ -1,0 +1,124 @@
+"""Test-side support for building mmsegmentation's models on CPU with mmcv-lite.
+
+mmcv-lite ships ``mmcv/ops`` as source only (no compiled ``_ext``), so ``import mmcv.ops``
+fails. mmseg imports four names from it; :func:`install_mmcv_ops` puts a module in
+``sys.modules["mmcv.ops"]`` that provides them: ``CrissCrossAttention`` and
+``point_sample`` from mmcv's own pure-PyTorch files, ``PSAMask`` written here from the
+definition of mmcv's C++ kernel (looped over feature positions), and
+``sigmoid_focal_loss`` (imported at module level by mmseg, used only on CUDA), which raises.
+Then :func:`build` builds a model from one of mmseg's shipped config files, with nothing
+downloaded (SyncBN -> BN, no pretrained backbone).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+
+def _load(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _psa_mask_class():
+    import torch
+    from torch import nn
+
+    class PSAMask(nn.Module):
+        """mmcv's ``PSAMask`` forward, from its C++ definition: the over-complete
+        ``(N, Hm*Wm, H, W)`` map scattered into ``(N, H*W, H, W)`` with the mask centre on
+        each feature position; ``collect`` indexes by the other position first, ``distribute``
+        by this position first; zeros outside the window."""
+
+        def __init__(self, psa_type: str, mask_size=None):
+            super().__init__()
+            self.psa_type, self.mask_size = psa_type, tuple(mask_size)
+
+        def forward(self, mask):
+            n, _, h, w = mask.shape
+            hm, wm = self.mask_size
+            out = mask.new_zeros((n, h * w, h, w))
+            for y in range(h):
+                for x in range(w):
+                    for dy in range(max(0, (hm - 1) // 2 - y), min(hm, h + (hm - 1) // 2 - y)):
+                        for dx in range(max(0, (wm - 1) // 2 - x),
+                                        min(wm, w + (wm - 1) // 2 - x)):
+                            oy, ox = dy + y - (hm - 1) // 2, dx + x - (wm - 1) // 2
+                            value = mask[:, dy * wm + dx, y, x]
+                            if self.psa_type == "collect":
+                                out[:, oy * w + ox, y, x] = value
+                            else:
+                                out[:, y * w + x, oy, ox] = value
+            return out
+
+    return PSAMask
+
+
+def install_mmcv_ops() -> None:
+    """Provide ``mmcv.ops`` as described in the module docstring (idempotent)."""
+    if "mmcv.ops" in sys.modules and hasattr(sys.modules["mmcv.ops"], "PSAMask"):
+        return
+    import mmcv
+
+    folder = Path(mmcv.__file__).parent / "ops"
+    ops = types.ModuleType("mmcv.ops")
+    ops.__path__ = []  # a package, so that its submodules can be registered
+    sys.modules["mmcv.ops"] = ops
+    ops.CrissCrossAttention = _load("mmcv.ops.cc_attention",
+                                    folder / "cc_attention.py").CrissCrossAttention
+    ops.point_sample = _load("mmcv.ops.point_sample", folder / "point_sample.py").point_sample
+    ops.PSAMask = _psa_mask_class()
+
+    def sigmoid_focal_loss(*args, **kwargs):
+        raise RuntimeError("sigmoid_focal_loss needs mmcv's compiled ops (not used here)")
+
+    ops.sigmoid_focal_loss = sigmoid_focal_loss
+
+
+def config_path(stem: str) -> Path:
+    """The path of mmseg's shipped config ``stem`` (e.g. ``danet_r50-d8_4xb2-80k_cityscapes-512x1024``)."""
+    import mmseg
+
+    root = Path(mmseg.__file__).parent / ".mim" / "configs"
+    found = sorted(root.glob(f"*/{stem}.py"))
+    if not found:
+        raise FileNotFoundError(f"mmseg ships no config {stem!r}")
+    return found[0]
+
+
+def build(stem: str):
+    """mmseg's model of config ``stem``, randomly initialised, in eval mode, with its config."""
+    pytest.importorskip("mmseg", reason="mmsegmentation is not installed (the mmseg test extra)")
+    install_mmcv_ops()
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    cfg = Config.fromfile(str(config_path(stem)))
+    model_cfg = cfg.model
+    model_cfg.pretrained = None
+    model_cfg.backbone.init_cfg = None
+    model_cfg.data_preprocessor = None
+
+    def no_sync_bn(node):
+        if isinstance(node, dict):
+            if node.get("type") == "SyncBN":
+                node["type"] = "BN"
+            for v in node.values():
+                no_sync_bn(v)
+        elif isinstance(node, list):
+            for v in node:
+                no_sync_bn(v)
+
+    no_sync_bn(model_cfg)
+    model = MODELS.build(model_cfg)
+    return model.eval(), cfg
