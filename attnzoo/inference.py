@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attnzoo import ops
 from attnzoo._checks import check_choice, check_rank
 from attnzoo.models.segmentor import resize_logits
 
@@ -102,3 +103,40 @@ def inference(
             probs = probs + jax.nn.softmax(resize_logits(logits.astype(jnp.float32), (h, w)), -1)
             passes += 1
     return probs / passes
+
+
+def labels_at_original_size(scores: Array, size: Array, label_size: Array,
+                            label_shape: tuple[int, int], *, align_corners: bool = False,
+                            block: int = 64) -> Array:
+    """Predicted labels at each image's original size (mmsegmentation's
+    ``postprocess_result``): the scores of the resized image (the top-left ``size[b]`` of
+    ``scores[b]``) resized bilinearly to ``label_size[b]``, then the argmax.
+
+    Args:
+      scores: ``(B, H, W, C)`` logits (or probabilities) on the evaluation canvas.
+      size: ``(B, 2)`` int, the resized image's (h, w) in the canvas.
+      label_size: ``(B, 2)`` int, the original (h, w).
+      label_shape: the (static) label canvas; positions past ``label_size`` get labels
+        that the padded (ignored) labels never count.
+      align_corners: PyTorch's flag for the resize.
+      block: rows resized at a time (memory ``B x block x W x C`` floats, never the
+        whole label canvas times the classes).
+
+    Returns:
+      ``(B, *label_shape)`` int32 labels.
+    """
+    hl, wl = label_shape
+    blocks = -(-hl // block)
+
+    def one(s: Array, sz: Array, lsz: Array) -> Array:
+        ty = ops.linear_taps(sz[0], lsz[0], blocks * block, align_corners)
+        tx = ops.linear_taps(sz[1], lsz[1], wl, align_corners)
+
+        def rows(taps: tuple[Array, Array, Array]) -> Array:
+            y = ops.interpolate_axis(s, 0, taps)
+            return ops.interpolate_axis(y, 1, tx).argmax(-1).astype(jnp.int32)
+
+        out = jax.lax.map(rows, tuple(a.reshape(blocks, block) for a in ty))
+        return out.reshape(blocks * block, wl)[:hl]
+
+    return jax.vmap(one)(scores, size, label_size)

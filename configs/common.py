@@ -11,7 +11,8 @@ engine reads) and :func:`mmseg_schedule` sets mmsegmentation's
 * ``cityscapes769``: 769x769 crops of 2049x1025, 80k, batch 8, sliding-window
   evaluation (769 windows, stride 513);
 * ``ade20k``: 512x512 crops of 2048x512, 160k steps of batch 16, evaluation
-  resized to 2048x512 on a 1024x1024 canvas.
+  resized to 2048x512 on a 1024x1024 canvas, the logits resized back to each
+  label's original size before the metric (as mmsegmentation).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ DATASETS: dict[str, dict[str, Any]] = {
                           num_steps=80_000, batch_size=8, eval_mode="slide", stride=(513, 513)),
     "ade20k": dict(dataset=dict(name="ade20k", num_classes=150, crop_size=(512, 512),
                                 scale=(2048, 512), eval_scale=(2048, 512),
-                                eval_canvas=(1024, 1024)),
+                                eval_canvas=(1024, 1024), eval_label_canvas=(2048, 2048)),
                    num_steps=160_000, batch_size=16, eval_mode="whole", stride=(341, 682)),
 }
 DEPTHS = ("r50", "r18", "r101")

@@ -158,3 +158,29 @@ def test_global_batch_on_8_devices(prepared):
     assert count == 3
     with pytest.raises(ValueError, match="batch_size=12 must be a positive multiple of the 8"):
         sharding.local_batch_size(12, mesh)
+
+
+def test_eval_label_canvas_keeps_labels_at_their_original_size():
+    """mmseg's test pipeline: only the image is resized (keep ratio, rounded half up); the
+    label keeps its size, padded with ignore to the label canvas; the sizes come along."""
+    def examples(h, w, value):
+        return tf.data.Dataset.from_tensor_slices({
+            "image": np.full((1, h, w, 3), 200, np.uint8),
+            "segmentation_mask": np.full((1, h, w, 1), value, np.uint8)})
+
+    ds = examples(30, 40, 1).concatenate(examples(20, 50, 2))
+    batch = next(pipeline.as_numpy(pipeline.eval_dataset(
+        ds, batch_size=2, scale=(40, 20), canvas=(32, 48), label_canvas=(32, 64))))
+    assert batch["image"].shape == (2, 32, 48, 3) and batch["label"].shape == (2, 32, 64)
+    np.testing.assert_array_equal(batch["size"], [[20, 27], [16, 40]])
+    np.testing.assert_array_equal(batch["label_size"], [[30, 40], [20, 50]])
+    assert (batch["label"][0, :30, :40] == 1).all() and (batch["label"][0, 30:] == 255).all()
+    assert (batch["label"][1, :20, :50] == 2).all() and (batch["label"][1, :, 50:] == 255).all()
+    assert (batch["image"][0, 20:] == 0).all() and (batch["image"][1, :, 40:] == 0).all()
+    big = tf.data.Dataset.from_generator(  # sizes unknown until read, as TFDS's images
+        lambda: iter([{"image": np.zeros((40, 40, 3), np.uint8),
+                       "segmentation_mask": np.ones((40, 40, 1), np.uint8)}]),
+        output_signature={"image": tf.TensorSpec((None, None, 3), tf.uint8),
+                          "segmentation_mask": tf.TensorSpec((None, None, 1), tf.uint8)})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dataset.eval_label_canvas"):
+        next(pipeline.as_numpy(pipeline.eval_dataset(big, batch_size=1, label_canvas=(32, 64))))

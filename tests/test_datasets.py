@@ -177,6 +177,19 @@ def test_ade20k_reduces_the_zero_label_and_batches_mixed_sizes(ade_manual, tmp_p
     assert (val["image"][:2, 96:] == 0).all()  # padded with zeros after normalisation
     assert (val["label"][2:] == 255).all()
 
+    # mmseg's protocol: labels at their original size, with each image's sizes
+    config.eval_label_canvas = (160, 160)
+    val, _ = first(data_input.eval_batches(config, batch_size=8, mesh=mesh, builder=builder))
+    assert val["image"].shape == (8, 128, 128, 3) and val["label"].shape == (8, 160, 160)
+    for stem in ("ADE_val_00000001", "ADE_val_00000002"):
+        raw = masks[stem].astype(int)
+        assert_some_row(val["label"][:2], np.where(raw == 0, 255, raw - 1))
+    got = {tuple(s): tuple(o) for s, o in zip(np.asarray(val["size"][:2]),
+                                               np.asarray(val["label_size"][:2]))}
+    originals = {masks[stem].shape for stem in ("ADE_val_00000001", "ADE_val_00000002")}
+    assert set(got.values()) == originals
+    assert all(size == original for size, original in got.items())  # both fit the canvas
+
 
 # --- Oxford-IIIT Pet -------------------------------------------------------------------------
 

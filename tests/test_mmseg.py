@@ -107,6 +107,7 @@ def test_every_published_config_has_a_recipe():
     c = mmseg_config("psanet_r50-d8_4xb4-80k_ade20k-512x512")
     assert c.model.name == "psanet_r50_d8" and tuple(c.model.head_kwargs.mask_size) == (66, 66)
     assert c.dataset.num_classes == 150 and tuple(c.dataset.eval_scale) == (2048, 512)
+    assert c.dataset.eval_canvas is None and tuple(c.dataset.eval_label_canvas) == (2048, 2048)
     c = mmseg_config("ccnet_r101-d8_4xb2-80k_cityscapes-769x769")
     assert c.eval.mode == "slide" and c.model.align_corners and c.dataset.num_classes == 19
 

@@ -234,7 +234,10 @@ def from_mmseg(config: str, state_dict: Mapping[str, Any] | str | Path
 
 def mmseg_config(stem: str) -> Any:
     """The attnzoo engine config that evaluates (and fine-tunes) mmseg config ``stem`` as mmseg
-    does: its model, classes, test resize (keep ratio), whole or sliding-window inference."""
+    does: its model, classes, test resize (keep ratio), whole or sliding-window inference;
+    ADE20K images one at a time at their resized size, the logits resized back to each
+    label's original size (``eval_batch_size`` 1, ``eval_label_canvas`` 2048x2048: one
+    device; set ``dataset.eval_canvas`` to batch them on a padded canvas)."""
     from attnzoo.engine import default_config
 
     recipe = mmseg_recipe(stem)
@@ -248,8 +251,9 @@ def mmseg_config(stem: str) -> Any:
     c.dataset.crop_size = p["crop"]
     c.dataset.scale = p["scale"]
     c.dataset.eval_scale = p["scale"]
-    if p["dataset"] == "ade20k":
-        c.dataset.eval_canvas = (1024, 1024)
+    if p["dataset"] == "ade20k":  # images of mixed sizes, each at its own size, as mmseg
+        c.dataset.eval_label_canvas = (2048, 2048)
+        c.eval_batch_size = 1
     c.eval.mode = p["mode"]
     c.eval.crop_size = p["crop"]
     c.eval.stride = p["stride"]

@@ -4,8 +4,8 @@
 ``attnzoo.engine.config``): ``name``, ``data_dir``, ``manual_dir``,
 ``train_split``, ``eval_split``, ``num_classes``, ``ignore_index``,
 ``crop_size``, ``ratio_range``, ``scale``, ``cat_max_ratio``, ``photometric``,
-``shuffle_buffer``, ``eval_scale`` and ``eval_canvas`` (see
-``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every
+``shuffle_buffer``, ``eval_scale``, ``eval_canvas`` and ``eval_label_canvas``
+(see ``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every
 process reads its own shard; batches come back as global ``jax.Array``s
 sharded over the mesh's ``data`` axis.
 """
@@ -99,6 +99,7 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
     ds = pipeline.eval_dataset(
         builder.as_dataset(split=split, shuffle_files=False), batch_size=local,
         scale=_pair(config.get("eval_scale")), canvas=_pair(config.get("eval_canvas")),
+        label_canvas=_pair(config.get("eval_label_canvas")),
         ignore_index=config["ignore_index"], process_index=jax.process_index(),
         process_count=jax.process_count(), **_features(config),
     )
@@ -114,14 +115,10 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
                 batch = {k: v[:0] for k, v in template.items()}
             template = batch
             pad = local - len(batch["label"])
-            if pad:
-                batch = {
-                    "image": np.concatenate([batch["image"], np.zeros((pad, *batch["image"].shape[1:]),
-                                                                      batch["image"].dtype)]),
-                    "label": np.concatenate([batch["label"], np.full((pad, *batch["label"].shape[1:]),
-                                                                     config["ignore_index"],
-                                                                     batch["label"].dtype)]),
-                }
+            if pad:  # images of zeros, labels all ignored, sizes 1 (they count for nothing)
+                fill = {"image": 0, "label": config["ignore_index"]}
+                batch = {k: np.concatenate([v, np.full((pad, *v.shape[1:]), fill.get(k, 1),
+                                                       v.dtype)]) for k, v in batch.items()}
             yield batch
 
     return prefetch_to_mesh(padded(), mesh)

@@ -113,18 +113,25 @@ def _split_example(example: dict, image_key: str, mask_key: str) -> tuple[tf.Ten
     return tf.cast(example[image_key], tf.float32), tf.cast(label, tf.int32)
 
 
-def resize_to_fit(image: tf.Tensor, label: tf.Tensor, scale: tuple[int, int] | None,
-                  canvas: tuple[int, int] | None) -> tuple[tf.Tensor, tf.Tensor]:
-    """Keep-ratio rescale (:func:`keep_ratio_factor` of ``scale``), then shrink further if
-    needed to fit in ``canvas`` (h, w); a canvas alone never enlarges."""
-    if scale is None and canvas is None:
-        return image, label
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
+def fit_size(size: tf.Tensor, scale: tuple[int, int] | None,
+             canvas: tuple[int, int] | None) -> tf.Tensor:
+    """The (h, w) an image of ``size`` is resized to for evaluation: keep-ratio rescale
+    (:func:`keep_ratio_factor` of ``scale``), shrunk further if needed to fit ``canvas``; a
+    canvas alone never enlarges. Rounded half up, as ``mmcv.imrescale``."""
+    size = tf.cast(size, tf.float32)
     r = keep_ratio_factor(size, scale) if scale is not None else tf.constant(1.0)
     if canvas is not None:
         r = tf.minimum(r, tf.reduce_min(tf.constant(canvas, tf.float32) / size))
-    new = tf.cast(tf.round(size * r), tf.int32)
-    return resize_pair(image, label, tf.minimum(new, canvas) if canvas is not None else new)
+    new = tf.cast(tf.floor(size * r + 0.5), tf.int32)
+    return tf.minimum(new, canvas) if canvas is not None else new
+
+
+def resize_to_fit(image: tf.Tensor, label: tf.Tensor, scale: tuple[int, int] | None,
+                  canvas: tuple[int, int] | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resize image and label to :func:`fit_size` (bilinear / nearest)."""
+    if scale is None and canvas is None:
+        return image, label
+    return resize_pair(image, label, fit_size(tf.shape(image)[:2], scale, canvas))
 
 
 def train_dataset(
@@ -190,6 +197,7 @@ def eval_dataset(
     mask_key: str = "segmentation_mask",
     scale: tuple[int, int] | None = None,
     canvas: tuple[int, int] | None = None,
+    label_canvas: tuple[int, int] | None = None,
     ignore_index: int = 255,
     process_index: int = 0,
     process_count: int = 1,
@@ -201,7 +209,13 @@ def eval_dataset(
     mixed sizes (ADE20K, Pet, folders) give a ``canvas`` (h, w): each image
     is resized as :func:`resize_to_fit` and padded to the canvas (image with
     zeros after normalisation, labels with ``ignore_index``), so that batches
-    have one shape. Metrics are then taken on the resized labels.
+    have one shape. Metrics are then taken on the resized labels, unless
+    ``label_canvas`` (h, w) is given: then, as mmsegmentation's test pipeline,
+    only the image is resized; the label keeps its original size (padded with
+    ``ignore_index`` to ``label_canvas``; a larger one is an error naming
+    ``dataset.eval_label_canvas``) and each example also holds ``size`` (the
+    resized h, w inside the canvas) and ``label_size`` (the original h, w), so
+    that the predictions can be resized back to the label before the metric.
     """
     ds = ds.shard(process_count, process_index)
 
@@ -209,16 +223,33 @@ def eval_dataset(
         image, label = _split_example(example, image_key, mask_key)
         if label_map is not None:
             label = label_map(label)
-        image, label = resize_to_fit(image, label, scale, canvas)
+        out = {}
+        if label_canvas is None:
+            image, label = resize_to_fit(image, label, scale, canvas)
+        else:
+            label_size = tf.shape(label)[:2]
+            tf.debugging.assert_less_equal(
+                label_size, tf.constant(label_canvas), message=(
+                    f"an evaluation label is larger than dataset.eval_label_canvas="
+                    f"{tuple(label_canvas)}; raise it"))
+            size = fit_size(label_size, scale, canvas)
+            image = tf.image.resize(image, size, "bilinear")
+            label = tf.ensure_shape(_pad(label, label_canvas, ignore_index), label_canvas)
+            out = {"size": size, "label_size": label_size}
         image = normalize(image)
         if canvas is not None:
-            h, w = tf.shape(image)[0], tf.shape(image)[1]
-            pad = [[0, canvas[0] - h], [0, canvas[1] - w]]
-            image = tf.ensure_shape(tf.pad(image, pad + [[0, 0]]), (*canvas, 3))
-            label = tf.ensure_shape(tf.pad(label, pad, constant_values=ignore_index), canvas)
-        return {"image": image, "label": label}
+            image = tf.ensure_shape(_pad(image, canvas, 0.0), (*canvas, 3))
+            if label_canvas is None:
+                label = tf.ensure_shape(_pad(label, canvas, ignore_index), canvas)
+        return {"image": image, "label": label, **out}
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def _pad(x: tf.Tensor, canvas: tuple[int, int], value: float | int) -> tf.Tensor:
+    """Pad the first two axes of ``x`` at the bottom and right to ``canvas`` with ``value``."""
+    pad = [[0, canvas[0] - tf.shape(x)[0]], [0, canvas[1] - tf.shape(x)[1]]]
+    return tf.pad(x, pad + [[0, 0]] * (len(x.shape) - 2), constant_values=value)
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:

@@ -62,6 +62,7 @@ def default_config() -> ConfigDict:
         scale=config_dict.placeholder(tuple), cat_max_ratio=0.75, photometric=True,
         shuffle_buffer=1000, eval_scale=config_dict.placeholder(tuple),
         eval_canvas=config_dict.placeholder(tuple),
+        eval_label_canvas=config_dict.placeholder(tuple),
     ))
     c.optimizer = ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999,

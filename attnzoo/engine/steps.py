@@ -59,7 +59,9 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
                    mode: str | None = None, scales: Any = None, flip: bool | None = None
                    ) -> Callable[[dict[str, Any], dict[str, Array]], Array]:
     """``(variables, batch) -> confusion matrix`` of the batch, jitted over ``mesh``, with the
-    inference mode of ``config.eval`` (arguments override it)."""
+    inference mode of ``config.eval`` (arguments override it). A batch with ``label_size``
+    (``dataset.eval_label_canvas``) is scored at each label's original size: the logits
+    (single scale) or averaged probabilities (TTA) resized back per image, as mmseg."""
     e = config["eval"]
     num_classes = int(config["dataset"]["num_classes"])
     ignore_index = int(config["dataset"]["ignore_index"])
@@ -68,13 +70,28 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
     scales = tuple(e["scales"]) if scales is None else tuple(scales)
     flip = bool(e["flip"]) if flip is None else flip
 
+    crop, stride = tuple(e["crop_size"]), tuple(e["stride"])
+    align_corners = bool(config["model"].get("align_corners", False))
+
     def step_fn(variables: dict[str, Any], batch: dict[str, Array]) -> Array:
         def fn(images: Array) -> Array:
             return model.apply(variables, images.astype(dtype))["out"].astype(jnp.float32)
 
-        probs = inference.inference(fn, batch["image"], mode=mode, crop_size=tuple(e["crop_size"]),
-                                    stride=tuple(e["stride"]), scales=scales, flip=flip)
-        return metrics.confusion_matrix(probs.argmax(-1), batch["label"], num_classes, ignore_index)
+        if "label_size" not in batch:
+            probs = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
+                                        stride=stride, scales=scales, flip=flip)
+            predicted = probs.argmax(-1)
+        else:  # labels at their original size: resize the logits back (as mmseg) per image
+            if scales == (1.0,) and not flip:
+                scores = fn(batch["image"]) if mode == "whole" else \
+                    inference.slide_inference(fn, batch["image"], crop, stride)
+            else:
+                scores = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
+                                             stride=stride, scales=scales, flip=flip)
+            predicted = inference.labels_at_original_size(
+                scores, batch["size"], batch["label_size"], batch["label"].shape[1:3],
+                align_corners=align_corners)
+        return metrics.confusion_matrix(predicted, batch["label"], num_classes, ignore_index)
 
     return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                    out_shardings=replicated(mesh))

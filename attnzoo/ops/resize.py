@@ -8,6 +8,8 @@ averaging matrices over the ``H`` and ``W`` axes of NHWC arrays.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,21 +19,39 @@ from attnzoo._checks import check_rank
 Array = jax.Array
 
 
-def _linear_taps(size_in: int, size_out: int, align_corners: bool
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices ``i0``, ``i1`` and the weight of ``i1`` for each output position.
+def linear_taps(size_in: Any, size_out: Any, length: int, align_corners: bool = False
+                ) -> tuple[Array, Array, Array]:
+    """Bilinear taps along one axis: source indices ``i0``, ``i1`` and the weight of ``i1`` for
+    output positions ``0 .. length - 1`` of a resize from ``size_in`` to ``size_out``.
 
-    ``align_corners=False``: ``src = max((o + 0.5) * in / out - 0.5, 0)``; ``True``:
-    ``src = o * (in - 1) / (out - 1)`` (PyTorch's ``area_pixel_compute_source_index``).
+    PyTorch's ``area_pixel_compute_source_index``: ``align_corners=False``:
+    ``src = max((o + 0.5) * in / out - 0.5, 0)``; ``True``: ``src = o * (in - 1) / (out - 1)``.
+    The sizes may be traced integers (one image of a batch of mixed sizes: coordinates in
+    float32); ``length`` is static (positions past ``size_out`` get clamped taps).
     """
-    o = np.arange(size_out, dtype=np.float64)
+    # static sizes: float64 coordinates in numpy (as exact as PyTorch's double reference);
+    # traced sizes: float32 on the device
+    xp = np if isinstance(size_in, int) and isinstance(size_out, int) else jnp
+    o = xp.arange(length, dtype=np.float64 if xp is np else jnp.float32)
+    size_in, size_out = xp.asarray(size_in, o.dtype), xp.asarray(size_out, o.dtype)
     if align_corners:
-        src = o * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros_like(o)
+        src = o * ((size_in - 1) / xp.maximum(size_out - 1, 1))
     else:
-        src = np.maximum((o + 0.5) * (size_in / size_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
-    i1 = np.minimum(i0 + 1, size_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+        src = xp.maximum((o + 0.5) * (size_in / size_out) - 0.5, 0.0)
+    last = size_in.astype(np.int32) - 1
+    i0 = xp.minimum(xp.floor(src).astype(np.int32), last)
+    t = src - i0.astype(o.dtype)
+    return jnp.asarray(i0), jnp.asarray(xp.minimum(i0 + 1, last)), jnp.asarray(t, jnp.float32)
+
+
+def interpolate_axis(x: Array, axis: int, taps: tuple[Array, Array, Array]) -> Array:
+    """Linear interpolation of ``x`` along ``axis`` with :func:`linear_taps`, in float32."""
+    i0, i1, t = taps
+    shape = [1] * x.ndim
+    shape[axis] = t.shape[0]
+    a = jnp.take(x, i0, axis=axis).astype(jnp.float32)
+    b = jnp.take(x, i1, axis=axis).astype(jnp.float32)
+    return a + (b - a) * t.reshape(shape)
 
 
 def resize_bilinear(x: Array, size: tuple[int, int], *, align_corners: bool = False) -> Array:
@@ -46,14 +66,9 @@ def resize_bilinear(x: Array, size: tuple[int, int], *, align_corners: bool = Fa
     check_rank(x, 4, "x", "B, H, W, C")
     if tuple(x.shape[1:3]) == tuple(size):
         return x
-    for axis, out in ((1, size[0]), (2, size[1])):
-        i0, i1, t = _linear_taps(x.shape[axis], int(out), align_corners)
-        shape = [1, 1, 1, 1]
-        shape[axis] = len(t)
-        t = jnp.asarray(t.reshape(shape), jnp.float32)
-        a = jnp.take(x, i0, axis=axis).astype(jnp.float32)
-        b = jnp.take(x, i1, axis=axis).astype(jnp.float32)
-        x = (a + (b - a) * t).astype(x.dtype)
+    for axis, out in ((1, int(size[0])), (2, int(size[1]))):
+        x = interpolate_axis(x, axis, linear_taps(x.shape[axis], out, out, align_corners)
+                             ).astype(x.dtype)
     return x
 
 
