@@ -15,6 +15,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and predictions.")
+flags.DEFINE_bool("debug", False, "Show the traceback of errors a user can fix (bad config, "
+                  "files, workdir); otherwise they print one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,9 +29,11 @@ def main(argv: list[str]) -> None:
     if config.distributed:
         jax.distributed.initialize()
     logging.set_verbosity(logging.WARNING)
+    from attnzoo._cli import one_line_errors
     from attnzoo.engine import train_and_evaluate
 
-    result = train_and_evaluate(config, flags.FLAGS.workdir)
+    with one_line_errors(flags.FLAGS.debug):
+        result = train_and_evaluate(config, flags.FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"final mIoU: {100 * result['mIoU']:.2f}")
 

@@ -85,4 +85,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from attnzoo import _cli
+
+    _cli.run(main)

@@ -151,4 +151,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from attnzoo import _cli
+
+    _cli.run(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,12 +97,45 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
+# PIL modes whose own conversion to RGB is right (alpha dropped, palette / CMYK mapped)
+_RGB_CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                    "YCbCr", "LAB", "HSV")
+# integer grey modes read as 16-bit (PIL opens 16-bit PNG / TIFF greys as these)
+_GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb8(image: Any, name: str = "image") -> np.ndarray:
+    """A PIL image as RGB ``(H, W, 3)`` uint8, correctly for every mode PIL reads.
+
+    8-bit modes (1, L, LA, P, RGB, RGBA, CMYK, ...) convert as PIL does (alpha
+    dropped). 16-bit greys (``I;16*``, and ``I``, which PIL uses for 16-bit
+    files) are scaled to 8 bits (``round(v / 257)``): PIL's own conversion
+    would clip them to white. Others (``F``: 32-bit float) have no 8-bit
+    reading and are refused, as are ``I`` values outside 0..65535.
+
+    Raises:
+      ValueError naming ``name`` and the mode.
+    """
+    mode = image.mode
+    if mode in _RGB_CONVERTIBLE:
+        return np.asarray(image.convert("RGB"), np.uint8)
+    if mode in _GREY_16:
+        grey = np.asarray(image).astype(np.int64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise ValueError(f"{name}: mode {mode} values {grey.min()}..{grey.max()} are not "
+                             f"16-bit; convert it to 8-bit RGB first")
+        return np.repeat(((grey + 128) // 257).astype(np.uint8)[..., None], 3, axis=-1)
+    raise ValueError(f"{name}: PIL image mode {mode!r} has no 8-bit RGB reading (modes read: "
+                     f"{', '.join(_RGB_CONVERTIBLE + _GREY_16)}); convert it to 8-bit RGB first")
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as RGB ``(H, W, 3)`` uint8; ValueError naming the file if unreadable."""
+    """An image file as RGB ``(H, W, 3)`` uint8 (:func:`to_rgb8`); ValueError naming the file
+    if unreadable or of a mode without an 8-bit reading."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(im, f"image {path}")
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err

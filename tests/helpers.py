@@ -59,3 +59,15 @@ def final_params(workdir):
 def load_config(spec):
     """``configs/<spec>`` as ``train.py --config`` reads it."""
     return engine.config.load_config_file(str(ROOT / "configs" / spec))
+
+
+def copy_with_damaged_step(workdir, dest, step=4, damage=lambda data: b"garbage"):
+    """A copy of a run's workdir at ``dest`` whose checkpoint ``step`` has every file of its
+    state replaced by ``damage(old bytes)`` (default: garbage; e.g. truncated)."""
+    import shutil
+
+    shutil.copytree(workdir, dest)
+    for f in (dest / "checkpoints" / str(step) / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(damage(f.read_bytes()))
+    return dest

@@ -1,14 +1,13 @@
 """Checkpoints (``attnzoo.engine.checkpoint``): keep policy, restore, corrupt steps skipped, checkpoints of earlier versions."""
 
 import logging
-import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_equal
+from helpers import assert_trees_equal, copy_with_damaged_step
 
 from attnzoo import engine, sharding
 
@@ -44,11 +43,7 @@ def test_restore_gives_the_trained_model(run, context_shapes_dir):
 
 def test_corrupt_checkpoint_is_skipped_with_a_warning(run, tmp_path, caplog):
     workdir, config, _ = run
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy)
-    for f in (copy / "checkpoints" / "4" / "state").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"garbage")
+    copy = copy_with_damaged_step(workdir, tmp_path / "copy")
     with caplog.at_level(logging.WARNING, logger="attnzoo"):
         _, variables, _ = engine.restore(copy)
     assert "checkpoint step 4" in caplog.text and "unreadable" in caplog.text

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, copy_with_damaged_step
 
 from attnzoo import engine
 
@@ -125,3 +125,38 @@ def test_compose_attention_notebook_runs(run, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     assert "max |block - reference|" in text and "restored from" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
+    """A garbage checkpoint for ``python -m attnzoo.convert`` and a bad config for
+    ``train.py``: exit status 2, one ``error:`` line; ``--debug`` gives the traceback."""
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    convert = [sys.executable, "-m", "attnzoo.convert", "--source", "timm:resnet18",
+               "--checkpoint", str(garbage), "--out", str(tmp_path / "out")]
+    done = subprocess.run(convert, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"error: checkpoint '{garbage}' cannot be read")
+    debug = subprocess.run(convert + ["--debug"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=300)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    train = [sys.executable, "train.py", "--config=configs/quickstart.py",
+             f"--workdir={tmp_path / 'w'}", "--config.eval_every=0"]
+    done = subprocess.run(train, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: config.eval_every must be a positive integer; got 0  (--debug or "
+        "ATTNZOO_DEBUG=1 shows the traceback)"]
+
+
+@pytest.mark.slow
+def test_evaluate_falls_back_past_an_unreadable_checkpoint_with_one_warning(run, tmp_path):
+    copy = copy_with_damaged_step(run[0], tmp_path / "copy")
+    done = subprocess.run([sys.executable, "-m", "attnzoo.evaluate", "--workdir", str(copy)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if "unreadable" in line]
+    assert len(warnings) == 1 and "checkpoint step 4" in warnings[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) < 60
+    assert "step 2, split" in done.stdout

@@ -356,3 +356,33 @@ def test_folder_needs_classes_and_a_folder(tmp_path):
         data.builder("folder", tmp_path, manual_dir=folder, num_classes=3)
     with pytest.raises(ValueError, match="name must be one of"):
         data.builder("voc", tmp_path)
+
+
+def test_a_changed_folder_is_prepared_again_with_a_message(tmp_path, caplog):
+    """Prepared folder datasets are keyed by their contents (names, sizes, modification
+    times): an edited mask or an added file is read, never the old data."""
+    import logging
+    import os
+
+    folder = tmp_path / "data"
+    make_folder(folder, np.random.default_rng(4), splits=("train",), n=2)
+    config = dataset_config("folder", tmp_path, manual_dir=str(folder), num_classes=3)
+    first_builder = data_input.prepared_builder(config)
+    assert first_builder.info.splits["train"].num_examples == 2
+    assert data_input.prepared_builder(config).data_dir == first_builder.data_dir  # unchanged
+    mask_path = folder / "masks" / "train" / "train0.png"
+    mask = np.asarray(Image.open(mask_path)).copy()
+    mask[:] = 2
+    mask_path.write_bytes(png(mask))
+    stat = mask_path.stat()  # the same size and time would be a change nobody could see
+    os.utime(mask_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with caplog.at_level(logging.WARNING, logger="attnzoo"):
+        edited = data_input.prepared_builder(config)
+    assert "changed since it was prepared" in caplog.text and edited.data_dir != first_builder.data_dir
+    labels = [ex["segmentation_mask"] for ex in edited.as_dataset(split="train").as_numpy_iterator()]
+    assert any((label == 2).all() for label in labels)
+    make_folder(folder / "more", np.random.default_rng(5), splits=("train",), n=1)
+    for sub in ("images", "masks"):
+        for f in (folder / "more" / sub / "train").iterdir():
+            f.rename(folder / sub / "train" / f"extra_{f.name}")
+    assert data_input.prepared_builder(config).info.splits["train"].num_examples == 3

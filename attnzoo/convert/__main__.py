@@ -19,7 +19,6 @@ backbone (``timm:``, ``torchvision:``) becomes ``DIR/variables/`` and
 from __future__ import annotations
 
 import argparse
-import sys
 
 from attnzoo.convert.backbones import from_timm, from_torchvision, load_state_dict, save_backbone
 
@@ -57,4 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from attnzoo import _cli
+
+    _cli.run(main)

@@ -8,10 +8,13 @@ generated), ``cityscapes``, ``ade20k``, ``oxford_iiit_pet``,
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from attnzoo.data.datasets import DATASETS, DatasetSpec, spec
+
+log = logging.getLogger("attnzoo")
 from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
 
 
@@ -55,6 +58,14 @@ def prepare(name: str, data_dir: str | Path | None = None, *,
                 ignore_index=ignore_index)
     if b.is_prepared():
         return b
+    if name == "folder":
+        from attnzoo.data.builders import folder_key
+
+        versions = Path(b.data_dir).parents[1]  # <data_dir>/segmentation_folder/<config>/<version>
+        key = folder_key(Path(manual_dir).expanduser().resolve())
+        if any(p.name.startswith(key + "_") for p in versions.glob("*") if p.is_dir()):
+            log.warning("folder dataset %s changed since it was prepared (files added, removed "
+                        "or modified); preparing it again", manual_dir)
     s = spec(name)
     if s.manual_files and (manual_dir is not None or not s.download):
         missing = [(f, where) for f, where in s.manual_files

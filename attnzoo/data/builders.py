@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from attnzoo.data import context_shapes as cs
 from attnzoo.data.datasets import ADE20K_CLASSES
+from attnzoo.viz import to_rgb8
 
 
 class ContextShapes(tfds.core.GeneratorBasedBuilder):
@@ -107,8 +108,10 @@ class FolderConfig(tfds.core.BuilderConfig):
 def folder_config(folder: str | os.PathLike, num_classes: int | None = None,
                   ignore_index: int = 255) -> FolderConfig:
     """The :class:`FolderConfig` of ``folder``: class names from its ``classes.txt`` (one per
-    line) or ``class_0 ... class_{num_classes-1}``. The config's name is the folder's name
-    and a hash of its absolute path, so that two folders never share a prepared dataset."""
+    line) or ``class_0 ... class_{num_classes-1}``. The config's name is :func:`folder_key`
+    and a hash of the folder's contents (every file's name, size and modification time under
+    ``images/`` and ``masks/``, and ``classes.txt``): a changed folder is a new dataset,
+    prepared again, never the old one read silently."""
     root = Path(folder).expanduser().resolve()
     names_file = root / "classes.txt"
     if names_file.is_file():
@@ -121,11 +124,28 @@ def folder_config(folder: str | os.PathLike, num_classes: int | None = None,
     else:
         raise ValueError(f"folder dataset {root}: give num_classes or write {names_file} "
                          "(one class name per line, in id order)")
-    slug = re.sub(r"[^a-zA-Z0-9_]", "_", root.name).strip("_").lower() or "folder"
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-    return FolderConfig(name=f"{slug}_{digest}", version="1.0.0", folder=str(root),
+    return FolderConfig(name=f"{folder_key(root)}_{_content_digest(root)}", version="1.0.0",
+                        folder=str(root),
                         classes=classes, ignore_index=ignore_index,
                         description=f"images and masks under {root}")
+
+
+def folder_key(root: Path) -> str:
+    """The folder's name and a hash of its absolute path (prepared datasets of two folders
+    never mix)."""
+    slug = re.sub(r"[^a-zA-Z0-9_]", "_", root.name).strip("_").lower() or "folder"
+    return f"{slug}_{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
+
+
+def _content_digest(root: Path) -> str:
+    h = hashlib.sha1()
+    files = [root / "classes.txt"] + sorted(p for sub in ("images", "masks")
+                                            for p in (root / sub).rglob("*") if p.is_file())
+    for path in files:
+        if path.is_file():
+            st = path.stat()
+            h.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:8]
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -202,7 +222,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                     f"{len(config.classes)} classes {list(config.classes)} (and ignore_index "
                     f"{config.ignore_index})")
             yield f"{images.name}/{path.stem}", {
-                "image": np.asarray(image.convert("RGB"), np.uint8),
+                "image": to_rgb8(image, f"folder dataset: image {path}"),
                 "segmentation_mask": mask[..., None], "file_name": path.name}
 
 

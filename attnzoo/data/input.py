@@ -31,6 +31,17 @@ def prepared_builder(config: Mapping[str, Any]):
                         num_classes=config["num_classes"], ignore_index=config["ignore_index"])
 
 
+def check_splits(config: Mapping[str, Any], builder: Any) -> None:
+    """ValueError naming the field unless ``train_split`` and ``eval_split`` (TFDS split
+    strings, e.g. ``validation[:16]``) name splits of the prepared dataset."""
+    splits = sorted(builder.info.splits)
+    for field in ("train_split", "eval_split"):
+        name = str(config[field]).split("[")[0]
+        if name not in splits:
+            raise ValueError(f"dataset.{field}={config[field]!r}: dataset {config['name']!r} "
+                             f"has the splits {splits}")
+
+
 def class_names(config: Mapping[str, Any], builder: Any) -> list[str]:
     """The dataset's class names; ValueError if they disagree with ``num_classes``."""
     from attnzoo import data

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,18 @@ class Checkpoints:
         """Block until pending saves are on disk."""
         self.manager.wait_until_finished()
 
-    def restore_state(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
+    def restore_state(self, target: Any, step: int | None = None, *,
+                      set_aside: Path | None = None) -> tuple[Any, int] | None:
         """``(state, step)`` from ``step`` or else the newest readable step; ``None`` if there is
-        none. ``target`` is an abstract state (shapes, dtypes, shardings) to restore onto."""
+        none. ``target`` is an abstract state (shapes, dtypes, shardings) to restore onto.
+        With ``set_aside`` (a folder), an unreadable step is moved there (renamed, never
+        deleted), so that training can save that step again. A readable step whose tree
+        does not fit ``target`` raises :class:`CheckpointMismatchError`."""
         def load(s: int) -> tuple[Any, int]:
-            legacy = _names_block_attention(self.manager.item_metadata(s)["state"], "se")
+            stored = self.manager.item_metadata(s)["state"]
+            legacy = _names_block_attention(stored, "se")
             on_disk = _rename_block_attention(target, "attn", "se") if legacy else target
+            _check_fits(stored, on_disk, self.directory / str(s))
             restored = self.manager.restore(s, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(on_disk)))["state"]
             if legacy:
@@ -88,7 +95,15 @@ class Checkpoints:
                 restored = _rename_block_attention(restored, "se", "attn")
             return restored, s
 
-        return newest_readable(self.directory, self.steps(), step, load)
+        def move(s: int) -> str:
+            set_aside.mkdir(parents=True, exist_ok=True)
+            to = set_aside / f"{s}-{time.strftime('%Y%m%d-%H%M%S')}"
+            (self.directory / str(s)).rename(to)
+            self.manager.reload()
+            return f"moved to {to}"
+
+        return newest_readable(self.directory, self.steps(), step, load,
+                               on_unreadable=move if set_aside is not None else None)
 
     def config(self, step: int | None = None) -> ml_collections.ConfigDict:
         """The config saved with ``step`` (default: the newest)."""
@@ -128,19 +143,46 @@ def _rename_block_attention(tree: Any, old: str, new: str, key: Any = None) -> A
     return tree
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint holds another tree than the model and optimizer expect."""
+
+
+def _path_names(path: Any) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
+def _check_fits(stored: Any, target: Any, where: Path) -> None:
+    """Raise :class:`CheckpointMismatchError` unless the stored tree has ``target``'s leaves."""
+    have = {_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(stored)}
+    want = {_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(target)}
+    if have != want:
+        diff = sorted(have - want)[:3] + sorted(want - have)[:3]
+        raise CheckpointMismatchError(
+            f"checkpoint {where} does not fit the model and optimizer of this config "
+            f"({len(have - want)} stored entries not expected, {len(want - have)} missing, e.g. "
+            f"{', '.join(diff)})")
+
+
 def newest_readable(directory: Path, steps: list[int], step: int | None,
-                    load: Callable[[int], Any]) -> Any:
+                    load: Callable[[int], Any],
+                    on_unreadable: Callable[[int], str] | None = None) -> Any:
     """``load(step)``, or else ``load`` of the newest of ``steps`` that loads, skipping (with a
-    warning) every one that raises; ``None`` if none does. An explicit ``step`` is not
-    skipped: its error propagates."""
+    one-line warning, and ``on_unreadable(step)``) every one that raises; ``None`` if none
+    does. An explicit ``step`` is not skipped, nor a :class:`CheckpointMismatchError`: their
+    errors propagate."""
     if step is not None:
         return load(step)
     for s in reversed(steps):
         try:
             return load(s)
+        except CheckpointMismatchError:
+            raise
         except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
-            log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the one before",
-                        s, directory, type(err).__name__, err)
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            done = on_unreadable(s) if on_unreadable is not None else "skipped"
+            log.warning("checkpoint step %d in %s is unreadable (%s: %s); %s, using the one "
+                        "before", s, directory, type(err).__name__, first, done)
     return None
 
 

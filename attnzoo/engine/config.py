@@ -30,6 +30,8 @@ Fields (defaults in :func:`default_config`):
   ``keep_best`` (best by validation mIoU kept), ``async_checkpoints``.
 * ``init_from``: a backbone checkpoint written by ``python -m attnzoo.convert``,
   loaded into the segmentor's backbone before training.
+* ``force_resume``: resume a workdir even though a field that shapes the model or
+  the optimizer state changed (``attnzoo.engine.workdir.SHAPING``; refused otherwise).
 * ``distributed``: call ``jax.distributed.initialize()`` (multi-host).
 """
 
@@ -79,6 +81,7 @@ def default_config() -> ConfigDict:
     c.keep_best = 1
     c.async_checkpoints = True
     c.init_from = ""
+    c.force_resume = False
     c.distributed = False
     return c
 

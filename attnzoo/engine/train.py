@@ -15,13 +15,16 @@ import numpy as np
 from attnzoo._checks import check_positive, mismatch_report
 from attnzoo.engine import optim, steps
 from attnzoo.engine import state as state_lib
-from attnzoo.engine.checkpoint import Checkpoints
+from attnzoo.engine.checkpoint import Checkpoints, newest_readable
 from attnzoo.engine.logging import RunLogger, class_table
-from attnzoo.sharding import make_mesh
+from attnzoo.engine.workdir import WorkdirLock, check_resume
+from attnzoo.sharding import local_batch_size, make_mesh
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped, the last good checkpoint is kept."""
+
+    user_error = True  # the commands print its message on one line
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -92,23 +95,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Train ``config`` in ``workdir`` (resuming from its newest readable checkpoint), evaluate
     every ``eval_every`` steps and at the end, and return the final evaluation metrics (with
     ``"classes"``). Writes ``checkpoints/``, ``tensorboard/``, ``metrics.jsonl``,
-    ``predictions.png`` and ``config.json`` under ``workdir``."""
+    ``predictions.png`` and ``config.json`` under ``workdir``.
+
+    Refused before anything in ``workdir`` is written: another live run in it, a config
+    that differs from its checkpoints' in a field that shapes the model or optimizer
+    (:mod:`attnzoo.engine.workdir`), batch sizes that do not divide over the devices,
+    missing splits, class weights of the wrong length. An unreadable newest checkpoint is
+    moved to ``checkpoints.unreadable/`` and training resumes from the one before."""
+    check_config(config)
+    workdir = Path(workdir).absolute()
+    with WorkdirLock(workdir, jax.process_index()):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     from attnzoo import viz
     from attnzoo.data import input as data_input
 
-    check_config(config)
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = make_mesh()
+    # everything that can be checked before the first step is checked here, before any file of
+    # the workdir is written
+    local_batch_size(config.batch_size, mesh, "batch_size")
+    local_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    weights = config.loss.kwargs.get("class_weight")
+    if weights is not None and len(weights) != config.dataset.num_classes:
+        raise ValueError(f"loss.kwargs.class_weight has {len(weights)} entries; "
+                         f"dataset.num_classes={config.dataset.num_classes}")
     model = state_lib.build_model(config)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_steps)
+    builder = data_input.prepared_builder(config.dataset)
+    data_input.check_splits(config.dataset, builder)
+    names = data_input.class_names(config.dataset, builder)
     ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep, keep_best=config.keep_best,
                         async_save=config.async_checkpoints)
-    logger = RunLogger(workdir, config.num_steps)
+    logger = None
     try:
-        restored = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh))
+        saved = newest_readable(ckpts.directory, ckpts.steps(), None, ckpts.config)
+        if saved is not None:
+            check_resume(workdir, saved, config)
+        restored = ckpts.restore_state(
+            state_lib.abstract_state(model, tx, config, mesh),
+            set_aside=workdir / "checkpoints.unreadable" if jax.process_index() == 0 else None)
+        if jax.process_index() == 0:
+            (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        logger = RunLogger(workdir, config.num_steps)
         if restored is None:
             state = state_lib.init_state(model, tx, config, mesh)
             if config.init_from:
@@ -118,9 +148,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             state, step = restored
             logger.message(f"resuming from the checkpoint of step {step} in {ckpts.directory}")
         start = int(jax.device_get(state.step))
-
-        builder = data_input.prepared_builder(config.dataset)
-        names = data_input.class_names(config.dataset, builder)
         train_step = steps.make_train_step(model, tx, schedule, config, mesh)
         eval_step = steps.make_eval_step(model, config, mesh)
 
@@ -187,7 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return {**result, "classes": names}
     finally:
         ckpts.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
 
 
 def _local_part(batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
