@@ -120,8 +120,8 @@ _RESIDUAL_BLOCK = re.compile(r"layer\d+_\d+")
 
 def _names_block_attention(tree: Any, name: str) -> bool:
     """Whether any residual block (``layer<i>_<j>``) in ``tree`` has a child called ``name``."""
-    pattern = re.compile(rf"\['layer\d+_\d+'\]\['{name}'\]")
-    return any(pattern.search(jax.tree_util.keystr(path))
+    pattern = re.compile(rf"(^|/)layer\d+_\d+/{re.escape(name)}(/|$)")
+    return any(pattern.search(_path_names(path))
                for path, _ in jax.tree_util.tree_leaves_with_path(tree))
 
 
@@ -148,6 +148,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def _path_names(path: Any) -> str:
+    """A pytree path as ``a/b/0/c`` (dict keys, attribute names and indices alike)."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
                     for k in path)
 

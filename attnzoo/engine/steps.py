@@ -77,20 +77,16 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
         def fn(images: Array) -> Array:
             return model.apply(variables, images.astype(dtype))["out"].astype(jnp.float32)
 
-        if "label_size" not in batch:
-            probs = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
-                                        stride=stride, scales=scales, flip=flip)
-            predicted = probs.argmax(-1)
-        else:  # labels at their original size: resize the logits back (as mmseg) per image
-            if scales == (1.0,) and not flip:
-                scores = fn(batch["image"]) if mode == "whole" else \
-                    inference.slide_inference(fn, batch["image"], crop, stride)
-            else:
-                scores = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
-                                             stride=stride, scales=scales, flip=flip)
-            predicted = inference.labels_at_original_size(
-                scores, batch["size"], batch["label_size"], batch["label"].shape[1:3],
-                align_corners=align_corners)
+        original = "label_size" in batch  # labels at their original size (as mmseg)
+        if original and scales == (1.0,) and not flip:  # mmseg resizes the logits themselves
+            scores = fn(batch["image"]) if mode == "whole" else \
+                inference.slide_inference(fn, batch["image"], crop, stride)
+        else:
+            scores = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
+                                         stride=stride, scales=scales, flip=flip)
+        predicted = inference.labels_at_original_size(
+            scores, batch["size"], batch["label_size"], batch["label"].shape[1:3],
+            align_corners=align_corners) if original else scores.argmax(-1)
         return metrics.confusion_matrix(predicted, batch["label"], num_classes, ignore_index)
 
     return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
