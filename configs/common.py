@@ -12,7 +12,9 @@ engine reads) and :func:`mmseg_schedule` sets mmsegmentation's
   evaluation (769 windows, stride 513);
 * ``ade20k``: 512x512 crops of 2048x512, 160k steps of batch 16, evaluation
   resized to 2048x512 on a 1024x1024 canvas, the logits resized back to each
-  label's original size before the metric (as mmsegmentation).
+  label's original size before the metric (as mmsegmentation);
+* ``cityscapes1024``: SegFormer's 1024x1024 crops of 2048x1024, 160k steps of
+  batch 8, sliding-window evaluation (1024 windows, stride 768).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ DATASETS: dict[str, dict[str, Any]] = {
                                 scale=(2048, 512), eval_scale=(2048, 512),
                                 eval_canvas=(1024, 1024), eval_label_canvas=(2048, 2048)),
                    num_steps=160_000, batch_size=16, eval_mode="whole", stride=(341, 682)),
+    # SegFormer's Cityscapes: 1024x1024 crops, batch 8, 160k, 1024x1024 windows of stride 768
+    "cityscapes1024": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(1024, 1024),
+                                        scale=(2048, 1024)),
+                           num_steps=160_000, batch_size=8, eval_mode="slide", stride=(768, 768)),
 }
 DEPTHS = ("r50", "r18", "r101")
 STRIDES = ("d8", "d16")

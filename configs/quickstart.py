@@ -8,22 +8,28 @@ per-class table, saves a checkpoint and writes predictions.png. The argument
 picks another head for the same budget: ``configs/quickstart.py:ccnet``
 (``fcn``, ``danet``, ``ccnet``, ``nonlocal``, ``psa``, ``gcnet``,
 ``deeplabv3``) -- the analogue of the DANet paper's ablation, see
-``benchmarks/quickstart_heads.py``.
+``benchmarks/quickstart_heads.py``. ``configs/quickstart.py:segformer`` trains
+SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters, and the all-MLP head) for the same
+budget instead of the narrow ResNet.
 """
 
 from attnzoo.engine import default_config
 from configs import common
 
-HEADS = ("danet", "fcn", "ccnet", "nonlocal", "psa", "psas", "gcnet", "deeplabv3")
+HEADS = ("danet", "fcn", "ccnet", "nonlocal", "psa", "psas", "gcnet", "deeplabv3", "segformer")
 
 
 def get_config(arg: str = ""):
     a = common.parse_arg(arg, head=HEADS)
     c = default_config()
-    c.model.name = f"{a.head}_r18_d8"
-    c.model.backbone_kwargs = {"width": 16, "stem_width": 16}
-    c.model.head_channels = 32
-    c.model.aux_channels = 16
+    if a.head == "segformer":
+        c.model.name = "segformer_mit-b0"
+        c.model.head_channels = 64
+    else:
+        c.model.name = f"{a.head}_r18_d8"
+        c.model.backbone_kwargs = {"width": 16, "stem_width": 16}
+        c.model.head_channels = 32
+        c.model.aux_channels = 16
     c.dataset.name = "context_shapes"
     c.dataset.num_classes = 5
     c.dataset.crop_size = (128, 128)

@@ -18,12 +18,19 @@ from attnzoo import engine
     ("attention_unet.py", "attention_unet", (512, 1024), 80_000),
     ("quickstart.py", "danet_r18_d8", (128, 128), 1000),
     ("quickstart.py:ccnet", "ccnet_r18_d8", (128, 128), 1000),
+    ("quickstart.py:segformer", "segformer_mit-b0", (128, 128), 1000),
+    ("segformer.py", "segformer_mit-b0", (512, 512), 160_000),
+    ("segformer.py:b5,cityscapes1024", "segformer_mit-b5", (1024, 1024), 160_000),
 ])
 def test_shipped_configs_build_their_model(spec, name, crop, steps):
     config = load_config(spec)
     assert config.model.name == name
     assert tuple(config.dataset.crop_size) == crop and config.num_steps == steps
-    if spec != "quickstart.py" and not spec.startswith("quickstart"):
+    if spec.startswith("segformer"):
+        assert config.optimizer.name == "adamw" and config.optimizer.learning_rate == 6e-5
+        assert config.optimizer.warmup_steps == 1500 and config.optimizer.power == 1.0
+        assert dict(config.optimizer.lr_mult) == {"head": 10.0}
+    elif not spec.startswith("quickstart"):
         assert config.optimizer.name == "sgd" and config.optimizer.learning_rate == 0.01
         assert config.optimizer.momentum == 0.9 and config.optimizer.weight_decay == 5e-4
         assert config.optimizer.schedule == "poly" and config.optimizer.power == 0.9

@@ -16,12 +16,15 @@ mmseg_support = pytest.importorskip("mmseg_support")
 torch = pytest.importorskip("torch")
 
 FAST = [f"{f}_r50-d8_4xb2-80k_cityscapes-512x1024"
-        for f in ("fcn", "danet", "ccnet", "nonlocal", "gcnet", "deeplabv3", "pspnet", "psanet")]
+        for f in ("fcn", "danet", "ccnet", "nonlocal", "gcnet", "deeplabv3", "pspnet", "psanet")
+        ] + ["segformer_mit-b0_8xb2-160k_ade20k-512x512"]
 SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k-512x512",
         "pspnet_r50-d8_4xb2-80k_cityscapes-769x769", "ccnet_r101-d8_4xb2-80k_cityscapes-769x769",
         "psanet_r101-d8_4xb2-40k_cityscapes-769x769", "deeplabv3_r101-d8_4xb4-80k_ade20k-512x512",
         "fcn_r101-d8_4xb4-160k_ade20k-512x512", "gcnet_r101-d8_4xb4-80k_ade20k-512x512",
-        "nonlocal_r101-d8_4xb2-80k_cityscapes-512x1024"]
+        "nonlocal_r101-d8_4xb2-80k_cityscapes-512x1024",
+        "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
+        "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 
 
 def randomize(model, seed=0):
@@ -100,7 +103,7 @@ def test_psa_mask_equals_a_loop_over_positions():
 
 
 def test_every_published_config_has_a_recipe():
-    assert len(PUBLISHED) == 96
+    assert len(PUBLISHED) == 109
     for stem in PUBLISHED:
         recipe = mmseg_recipe(stem)
         assert recipe.model.split("_")[0] in stem

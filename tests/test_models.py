@@ -230,7 +230,7 @@ def test_a_new_model_is_one_registered_description():
 
 def test_heads_declare_their_loss_terms():
     assert heads.list_heads() == ["aspp", "ccnet", "danet", "fcn", "gcnet", "nonlocal", "psa",
-                                  "psanet", "psas", "psp"]
+                                  "psanet", "psas", "psp", "segformer"]
     assert heads.DANetHead.branches == (("pam", 1.0), ("cam", 1.0))
     assert heads.FCNHead.branches == ()
     terms = models.create("danet_r18_d8", num_classes=3).loss_terms()

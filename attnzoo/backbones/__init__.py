@@ -1,17 +1,23 @@
-"""Backbones: dilated ResNets with attention inside, by registry name.
+"""Backbones by registry name: dilated ResNets with attention inside, and Mix Transformers.
 
-``create("resnet50_v1c", output_stride=8, attn="se")``; ``list_backbones()``.
-Names: ``resnet{18,34,50,101,152}_v1{b,c,d}``, ``skresnet{18,34,50}``,
-``resnest{14,26,50}d``/``resnest101e``. Keyword arguments override any
-field of :class:`ResNet` (``output_stride``, ``multi_grid``, ``attn``,
-``attn_kwargs``, ``frozen_bn``, ``block_cls``, ``dtype``, ...).
+``create("resnet50_v1c", output_stride=8, attn="se")``, ``create("mit_b2")``;
+``list_backbones()``. Names: ``resnet{18,34,50,101,152}_v1{b,c,d}``,
+``skresnet{18,34,50}``, ``resnest{14,26,50}d``/``resnest101e`` (fields of
+:class:`ResNet`: ``output_stride``, ``multi_grid``, ``attn``, ``attn_kwargs``,
+``frozen_bn``, ``block_cls``, ``dtype``, ...) and ``mit_b0`` .. ``mit_b5``
+(fields of :class:`MixVisionTransformer`). Keyword arguments override any field.
+Every backbone returns ``{"c1": ..., "c4": ...}`` and has ``feature_info()``
+and ``in_channels``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
+
 from attnzoo._registry import Registry
+from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
     BLOCKS,
     BasicBlock,
@@ -23,7 +29,7 @@ from attnzoo.backbones.resnet import (
     SelectiveKernelBottleneck,
 )
 
-BACKBONES: Registry[dict[str, Any]] = Registry("backbone")
+BACKBONES: Registry[tuple[type[nn.Module], dict[str, Any]]] = Registry("backbone")
 
 _DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
@@ -31,30 +37,47 @@ _DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
 _VARIANTS = {"v1b": {}, "v1c": {"deep_stem": True}, "v1d": {"deep_stem": True, "avg_down": True}}
 for _depth, (_block, _layers) in _DEPTHS.items():
     for _variant, _kw in _VARIANTS.items():
-        BACKBONES.add(f"resnet{_depth}_{_variant}", dict(block_cls=_block, layers=_layers, **_kw))
+        BACKBONES.add(f"resnet{_depth}_{_variant}",
+                      (ResNet, dict(block_cls=_block, layers=_layers, **_kw)))
 # SK-ResNet (Li et al. 2019) as timm builds it.
 _SK_BASIC = (("rd_ratio", 1 / 8), ("rd_divisor", 16), ("split_input", True))
-BACKBONES.add("skresnet18", dict(block_cls=SelectiveKernelBasic, layers=(2, 2, 2, 2),
-                                 block_kwargs=(("sk_kwargs", _SK_BASIC),)))
-BACKBONES.add("skresnet34", dict(block_cls=SelectiveKernelBasic, layers=(3, 4, 6, 3),
-                                 block_kwargs=(("sk_kwargs", _SK_BASIC),)))
-BACKBONES.add("skresnet50", dict(block_cls=SelectiveKernelBottleneck, layers=(3, 4, 6, 3),
-                                 block_kwargs=(("sk_kwargs", (("split_input", True),)),)))
+for _depth, _block, _sk in ((18, SelectiveKernelBasic, _SK_BASIC),
+                            (34, SelectiveKernelBasic, _SK_BASIC),
+                            (50, SelectiveKernelBottleneck, (("split_input", True),))):
+    BACKBONES.add(f"skresnet{_depth}", (ResNet, dict(
+        block_cls=_block, layers=_DEPTHS[_depth][1], block_kwargs=(("sk_kwargs", _sk),))))
 # ResNeSt (Zhang et al. 2022): deep stem, average-pool shortcuts, radix 2, avd.
 for _name, _layers, _stem in (("resnest14d", (1, 1, 1, 1), 32), ("resnest26d", (2, 2, 2, 2), 32),
                               ("resnest50d", (3, 4, 6, 3), 32), ("resnest101e", (3, 4, 23, 3), 64)):
-    BACKBONES.add(_name, dict(block_cls=ResNeStBottleneck, layers=_layers, deep_stem=True,
-                              stem_width=_stem, avg_down=True))
+    BACKBONES.add(_name, (ResNet, dict(block_cls=ResNeStBottleneck, layers=_layers,
+                                       deep_stem=True, stem_width=_stem, avg_down=True)))
+# MiT (SegFormer, Table 6): B0 is 32-64-160-256 wide, B1-B5 64-128-320-512, deeper with the index.
+for _name, _dims, _depths in (("mit_b0", (32, 64, 160, 256), (2, 2, 2, 2)),
+                              ("mit_b1", (64, 128, 320, 512), (2, 2, 2, 2)),
+                              ("mit_b2", (64, 128, 320, 512), (3, 4, 6, 3)),
+                              ("mit_b3", (64, 128, 320, 512), (3, 4, 18, 3)),
+                              ("mit_b4", (64, 128, 320, 512), (3, 8, 27, 3)),
+                              ("mit_b5", (64, 128, 320, 512), (3, 6, 40, 3))):
+    BACKBONES.add(_name, (MixVisionTransformer, dict(embed_dims=_dims, depths=_depths)))
 
 
-def create(name: str, /, **kwargs: Any) -> ResNet:
+def create(name: str, /, **kwargs: Any) -> nn.Module:
     """Build backbone ``name``; ``kwargs`` override its fields (e.g. ``output_stride=8``;
-    ``attn_kwargs`` and ``block_kwargs`` may be dicts)."""
-    fields = {**BACKBONES.get(name), **kwargs}
-    for key in ("attn_kwargs", "block_kwargs"):
-        if isinstance(fields.get(key), dict):
-            fields[key] = tuple(sorted(fields[key].items()))
-    return ResNet(**fields)
+    ``attn_kwargs`` and ``block_kwargs`` may be dicts). ValueError names the fields a
+    keyword does not match."""
+    cls, defaults = BACKBONES.get(name)
+    fields = {**defaults, **kwargs}
+    unknown = sorted(set(fields) - set(cls.__dataclass_fields__) - {"parent", "name"})
+    if unknown:
+        allowed = sorted(set(cls.__dataclass_fields__) - {"parent", "name"})
+        raise ValueError(f"backbone {name!r} ({cls.__name__}) has no field {unknown}; "
+                         f"its fields are {allowed}")
+    for key, value in fields.items():
+        if key in ("attn_kwargs", "block_kwargs") and isinstance(value, dict):
+            fields[key] = tuple(sorted(value.items()))
+        elif isinstance(value, list):  # sequences from a JSON config
+            fields[key] = tuple(value)
+    return cls(**fields)
 
 
 def list_backbones() -> list[str]:
@@ -62,6 +85,7 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-__all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "ResNeStBottleneck", "ResNet",
+__all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "MiTBlock", "MixFFN",
+           "MixVisionTransformer", "OverlapPatchEmbed", "ResNeStBottleneck", "ResNet",
            "ResidualBlock", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "create",
            "list_backbones"]

@@ -13,6 +13,7 @@ from attnzoo.blocks.coord import CoordinateAttention
 from attnzoo.blocks.criss_cross import CrissCrossAttention
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
 from attnzoo.blocks.eca import EfficientChannelAttention, eca_kernel_size
+from attnzoo.blocks.efficient import SpatialReductionAttention
 from attnzoo.blocks.gate import AttentionGate
 from attnzoo.blocks.gc import GlobalContext
 from attnzoo.blocks.hard import HardAttention
@@ -46,6 +47,7 @@ __all__ = [
     "PositionAttention",
     "SelectiveKernel",
     "SpatialChannelSqueezeExcite",
+    "SpatialReductionAttention",
     "SplitAttention",
     "SqueezeExcite",
     "TemporalAttention",

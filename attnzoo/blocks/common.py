@@ -216,3 +216,88 @@ def zero_gamma(module: nn.Module, dtype: Dtype = jnp.float32) -> Array:
     nothing" until ``gamma`` has been learned, which is intended.
     """
     return module.param("gamma", nn.initializers.zeros, (1,), dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., ECCV 2016) on a residual branch, per sample.
+
+    In training each sample's branch is kept with probability ``1 - rate`` and
+    scaled by ``1 / (1 - rate)`` (timm's ``DropPath``); identity otherwise.
+    Draws from the ``"dropout"`` RNG stream.
+
+    Attributes:
+      rate: probability of dropping the branch, in [0, 1).
+    """
+
+    rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"rate must be in [0, 1); got {self.rate}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(kept, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class DepthwiseConv(nn.Module):
+    """A depthwise ``k x k`` convolution (stride 1, PyTorch's symmetric padding, with bias) as the
+    sum of ``k^2`` shifted per-channel products on CPU, where XLA's grouped convolution is 2.5x
+    (forward) to 4x (gradient) slower; ``lax.conv_general_dilated`` on other backends. The
+    same parameters as ``nn.Conv(feature_group_count=C)``: ``kernel (k, k, 1, C)``, ``bias``.
+    """
+
+    kernel_size: int = 3
+    use_bias: bool = True
+    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, c = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, 1, c), self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        lo, hi = (k - 1) // 2, k // 2
+        if jax.default_backend() == "cpu":
+            h, w = x.shape[1:3]
+            xp = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+            y = sum(xp[:, i:i + h, j:j + w] * kernel[i, j, 0]
+                    for i in range(k) for j in range(k))
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((lo, hi), (lo, hi)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             feature_group_count=c)
+        return y if bias is None else y + bias
+
+
+class PatchConv(nn.Module):
+    """A convolution whose kernel equals its stride (non-overlapping ``r x r`` patches, no
+    padding; rows and columns past the last whole patch are dropped, as PyTorch's) as one
+    product of the patches with the kernel: the same result as the strided convolution,
+    with a 6x faster gradient on CPU. Parameters as ``nn.Conv``: ``kernel (r, r, C, O)``,
+    ``bias``."""
+
+    features: int
+    patch: int
+    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        r, (b, h, w, c) = self.patch, x.shape
+        kernel = self.param("kernel", self.kernel_init, (r, r, c, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        patches = x[:, :h // r * r, :w // r * r].reshape(b, h // r, r, w // r, r, c)
+        return jnp.einsum("biyjxc,yxco->bijo", patches, kernel) + bias

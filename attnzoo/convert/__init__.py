@@ -1,5 +1,5 @@
-"""Weights from PyTorch references (timm, torchvision, mmsegmentation, the official DANet
-code, mmcv) into attnzoo.
+"""Weights from PyTorch references (timm, torchvision, mmsegmentation, Hugging Face
+transformers, the official DANet code, mmcv) into attnzoo.
 
 No PyTorch import is needed to convert: state dicts may hold torch tensors
 or numpy arrays.
@@ -14,6 +14,7 @@ from attnzoo.convert.backbones import (
 )
 from attnzoo.convert.blocks import block_from_torch
 from attnzoo.convert.mmseg import from_mmseg, mmseg_config
+from attnzoo.convert.segformer import from_transformers, transformers_config
 from attnzoo.convert.torch_weights import (
     ConversionError,
     convert_state_dict,
@@ -28,10 +29,12 @@ __all__ = [
     "from_mmseg",
     "from_timm",
     "from_torchvision",
+    "from_transformers",
     "load_backbone",
     "load_state_dict",
     "mmseg_config",
     "save_backbone",
     "target_shapes",
     "to_numpy",
+    "transformers_config",
 ]

@@ -2,14 +2,18 @@
 
     python -m attnzoo.convert --source mmseg:danet_r50-d8_4xb2-80k_cityscapes-512x1024 \\
         --checkpoint danet_r50-d8_512x1024_80k_cityscapes_20200607_133029-2bfa2293.pth --out DIR
+    python -m attnzoo.convert --source transformers:segformer \\
+        --checkpoint segformer-b0-finetuned-ade-512-512/ --out DIR
     python -m attnzoo.convert --source timm:resnet50d --checkpoint weights.pth --out DIR
     python -m attnzoo.convert --source torchvision:resnet101 --checkpoint r101.pth \\
         --out DIR --output-stride 8
 
 Nothing is downloaded: ``--checkpoint`` is a ``.pth``/``.pt``/``.bin`` (read
-with torch) or ``.safetensors`` (read with numpy) file. A whole segmentor
-(``mmseg:<config stem>``) becomes a run directory: ``DIR/checkpoints/0`` and
-``DIR/config.json`` with mmseg's evaluation protocol, which
+with torch) or ``.safetensors`` (read with numpy) file; for ``transformers:segformer``, the
+folder of a Hugging Face hub download (``model.safetensors`` + ``config.json``). A whole
+segmentor (``mmseg:<config stem>``, ``transformers:segformer``) becomes a run directory:
+``DIR/checkpoints/0`` and ``DIR/config.json`` with the evaluation protocol (mmseg's; for a
+hub SegFormer of 150 / 19 classes SegFormer's ADE20K / Cityscapes one, or ``--protocol``), which
 ``python -m attnzoo.evaluate --workdir DIR``, ``attnzoo.predict``,
 ``engine.restore(DIR)`` and ``train.py --config.init_from=DIR`` take. A
 backbone (``timm:``, ``torchvision:``) becomes ``DIR/variables/`` and
@@ -19,6 +23,7 @@ backbone (``timm:``, ``torchvision:``) becomes ``DIR/variables/`` and
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from attnzoo.convert.backbones import from_timm, from_torchvision, load_state_dict, save_backbone
 
@@ -27,26 +32,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnzoo.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True,
-                        help="mmseg:CONFIG_STEM (a trained segmentor), timm:MODEL (e.g. "
+                        help="mmseg:CONFIG_STEM or transformers:segformer (trained "
+                             "segmentors), timm:MODEL (e.g. "
                              "timm:resnet50d) or torchvision:MODEL (backbones)")
-    parser.add_argument("--checkpoint", required=True, help="state dict file on disk")
+    parser.add_argument("--checkpoint", required=True,
+                        help="state dict file on disk (transformers: the hub folder or its "
+                             "model.safetensors)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
+    parser.add_argument("--protocol", default=None,
+                        choices=("ade20k-512x512", "ade20k-640x640", "cityscapes-1024x1024"),
+                        help="transformers:segformer: the evaluation protocol to record "
+                             "(default from the classes: 150 -> ADE20K 512, 19 -> Cityscapes)")
     args = parser.parse_args(argv)
     library, _, model = args.source.partition(":")
-    if library == "mmseg" and model:
-        from attnzoo.convert.mmseg import from_mmseg, mmseg_config
+    if library in ("mmseg", "transformers") and model:
         from attnzoo.engine.checkpoint import save_pretrained
 
-        _, variables = from_mmseg(model, load_state_dict(args.checkpoint))
-        out = save_pretrained(args.out, variables, mmseg_config(model))
+        if library == "mmseg":
+            from attnzoo.convert.mmseg import from_mmseg, mmseg_config
+
+            _, variables = from_mmseg(model, load_state_dict(args.checkpoint))
+            config = mmseg_config(model)
+        elif model == "segformer":
+            from attnzoo.convert.segformer import from_transformers, transformers_config
+
+            folder = Path(args.checkpoint)
+            config_path = (folder if folder.is_dir() else folder.parent) / "config.json"
+            _, variables = from_transformers(folder, config_path)
+            config = transformers_config(config_path, args.protocol)
+        else:
+            parser.error(f"--source transformers:MODEL converts segformer; got {args.source!r}")
+        out = save_pretrained(args.out, variables, config)
         n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))
         print(f"wrote {args.source} ({n:,} parameters) to {out}; evaluate with "
               f"python -m attnzoo.evaluate --workdir {out}")
         return 0
     convert = {"timm": from_timm, "torchvision": from_torchvision}.get(library)
     if convert is None or not model:
-        parser.error(f"--source must be mmseg:CONFIG_STEM, timm:MODEL or torchvision:MODEL; "
+        parser.error(f"--source must be mmseg:CONFIG_STEM, transformers:segformer, timm:MODEL or "
+                     f"torchvision:MODEL; "
                      f"got {args.source!r}")
     module, variables = convert(model, load_state_dict(args.checkpoint), args.output_stride)
     out = save_backbone(args.out, module, variables, source=args.source)

@@ -21,7 +21,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attnzoo import models
+from attnzoo.convert.segformer import MMSEG_RENAMES, reverse_fusion_inputs, split_in_proj
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+from attnzoo.heads import SegFormerHead
 
 # mmseg config stem -> (checkpoint file as mmseg publishes it, mIoU, mIoU with multi-scale + flip),
 # from mmseg 1.2.2's configs/<family>/metafile.yaml (its README tables; V100 runs by OpenMMLab).
@@ -122,12 +124,30 @@ PUBLISHED: dict[str, tuple[str, float, float | None]] = {
     "pspnet_r101-d8_4xb4-80k_ade20k-512x512": ("pspnet_r101-d8_512x512_80k_ade20k_20200614_031423-b6e782f0.pth", 43.57, 44.35),
     "pspnet_r50-d8_4xb4-160k_ade20k-512x512": ("pspnet_r50-d8_512x512_160k_ade20k_20200615_184358-1890b0bd.pth", 42.48, 43.44),
     "pspnet_r101-d8_4xb4-160k_ade20k-512x512": ("pspnet_r101-d8_512x512_160k_ade20k_20200615_100650-967c316f.pth", 44.39, 45.35),
+    # SegFormer: mmseg's configs/segformer/metafile.yaml (8 GPUs; MiT weights from the paper's
+    # ImageNet-1k pre-training)
+    "segformer_mit-b0_8xb2-160k_ade20k-512x512": ("segformer_mit-b0_512x512_160k_ade20k_20210726_101530-8ffa8fda.pth", 37.41, 38.34),
+    "segformer_mit-b1_8xb2-160k_ade20k-512x512": ("segformer_mit-b1_512x512_160k_ade20k_20210726_112106-d70e859d.pth", 40.97, 42.54),
+    "segformer_mit-b2_8xb2-160k_ade20k-512x512": ("segformer_mit-b2_512x512_160k_ade20k_20210726_112103-cbd414ac.pth", 45.58, 47.03),
+    "segformer_mit-b3_8xb2-160k_ade20k-512x512": ("segformer_mit-b3_512x512_160k_ade20k_20210726_081410-962b98d2.pth", 47.82, 48.81),
+    "segformer_mit-b4_8xb2-160k_ade20k-512x512": ("segformer_mit-b4_512x512_160k_ade20k_20210728_183055-7f509d7d.pth", 48.46, 49.76),
+    "segformer_mit-b5_8xb2-160k_ade20k-512x512": ("segformer_mit-b5_512x512_160k_ade20k_20210726_145235-94cedf59.pth", 49.13, 50.22),
+    "segformer_mit-b5_8xb2-160k_ade20k-640x640": ("segformer_mit-b5_640x640_160k_ade20k_20210801_121243-41d2845b.pth", 49.62, 50.36),
+    "segformer_mit-b0_8xb1-160k_cityscapes-1024x1024": ("segformer_mit-b0_8x1_1024x1024_160k_cityscapes_20211208_101857-e7f88502.pth", 76.54, 78.22),
+    "segformer_mit-b1_8xb1-160k_cityscapes-1024x1024": ("segformer_mit-b1_8x1_1024x1024_160k_cityscapes_20211208_064213-655c7b3f.pth", 78.56, 79.73),
+    "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024": ("segformer_mit-b2_8x1_1024x1024_160k_cityscapes_20211207_134205-6096669a.pth", 81.08, 82.18),
+    "segformer_mit-b3_8xb1-160k_cityscapes-1024x1024": ("segformer_mit-b3_8x1_1024x1024_160k_cityscapes_20211206_224823-a8f8a177.pth", 81.94, 83.14),
+    "segformer_mit-b4_8xb1-160k_cityscapes-1024x1024": ("segformer_mit-b4_8x1_1024x1024_160k_cityscapes_20211207_080709-07f6c333.pth", 81.89, 83.38),
+    "segformer_mit-b5_8xb1-160k_cityscapes-1024x1024": ("segformer_mit-b5_8x1_1024x1024_160k_cityscapes_20211206_072934-87a052ec.pth", 82.25, 83.48),
 }
 
 _FAMILIES = ("fcn", "danet", "ccnet", "nonlocal", "psanet", "gcnet", "deeplabv3", "pspnet")
 _STEM = re.compile(
     r"(?P<family>[a-z0-9]+)_r(?P<depth>18|50|101)-d8_4xb(?P<batch>\d)-(?P<iters>\d+)k_"
     r"(?P<dataset>cityscapes-512x1024|cityscapes-769x769|ade20k-512x512)")
+_SEGFORMER_STEM = re.compile(
+    r"segformer_mit-b(?P<size>[0-5])_8xb(?P<batch>\d)-160k_"
+    r"(?P<dataset>cityscapes-1024x1024|ade20k-512x512|ade20k-640x640)")
 
 # mmseg's dataset configs: classes, test-time resize (keep ratio) and inference mode
 _PROTOCOLS = {
@@ -140,6 +160,13 @@ _PROTOCOLS = {
     "ade20k-512x512": dict(dataset="ade20k", num_classes=150, crop=(512, 512), scale=(2048, 512),
                            mode="whole", stride=(341, 341), align_corners=False,
                            mask_size=(66, 66)),
+    # SegFormer's: 1024x1024 windows of stride 768 on Cityscapes; ADE20K at 640 (the B5 recipe
+    # tests at 2048x640, as at 512)
+    "cityscapes-1024x1024": dict(dataset="cityscapes", num_classes=19, crop=(1024, 1024),
+                                 scale=(2048, 1024), mode="slide", stride=(768, 768),
+                                 align_corners=False),
+    "ade20k-640x640": dict(dataset="ade20k", num_classes=150, crop=(640, 640), scale=(2048, 640),
+                           mode="whole", stride=(426, 426), align_corners=False),
 }
 
 # mmseg key -> attnzoo key, applied in order (re.sub on every key)
@@ -182,12 +209,19 @@ class MmsegRecipe:
 
 def mmseg_recipe(stem: str) -> MmsegRecipe:
     """Parse mmseg config ``stem``; ValueError naming the supported families and datasets."""
+    s = _SEGFORMER_STEM.fullmatch(stem)
+    if s is not None:  # mmseg's head: 256 channels at every size, BN + ReLU per stage
+        return MmsegRecipe(stem, f"segformer_mit-b{s['size']}",
+                           {"head_kwargs": {"channels": 256, "stage_norm": True}},
+                           _PROTOCOLS[s["dataset"]])
     m = _STEM.fullmatch(stem)
     if m is None or m["family"] not in _FAMILIES:
         raise ValueError(
             f"config {stem!r} is not an mmseg config attnzoo rebuilds; supported: "
             f"<family>_r{{18,50,101}}-d8_4xb<n>-<iters>k_<dataset> with family in "
-            f"{list(_FAMILIES)} and dataset in {sorted(_PROTOCOLS)} (e.g. "
+            f"{list(_FAMILIES)} and dataset in cityscapes-512x1024, cityscapes-769x769, "
+            f"ade20k-512x512; or segformer_mit-b{{0..5}}_8xb<n>-160k_<dataset> with dataset in "
+            f"cityscapes-1024x1024, ade20k-512x512, ade20k-640x640 (e.g. "
             f"'danet_r50-d8_4xb2-80k_cityscapes-512x1024'; published ones: "
             f"attnzoo.convert.mmseg.PUBLISHED)")
     protocol = _PROTOCOLS[m["dataset"]]
@@ -228,24 +262,18 @@ def from_mmseg(config: str, state_dict: Mapping[str, Any] | str | Path
 
         state_dict = load_state_dict(state_dict)
     model = mmseg_model(config)
+    renames = _RENAMES
+    if isinstance(model.head, SegFormerHead):
+        state_dict = reverse_fusion_inputs(split_in_proj(state_dict),
+                                           "decode_head.fusion_conv.conv.weight")
+        renames = MMSEG_RENAMES
     target = target_shapes(model, jnp.zeros((1, 64, 64, 3), jnp.float32))
-    return model, convert_state_dict(state_dict, target, regex_renames=_RENAMES)
+    return model, convert_state_dict(state_dict, target, regex_renames=renames)
 
 
-def mmseg_config(stem: str) -> Any:
-    """The attnzoo engine config that evaluates (and fine-tunes) mmseg config ``stem`` as mmseg
-    does: its model, classes, test resize (keep ratio), whole or sliding-window inference;
-    ADE20K images one at a time at their resized size, the logits resized back to each
-    label's original size (``eval_batch_size`` 1, ``eval_label_canvas`` 2048x2048: one
-    device; set ``dataset.eval_canvas`` to batch them on a padded canvas)."""
-    from attnzoo.engine import default_config
-
-    recipe = mmseg_recipe(stem)
-    p = recipe.protocol
-    c = default_config()
-    c.model.name = recipe.model
-    c.model.align_corners = bool(recipe.model_kwargs.get("align_corners", False))
-    c.model.head_kwargs = dict(recipe.model_kwargs.get("head_kwargs", {}))
+def set_protocol(c: Any, p: Mapping[str, Any]) -> None:
+    """Set an mmseg dataset protocol (a ``_PROTOCOLS`` value) on engine config ``c``: dataset,
+    classes, crop, test resize, inference mode; ADE20K one image at a time at its size."""
     c.dataset.name = p["dataset"]
     c.dataset.num_classes = p["num_classes"]
     c.dataset.crop_size = p["crop"]
@@ -257,4 +285,20 @@ def mmseg_config(stem: str) -> Any:
     c.eval.mode = p["mode"]
     c.eval.crop_size = p["crop"]
     c.eval.stride = p["stride"]
+
+
+def mmseg_config(stem: str) -> Any:
+    """The attnzoo engine config that evaluates (and fine-tunes) mmseg config ``stem`` as mmseg
+    does: its model, classes, test resize (keep ratio), whole or sliding-window inference;
+    ADE20K images one at a time at their resized size, the logits resized back to each
+    label's original size (``eval_batch_size`` 1, ``eval_label_canvas`` 2048x2048: one
+    device; set ``dataset.eval_canvas`` to batch them on a padded canvas)."""
+    from attnzoo.engine import default_config
+
+    recipe = mmseg_recipe(stem)
+    c = default_config()
+    c.model.name = recipe.model
+    c.model.align_corners = bool(recipe.model_kwargs.get("align_corners", False))
+    c.model.head_kwargs = dict(recipe.model_kwargs.get("head_kwargs", {}))
+    set_protocol(c, recipe.protocol)
     return c

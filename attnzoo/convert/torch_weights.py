@@ -4,7 +4,8 @@ attnzoo names its submodules as the reference PyTorch code does (``fc1``,
 ``conv.bn``, ``paths_0`` for ``paths.0``), so one mapping serves every block:
 
 * ``<prefix>.weight`` -> ``params/<prefix>/kernel`` (conv ``OIHW -> HWIO``,
-  conv1d ``OIK -> KIO``, linear ``OI -> IO``) or ``.../scale`` for norms;
+  conv1d ``OIK -> KIO``, linear ``OI -> IO``; a linear layer fills a 1x1 conv
+  kernel and a 1x1 conv a dense kernel) or ``.../scale`` for norms;
 * ``<prefix>.bias`` -> ``params/<prefix>/bias``;
 * ``running_mean`` / ``running_var`` -> ``batch_stats/<prefix>/mean`` / ``var``;
 * anything else (``gamma``, bias tables) -> ``params/<prefix>/<name>``.
@@ -78,6 +79,14 @@ def _transform(array: np.ndarray, target_path: tuple[str, ...]) -> np.ndarray:
     return array
 
 
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A kernel shape without its leading unit axes (a 1x1 conv's ``(1, 1, I, O)`` is ``(I, O)``)."""
+    shape = tuple(shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
 def apply_renames(
     state_dict: Mapping[str, Any], renames: Iterable[tuple[str, str]] = (),
     regex_renames: Iterable[tuple[str, str]] = (),
@@ -146,8 +155,10 @@ def convert_state_dict(
         array = _transform(to_numpy(value), path)
         want = flat_target[path]
         if array.shape != tuple(want.shape):
-            if array.size == int(np.prod(want.shape)) and path[-1] not in ("kernel",):
-                array = array.reshape(want.shape)  # e.g. a (1,) gamma stored as ()
+            if array.size == int(np.prod(want.shape)) and (
+                    path[-1] != "kernel" or _squeezed(array.shape) == _squeezed(want.shape)):
+                # a (1,) gamma stored as (); a linear layer as a 1x1 conv kernel or back
+                array = array.reshape(want.shape)
             else:
                 mismatched.append(
                     f"{original}: {tuple(to_numpy(value).shape)} -> {'/'.join(path)} wants "

@@ -36,12 +36,37 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def lr_multipliers(multipliers: Mapping[str, float]) -> optax.GradientTransformation:
+    """Scale the updates of the parameters under each named top-level module (``"head"``,
+    ``"backbone"``) by its multiplier: the same as a PyTorch parameter group of learning rate
+    ``lr * multiplier`` (weight decay included), as mmseg's ``paramwise_cfg`` ``lr_mult``.
+
+    Raises:
+      ValueError (at the first update) naming a module the parameters do not have.
+    """
+    for name, mult in multipliers.items():
+        if float(mult) < 0:
+            raise ValueError(f"optimizer.lr_mult[{name!r}] must be >= 0; got {mult}")
+
+    def scale(updates: Any, params: Any = None) -> Any:
+        del params
+        unknown = sorted(set(multipliers) - set(updates))
+        if unknown:
+            raise ValueError(f"optimizer.lr_mult names {unknown}, not modules of the model; "
+                             f"its modules are {sorted(updates)}")
+        return {k: jax.tree.map(lambda u, m=float(multipliers.get(k, 1.0)): u * m, v)
+                for k, v in updates.items()}
+
+    return optax.stateless(scale)
+
+
 def make_optimizer(config: Mapping[str, Any], num_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(tx, schedule)`` for ``config.optimizer``: gradient clipping by global norm
     (``clip_norm`` > 0), then SGD + momentum with coupled weight decay (PyTorch's
     ``SGD(weight_decay=...)``) or AdamW (decoupled); ``accumulate_steps`` > 1 wraps it in
-    ``optax.MultiSteps`` (one update every k calls; the schedule counts updates)."""
+    ``optax.MultiSteps`` (one update every k calls; the schedule counts updates);
+    ``lr_mult`` scales the learning rate of named modules (:func:`lr_multipliers`)."""
     check_choice(config["name"], ("sgd", "adamw"), "optimizer.name")
     k = int(config["accumulate_steps"])
     check_positive(k, "optimizer.accumulate_steps")
@@ -58,6 +83,8 @@ def make_optimizer(config: Mapping[str, Any], num_steps: int
     else:
         parts.append(optax.adamw(schedule, b1=float(config["b1"]), b2=float(config["b2"]),
                                  weight_decay=wd, mask=decay_mask))
+    if config.get("lr_mult"):
+        parts.append(lr_multipliers(dict(config["lr_mult"])))
     tx = optax.chain(*parts)
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k)

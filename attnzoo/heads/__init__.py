@@ -3,7 +3,8 @@
 ``create("danet", num_classes=19)``, ``list_heads()``. Registered: ``fcn``,
 ``danet``, ``ccnet``, ``nonlocal``, ``gcnet``, ``psa`` / ``psas`` (polarized
 self-attention, parallel / sequential), ``aspp`` (DeepLabV3), ``psp`` (PSPNet)
-and ``psanet`` (point-wise spatial attention). A new head is
+``psanet`` (point-wise spatial attention) and ``segformer`` (SegFormer's all-MLP
+decoder over four stages). A new head is
 a :class:`DecodeHead` subclass in its own file, decorated with ``@register``.
 """
 
@@ -13,7 +14,9 @@ from attnzoo.heads.danet import DANetHead
 from attnzoo.heads.fcn import CCHead, FCNHead, GCHead, NLHead, PolarizedHead
 from attnzoo.heads.psanet import PSANetHead
 from attnzoo.heads.psp import PSPHead
+from attnzoo.heads.segformer import SegFormerHead
 
 __all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DecodeHead", "FCNHead", "GCHead",
-           "HEADS", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead", "create", "list_heads",
+           "HEADS", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead", "SegFormerHead",
+           "create", "list_heads",
            "register"]

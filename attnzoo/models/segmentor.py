@@ -18,14 +18,8 @@ Array = jax.Array
 
 def resize_logits(logits: Array, size: tuple[int, int], align_corners: bool = False) -> Array:
     """Bilinear resize of ``(B, h, w, C)`` logits to ``size`` as PyTorch's ``F.interpolate``
-    (``align_corners`` as its flag; no antialiasing). Upsampling with half-pixel centres is
-    ``jax.image.resize`` (the same formula, XLA's fused kernel); otherwise
-    :func:`attnzoo.ops.resize_bilinear`."""
-    if logits.shape[1:3] == tuple(size):
-        return logits
-    if not align_corners and all(o >= i for o, i in zip(size, logits.shape[1:3])):
-        return jax.image.resize(logits, (logits.shape[0], *size, logits.shape[-1]), "bilinear")
-    return ops.resize_bilinear(logits, size, align_corners=align_corners)
+    (``align_corners`` as its flag; no antialiasing): :func:`attnzoo.ops.interpolate`."""
+    return ops.interpolate(logits, size, align_corners=align_corners)
 
 
 class EncoderDecoder(nn.Module):
@@ -41,7 +35,8 @@ class EncoderDecoder(nn.Module):
     Attributes:
       backbone: a module returning a dict of features (``c1`` .. ``c4``) with
         an ``in_channels`` field.
-      head: the decode head, reading ``in_feature``.
+      head: the decode head, reading ``in_feature`` (a feature name, or a tuple of names:
+        the head then gets the list of those features).
       aux_head: the auxiliary head, reading ``aux_feature`` (training only).
       aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
       align_corners: of the bilinear upsampling to the input size (mmseg's flag).
@@ -50,7 +45,7 @@ class EncoderDecoder(nn.Module):
     backbone: nn.Module
     head: nn.Module
     aux_head: nn.Module | None = None
-    in_feature: str = "c4"
+    in_feature: str | tuple[str, ...] = "c4"
     aux_feature: str = "c3"
     aux_weight: float = 0.4
     align_corners: bool = False
@@ -70,7 +65,9 @@ class EncoderDecoder(nn.Module):
         check_image(images, self.backbone.in_channels, "images", "in_channels")
         size = images.shape[1:3]
         feats = self.backbone(images, train=train)
-        outputs = self.head(feats[self.in_feature], train=train)
+        head_input = (feats[self.in_feature] if isinstance(self.in_feature, str)
+                      else [feats[k] for k in self.in_feature])
+        outputs = self.head(head_input, train=train)
         if self.aux_head is not None and (train or self.is_initializing()):
             outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
         return {k: resize_logits(v, size, self.align_corners) for k, v in outputs.items()}

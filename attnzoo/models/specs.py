@@ -26,24 +26,28 @@ class EncoderDecoderSpec:
 
     Attributes:
       backbone: a ``backbones.list_backbones()`` name.
-      head: a ``heads.list_heads()`` name, reading the backbone's ``c4``.
-      output_stride: 8, 16 or 32 (dilated last stages).
+      head: a ``heads.list_heads()`` name, reading the backbone's ``in_feature``.
+      output_stride: 8, 16 or 32 (a ResNet's dilated last stages); None for backbones
+        of one fixed stride (MiT).
       backbone_kwargs: fields of the backbone (e.g. ``{"attn": "se"}``).
       head_kwargs: fields of the head (e.g. ``{"channels": 512}``).
       aux_head: the auxiliary head's name (reading ``c3``), or None.
       aux_kwargs: its fields.
       aux_weight: its loss weight.
+      in_feature: the feature the head reads (``"c4"``), or a tuple of them
+        (SegFormer's head reads ``("c1", "c2", "c3", "c4")``).
     """
 
     backbone: str
     head: str
-    output_stride: int = 8
+    output_stride: int | None = 8
     backbone_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     head_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     aux_head: str | None = "fcn"
     aux_kwargs: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: {"channels": 256, "num_convs": 1, "concat_input": False})
     aux_weight: float = 0.4
+    in_feature: str | tuple[str, ...] = "c4"
 
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
               backbone_kwargs: Mapping[str, Any] | None = None,
@@ -52,27 +56,30 @@ class EncoderDecoderSpec:
               align_corners: bool = False, **kwargs: Any) -> EncoderDecoder:
         """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` update the
         description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
-        narrow CPU-sized model), ``memory_efficient`` switches heads that have exact
-        memory-bounded attention (DANet, non-local) to it, ``align_corners`` sets the flag of
+        narrow CPU-sized model), ``memory_efficient`` switches the heads and backbones that
+        have exact memory-bounded attention (DANet, non-local, MiT) to it, ``align_corners`` sets the flag of
         the heads' and the output's bilinear resizing (mmseg's 769x769 recipes); ``kwargs`` are
         :class:`EncoderDecoder` fields."""
         check_positive(num_classes, "num_classes")
-        backbone = backbones.create(self.backbone, output_stride=self.output_stride, dtype=dtype,
+        stride = {} if self.output_stride is None else {"output_stride": self.output_stride}
+        backbone = backbones.create(self.backbone, dtype=dtype, **stride,
                                     **{**self.backbone_kwargs, **(backbone_kwargs or {})})
         head = heads.create(self.head, num_classes=num_classes, dtype=dtype,
                             align_corners=align_corners,
                             **_with_channels(self.head_kwargs, head_kwargs, head_channels,
                                              "head_channels"))
-        if memory_efficient and "memory_efficient" in type(head).__dataclass_fields__:
-            head = head.clone(memory_efficient=True)
+        if memory_efficient:
+            backbone, head = (m.clone(memory_efficient=True)
+                              if "memory_efficient" in type(m).__dataclass_fields__ else m
+                              for m in (backbone, head))
         aux = None
         if self.aux_head is not None:
             aux = heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
                                align_corners=align_corners,
                                **_with_channels(self.aux_kwargs, None, aux_channels,
                                                 "aux_channels"))
-        return EncoderDecoder(backbone, head, aux, aux_weight=self.aux_weight,
-                              align_corners=align_corners, **kwargs)
+        return EncoderDecoder(backbone, head, aux, in_feature=self.in_feature,
+                              aux_weight=self.aux_weight, align_corners=align_corners, **kwargs)
 
 
 def _with_channels(base: Mapping[str, Any], overrides: Mapping[str, Any] | None,

@@ -6,6 +6,10 @@ family's decode head of 512 channels reading stage 4 and an auxiliary FCN head
 (one conv of 256 channels, loss weight 0.4) reading stage 3, as
 mmsegmentation's ``<family>_r50-d8.py`` model files. r18 models use the
 narrower heads of mmsegmentation's r18 recipes (128 channels, auxiliary 64).
+
+``segformer_mit-b<k>`` (k = 0..5): SegFormer, a :class:`MixVisionTransformer`
+``mit_b<k>`` and the all-MLP head reading all four stages (256 channels for B0/B1,
+768 for B2-B5, as the paper and the Hugging Face hub; no auxiliary head).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ for _family, _head in FAMILIES.items():
                 backbone=f"resnet{_depth}_v1c", head=_head, output_stride=_stride,
                 head_kwargs={"channels": _channels},
                 aux_kwargs={"channels": _aux, "num_convs": 1, "concat_input": False}))
+
+for _k in range(6):
+    register(f"segformer_mit-b{_k}", EncoderDecoderSpec(
+        backbone=f"mit_b{_k}", head="segformer", output_stride=None,
+        head_kwargs={"channels": 256 if _k < 2 else 768}, aux_head=None,
+        in_feature=("c1", "c2", "c3", "c4")))
 
 register("attention_unet", UNetSpec((64, 128, 256, 512, 1024)))
 register("attention_unet_small", UNetSpec((16, 32, 64, 128)))

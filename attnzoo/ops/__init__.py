@@ -18,7 +18,13 @@ from attnzoo.ops.non_local import non_local_attention, non_local_concatenation
 from attnzoo.ops.polarized import polarized_channel_context, polarized_spatial_weights
 from attnzoo.ops.position import position_attention, position_attention_map
 from attnzoo.ops.psa import point_wise_spatial_attention, psa_mask
-from attnzoo.ops.resize import adaptive_avg_pool, interpolate_axis, linear_taps, resize_bilinear
+from attnzoo.ops.resize import (
+    adaptive_avg_pool,
+    interpolate,
+    interpolate_axis,
+    linear_taps,
+    resize_bilinear,
+)
 from attnzoo.ops.temporal import temporal_attention
 from attnzoo.ops.window import (
     relative_position_index,
@@ -39,6 +45,7 @@ __all__ = [
     "dot_product_attention",
     "hard_attention",
     "hard_attention_weights",
+    "interpolate",
     "interpolate_axis",
     "linear_taps",
     "map_query_chunks",

@@ -72,6 +72,20 @@ def resize_bilinear(x: Array, size: tuple[int, int], *, align_corners: bool = Fa
     return x
 
 
+def interpolate(x: Array, size: tuple[int, int], *, align_corners: bool = False) -> Array:
+    """:func:`resize_bilinear`'s result, computed the fastest way: upsampling with half-pixel
+    centres is ``jax.image.resize``'s triangle filter (the same weights, no antialiasing when
+    upsampling; XLA's fused kernel, a cheaper gradient than the gathers; float32 rounding of
+    the coordinates differs by up to ~3e-6 of the values); otherwise :func:`resize_bilinear`."""
+    check_rank(x, 4, "x", "B, H, W, C")
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    if not align_corners and all(int(o) >= i for o, i in zip(size, x.shape[1:3])):
+        return jax.image.resize(x, (x.shape[0], int(size[0]), int(size[1]), x.shape[-1]),
+                                "bilinear")
+    return resize_bilinear(x, size, align_corners=align_corners)
+
+
 def _average_matrix(size_in: int, size_out: int) -> np.ndarray:
     """``(out, in)`` rows averaging PyTorch's adaptive bins ``[floor(i*in/out), ceil((i+1)*in/out))``."""
     m = np.zeros((size_out, size_in), np.float32)

@@ -1,0 +1,243 @@
+"""SegFormer weights: Hugging Face ``SegformerForSemanticSegmentation`` checkpoints and the
+key handling mmsegmentation's segformer checkpoints need.
+
+``from_transformers(state_dict, config)`` takes the hub's two files as downloaded
+(``model.safetensors`` + ``config.json``, read without torch) or a loaded state dict and
+config dict, in either key layout: the hub's files keep transformers 4.x names
+(``segformer.encoder.block.0.0.attention.self.query.weight``); transformers 5.x renames
+them when it loads (``segformer.stages.0.blocks.0.attention.q_proj.weight``; its
+``conversion_mapping.py``). Both map onto attnzoo's names below.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from attnzoo import models
+from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
+
+# transformers key -> attnzoo key (re.sub, in order); 4.x and 5.x layouts
+TRANSFORMERS_RENAMES = (
+    # 4.x
+    (r"^segformer\.encoder\.patch_embeddings\.(\d+)\.layer_norm\.", r"backbone.patch_embed_\1.norm."),
+    (r"^segformer\.encoder\.patch_embeddings\.(\d+)\.", r"backbone.patch_embed_\1."),
+    (r"^segformer\.encoder\.block\.(\d+)\.(\d+)\.", r"backbone.block_\1_\2."),
+    (r"^segformer\.encoder\.layer_norm\.(\d+)\.", r"backbone.norm_\1."),
+    (r"\.layer_norm_1\.", ".norm1."),
+    (r"\.layer_norm_2\.", ".norm2."),
+    (r"\.attention\.self\.(query|key|value|sr)\.", r".attn.\1."),
+    (r"\.attention\.self\.layer_norm\.", ".attn.norm."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.mlp\.dense([12])\.", r".mlp.fc\1."),
+    (r"^decode_head\.linear_c\.(\d+)\.proj\.", r"head.proj_\1.conv."),
+    # 5.x
+    (r"^segformer\.stages\.(\d+)\.patch_embeddings\.layer_norm\.", r"backbone.patch_embed_\1.norm."),
+    (r"^segformer\.stages\.(\d+)\.patch_embeddings\.", r"backbone.patch_embed_\1."),
+    (r"^segformer\.stages\.(\d+)\.blocks\.(\d+)\.", r"backbone.block_\1_\2."),
+    (r"^segformer\.stages\.(\d+)\.layer_norm\.", r"backbone.norm_\1."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.attention\.q_proj\.", ".attn.query."),
+    (r"\.attention\.k_proj\.", ".attn.key."),
+    (r"\.attention\.v_proj\.", ".attn.value."),
+    (r"\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attn.sr."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attn.norm."),
+    (r"^decode_head\.linear_projections\.(\d+)\.proj\.", r"head.proj_\1.conv."),
+    # both
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+    (r"^decode_head\.linear_fuse\.", "head.fuse.conv."),
+    (r"^decode_head\.batch_norm\.", "head.fuse.bn."),
+    (r"^decode_head\.classifier\.", "head.cls.conv_seg."),
+)
+
+# mmseg's MixVisionTransformer + SegformerHead key -> attnzoo key (after split_in_proj)
+MMSEG_RENAMES = (
+    (r"^backbone\.layers\.(\d+)\.0\.projection\.", r"backbone.patch_embed_\1.proj."),
+    (r"^backbone\.layers\.(\d+)\.0\.norm\.", r"backbone.patch_embed_\1.norm."),
+    (r"^backbone\.layers\.(\d+)\.1\.(\d+)\.", r"backbone.block_\1_\2."),
+    (r"^backbone\.layers\.(\d+)\.2\.", r"backbone.norm_\1."),
+    (r"\.attn\.attn\.out_proj\.", ".attn.proj."),
+    (r"\.attn\.attn\.(query|key|value)\.", r".attn.\1."),
+    (r"\.ffn\.layers\.0\.", ".mlp.fc1."),
+    (r"\.ffn\.layers\.1\.", ".mlp.dwconv."),
+    (r"\.ffn\.layers\.4\.", ".mlp.fc2."),
+    (r"^decode_head\.convs\.(\d+)\.", r"head.proj_\1."),
+    (r"^decode_head\.fusion_conv\.", "head.fuse."),
+    (r"^decode_head\.conv_seg\.", "head.cls.conv_seg."),
+)
+
+
+def split_in_proj(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``nn.MultiheadAttention``'s stacked ``in_proj_weight`` / ``in_proj_bias`` (rows: query,
+    key, value) as three ``query`` / ``key`` / ``value`` linear layers; other keys unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        if leaf in ("in_proj_weight", "in_proj_bias"):
+            parts = np.split(to_numpy(value), 3, axis=0)
+            for name, part in zip(("query", "key", "value"), parts):
+                out[f"{prefix}.{name}.{leaf.removeprefix('in_proj_')}"] = part
+        else:
+            out[key] = value
+    return out
+
+
+def reverse_fusion_inputs(state_dict: Mapping[str, Any], key: str, num_inputs: int = 4
+                          ) -> dict[str, Any]:
+    """The fusion conv ``key`` (``(C, n C, 1, 1)``) of a head that concatenates its inputs finest
+    first (mmseg's ``SegformerHead``) rewritten for attnzoo's deepest-first concatenation."""
+    out = dict(state_dict)
+    if key in out:
+        blocks = np.split(to_numpy(out[key]), num_inputs, axis=1)
+        out[key] = np.concatenate(blocks[::-1], axis=1)
+    return out
+
+
+def _config_from(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"config {str(path)!r} does not exist (the hub's "
+                                    f"config.json)")
+        return json.loads(path.read_text())
+    return dict(config)
+
+
+def transformers_model_kwargs(config: Mapping[str, Any] | str | Path
+                              ) -> tuple[str, dict[str, Any]]:
+    """``(model name, models.create overrides)`` for a Hugging Face SegFormer ``config.json``
+    (a dict or its path): the registered ``segformer_mit-b<k>`` whose encoder has these sizes
+    (``segformer_mit-b0`` otherwise), with every encoder field, the decoder width, the classes
+    and LayerNorm epsilon 1e-5 (``nn.LayerNorm``'s default, which Hugging Face's port uses
+    everywhere) given explicitly.
+
+    Raises:
+      ValueError naming the field when the config is not a SegFormer that attnzoo rebuilds.
+    """
+    c = _config_from(config)
+    if c.get("model_type", "segformer") != "segformer":
+        raise ValueError(f"config model_type is {c['model_type']!r}; expected 'segformer'")
+    defaults = dict(num_channels=3, num_encoder_blocks=4, depths=[2, 2, 2, 2],
+                    sr_ratios=[8, 4, 2, 1], hidden_sizes=[32, 64, 160, 256],
+                    patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
+                    num_attention_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4],
+                    hidden_act="gelu", decoder_hidden_size=256, reshape_last_stage=True)
+    c = {**defaults, **c}
+    if c["num_encoder_blocks"] != 4:
+        raise ValueError(f"config num_encoder_blocks={c['num_encoder_blocks']}; attnzoo's MiT "
+                         f"has 4 stages")
+    if c["hidden_act"] != "gelu":
+        raise ValueError(f"config hidden_act={c['hidden_act']!r}; attnzoo's Mix-FFN uses 'gelu'")
+    if len(set(c["mlp_ratios"])) != 1:
+        raise ValueError(f"config mlp_ratios={c['mlp_ratios']}; attnzoo's MiT takes one ratio "
+                         f"for all stages")
+    if not c["reshape_last_stage"]:
+        raise ValueError("config reshape_last_stage=false (a classification encoder); expected "
+                         "a SegformerForSemanticSegmentation config")
+    num_classes = c.get("num_labels") or len(c.get("id2label") or {}) or 2
+    backbone = dict(embed_dims=tuple(c["hidden_sizes"]), depths=tuple(c["depths"]),
+                    num_heads=tuple(c["num_attention_heads"]), sr_ratios=tuple(c["sr_ratios"]),
+                    patch_sizes=tuple(c["patch_sizes"]), strides=tuple(c["strides"]),
+                    mlp_ratio=int(c["mlp_ratios"][0]), in_channels=int(c["num_channels"]),
+                    norm_eps=1e-5)
+    name = next((m for m in models.list_models() if m.startswith("segformer_mit-")
+                 and _encoder_matches(m, backbone)), "segformer_mit-b0")
+    return name, dict(num_classes=int(num_classes), backbone_kwargs=backbone,
+                      head_kwargs={"channels": int(c["decoder_hidden_size"])})
+
+
+def _encoder_matches(model: str, fields: Mapping[str, Any]) -> bool:
+    from attnzoo import backbones
+
+    encoder = backbones.create(models.get_spec(model).backbone)
+    return all(tuple(np.atleast_1d(getattr(encoder, k))) == tuple(np.atleast_1d(v))
+               for k, v in fields.items() if k not in ("norm_eps", "in_channels"))
+
+
+def _state_dict_from(state_dict: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
+    if not isinstance(state_dict, (str, Path)):
+        return state_dict
+    from attnzoo.convert.backbones import load_state_dict
+
+    path = Path(state_dict)
+    if path.is_dir():
+        files = [path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()]
+        if not files:
+            raise FileNotFoundError(f"{str(path)!r} holds neither model.safetensors nor "
+                                    f"pytorch_model.bin")
+        path = files[0]
+    return load_state_dict(path)
+
+
+def from_transformers(state_dict: Mapping[str, Any] | str | Path,
+                      config: Mapping[str, Any] | str | Path
+                      ) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, variables)`` of a Hugging Face ``SegformerForSemanticSegmentation`` checkpoint.
+
+    Args:
+      state_dict: names -> arrays (numpy or torch), in transformers 4.x (the hub's files) or
+        5.x key names; or the path of ``model.safetensors`` / ``pytorch_model.bin``, or of the
+        directory holding it.
+      config: the ``config.json`` as a dict, or its path (or its directory).
+
+    Returns:
+      The model (``models.create`` of :func:`transformers_model_kwargs`) and ``{"params",
+      "batch_stats"}``: ``model.apply(variables, images_nhwc)["out"]`` are Hugging Face's
+      logits resized bilinearly to the input (``F.interpolate``, as its loss does).
+
+    Raises:
+      ValueError for a config attnzoo does not rebuild; ConversionError listing every unused,
+      missing and mis-shaped key.
+    """
+    name, kwargs = transformers_model_kwargs(config)
+    model = models.create(name, **kwargs)
+    size = 32 * max(model.backbone.sr_ratios)
+    target = target_shapes(model, jnp.zeros((1, size, size, model.backbone.in_channels)))
+    return model, convert_state_dict(_state_dict_from(state_dict), target,
+                                     regex_renames=TRANSFORMERS_RENAMES)
+
+
+def transformers_config(config: Mapping[str, Any] | str | Path, protocol: str | None = None
+                        ) -> Any:
+    """The attnzoo engine config of a converted Hugging Face SegFormer: its model (name and
+    overrides), classes and evaluation protocol.
+
+    Args:
+      config: the hub's ``config.json`` (dict or path).
+      protocol: an mmseg dataset protocol of SegFormer's recipes (``"ade20k-512x512"``,
+        ``"ade20k-640x640"``, ``"cityscapes-1024x1024"``: test resize, whole or 1024x1024
+        sliding windows). By default the ADE20K 512 one for 150 classes, the Cityscapes one
+        for 19, none otherwise (set ``config.dataset`` for your data).
+
+    Raises:
+      ValueError for an unknown protocol or one whose class count differs from the config's.
+    """
+    from attnzoo.convert.mmseg import _PROTOCOLS, set_protocol
+    from attnzoo.engine import default_config
+
+    name, kwargs = transformers_model_kwargs(config)
+    c = default_config()
+    c.model.name = name
+    c.model.backbone_kwargs = dict(kwargs["backbone_kwargs"])
+    c.model.head_kwargs = kwargs["head_kwargs"]
+    c.dataset.num_classes = kwargs["num_classes"]
+    choices = ("ade20k-512x512", "ade20k-640x640", "cityscapes-1024x1024")
+    if protocol is None:
+        protocol = {150: choices[0], 19: choices[2]}.get(kwargs["num_classes"])
+    if protocol is not None:
+        if protocol not in choices:
+            raise ValueError(f"protocol must be one of {list(choices)}; got {protocol!r}")
+        if _PROTOCOLS[protocol]["num_classes"] != kwargs["num_classes"]:
+            raise ValueError(f"protocol {protocol!r} has {_PROTOCOLS[protocol]['num_classes']} "
+                             f"classes but the config {kwargs['num_classes']}")
+        set_protocol(c, _PROTOCOLS[protocol])
+    return c
