@@ -276,11 +276,12 @@ def test_bfloat16_training_step_has_finite_gradients():
 
 @pytest.mark.slow
 def test_sharded_training_step_on_8_devices_equals_one_device():
-    """Two AdamW steps with stochastic depth and dropout on: 8 devices (the batch sharded,
+    """Two SGD steps with stochastic depth and dropout on: 8 devices (the batch sharded,
     gradients all-reduced) give the parameters of 1 device to 1e-5 relative (float32 sums in
-    another order)."""
+    another order). SGD, not AdamW: Adam divides by the gradient's own scale, so the rounding
+    of near-zero gradients becomes a visible update (as test_steps does for the ResNets)."""
     assert len(jax.devices()) == 8
-    config = _config()
+    config = _config(**{"optimizer.name": "sgd", "optimizer.learning_rate": 0.01})
     model = engine.build_model(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
