@@ -84,11 +84,8 @@ class SpatialReductionAttention(nn.Module):
             return jnp.moveaxis(t.reshape(b, -1, heads, d), 2, 1)
 
         q, k, v = split(dense("query")(x)), split(dense("key")(kv)), split(dense("value")(kv))
-        if self.memory_efficient:
-            out = ops.chunked_dot_product_attention(
-                q, k, v, query_chunk_size=self.query_chunk_size,
-                key_chunk_size=self.key_chunk_size)
-        else:
-            out = ops.dot_product_attention(q, k, v)
+        out = ops.attend(q, k, v, memory_efficient=self.memory_efficient,
+                         query_chunk_size=self.query_chunk_size,
+                         key_chunk_size=self.key_chunk_size)
         out = jnp.moveaxis(out, 1, 2).reshape(b, h, w, c)
         return dense("proj")(out)

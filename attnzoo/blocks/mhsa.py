@@ -77,11 +77,9 @@ class MultiHeadSelfAttention(nn.Module):
                 )
             bias = relative_position_bias(self, (h, w), heads, self.param_dtype)
             out = ops.dot_product_attention(q, k, v, bias=bias)
-        elif self.memory_efficient:
-            out = ops.chunked_dot_product_attention(
-                q, k, v, query_chunk_size=self.query_chunk_size, key_chunk_size=self.key_chunk_size
-            )
         else:
-            out = ops.dot_product_attention(q, k, v)
+            out = ops.attend(q, k, v, memory_efficient=self.memory_efficient,
+                             query_chunk_size=self.query_chunk_size,
+                             key_chunk_size=self.key_chunk_size)
         out = jnp.moveaxis(out, 1, 2).reshape(b, h, w, c)
         return conv(c, name="proj", **kw)(out)

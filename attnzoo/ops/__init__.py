@@ -8,6 +8,7 @@ result exactly without forming it.
 from attnzoo.ops.channel import channel_attention, channel_attention_map
 from attnzoo.ops.criss_cross import criss_cross_attention, criss_cross_weights
 from attnzoo.ops.dot_product import (
+    attend,
     attention_scores,
     chunked_dot_product_attention,
     dot_product_attention,
@@ -36,6 +37,7 @@ from attnzoo.ops.window import (
 
 __all__ = [
     "adaptive_avg_pool",
+    "attend",
     "attention_scores",
     "channel_attention",
     "channel_attention_map",

@@ -176,3 +176,24 @@ def chunked_dot_product_attention(
 
     out = map_query_chunks(attend, (q,), query_chunk_size)
     return out.reshape(batch_shape + out.shape[-2:])
+
+
+def attend(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    scale: float | None = None,
+    memory_efficient: bool = False,
+    query_chunk_size: int = 1024,
+    key_chunk_size: int = 4096,
+) -> Array:
+    """``softmax(scale * Q K^T) V`` by :func:`dot_product_attention`, or with
+    ``memory_efficient=True`` by :func:`chunked_dot_product_attention` (the same result without
+    the ``Nq x Nk`` map, in chunks of the given sizes): the one switch the blocks and ops that
+    offer a memory-bounded path use."""
+    if memory_efficient:
+        return chunked_dot_product_attention(query, key, value, scale=scale,
+                                             query_chunk_size=query_chunk_size,
+                                             key_chunk_size=key_chunk_size)
+    return dot_product_attention(query, key, value, scale=scale)

@@ -12,9 +12,8 @@ import jax.numpy as jnp
 
 from attnzoo._checks import check_choice, check_rank
 from attnzoo.ops.dot_product import (
+    attend,
     attention_scores,
-    chunked_dot_product_attention,
-    dot_product_attention,
     map_query_chunks,
 )
 
@@ -80,13 +79,8 @@ def non_local_attention(
         out = out.astype(g.dtype)
     else:
         scale = theta.shape[-1] ** -0.5 if (mode == "embedded_gaussian" and use_scale) else 1.0
-        if memory_efficient:
-            out = chunked_dot_product_attention(
-                q, k, v, scale=scale, query_chunk_size=query_chunk_size,
-                key_chunk_size=key_chunk_size,
-            )
-        else:
-            out = dot_product_attention(q, k, v, scale=scale)
+        out = attend(q, k, v, scale=scale, memory_efficient=memory_efficient,
+                     query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     return out.reshape(theta.shape[:3] + (g.shape[-1],))
 
 

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 
 from attnzoo._checks import check_rank
 from attnzoo.ops.dot_product import (
+    attend,
     attention_scores,
-    chunked_dot_product_attention,
-    dot_product_attention,
 )
 
 Array = jax.Array
@@ -71,12 +70,8 @@ def position_attention(
     """
     check_spatial_qkv(query, key, value)
     q, k, v = _flatten(query), _flatten(key), _flatten(value)
-    if memory_efficient:
-        out = chunked_dot_product_attention(
-            q, k, v, scale=1.0, query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size
-        )
-    else:
-        out = dot_product_attention(q, k, v, scale=1.0)
+    out = attend(q, k, v, scale=1.0, memory_efficient=memory_efficient,
+                 query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     return out.reshape(value.shape)
 
 
