@@ -71,3 +71,28 @@ def copy_with_damaged_step(workdir, dest, step=4, damage=lambda data: b"garbage"
         if f.is_file():
             f.write_bytes(damage(f.read_bytes()))
     return dest
+
+
+def randomize_torch(model, seed=0):
+    """A PyTorch reference model with weights ~ N(0, 1/fan_in), norm scales, biases and BN
+    statistics random (not zeros or ones), every mmcv attention gamma 0.5 so that the attention
+    matters (the parity tests against mmseg and transformers)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma.scale"):
+                p.fill_(0.5)
+            elif p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(p[0].numel()))
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.rand(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+    return model

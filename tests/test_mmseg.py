@@ -7,6 +7,7 @@ max |difference| <= 1e-4 x max |reference| (the parity bound of the backbone tes
 
 import numpy as np
 import pytest
+from helpers import randomize_torch
 
 from attnzoo import ops
 from attnzoo.convert import ConversionError, from_mmseg
@@ -27,31 +28,9 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 
 
-def randomize(model, seed=0):
-    """Weights ~ N(0, 1/fan_in), biases and BN statistics random (not zeros or ones), every
-    attention gamma 0.5 so that the attention matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma.scale"):
-                p.fill_(0.5)
-            elif p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(p[0].numel()))
-            elif name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.rand(p.shape, generator=gen))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return model
-
-
 def compare(stem, size=(67, 99), seed=0):
     model, _ = mmseg_support.build(stem)
-    randomize(model, seed)
+    randomize_torch(model, seed)
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     x = np.random.default_rng(seed).standard_normal((2, 3, *size))
     with torch.no_grad():
@@ -143,7 +122,7 @@ def test_convert_command_writes_a_run_that_restores_predicts_and_initialises(tmp
 
     stem = "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"
     model, _ = mmseg_support.build(stem)
-    randomize(model)
+    randomize_torch(model)
     path = tmp_path / "fcn_r18.pth"
     torch.save({"state_dict": model.state_dict(), "meta": {"mmseg_version": "1.2.2"}}, path)
     assert main(["--source", f"mmseg:{stem}", "--checkpoint", str(path),

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import randomize_torch
 
 from attnzoo import backbones, blocks, engine, models, sharding
 from attnzoo.blocks.common import DropPath
@@ -115,23 +116,10 @@ def test_the_segformer_head_reads_a_list_of_stages():
 
 def _hf_model(seed=0, **config):
     transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     cfg = transformers.SegformerConfig(**{**TINY, **config})
     model = transformers.SegformerForSemanticSegmentation(cfg).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # random weights, biases, norms and BN statistics (no zeros, no ones)
-        for name, p in model.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(p[0].numel()))
-            else:
-                p.copy_((1.0 if name.endswith("weight") else 0.0)
-                        + 0.2 * torch.randn(p.shape, generator=gen))
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return model
+    return randomize_torch(model, seed)
 
 
 def _hf_reference(model, images_nchw):
