@@ -3,6 +3,7 @@ traceback (``--debug`` or ``ATTNZOO_DEBUG=1`` shows it). Other errors keep their
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -40,3 +41,39 @@ def run(main: Callable[[list[str]], Any]) -> None:
     argv = sys.argv[1:]
     with one_line_errors("--debug" in argv):
         main([a for a in argv if a != "--debug"])
+
+
+def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--crf`` and ``--crf-params`` (evaluate, predict); read back by :func:`crf_arguments`."""
+    parser.add_argument("--crf", action="store_true",
+                        help="refine with the fully connected CRF (DeepLab's parameters)")
+    parser.add_argument("--crf-params", default="", metavar="NAME=VALUE,...",
+                        help="CRF parameters: iterations, w_appearance, theta_alpha, theta_beta, "
+                             "w_smoothness, theta_gamma, method (lattice|dense), normalization "
+                             "(symmetric|row)")
+
+
+def crf_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
+    """None without ``--crf``; else ``--crf-params "w_appearance=5,theta_alpha=80"`` as keyword
+    arguments of :func:`attnzoo.ops.dense_crf` (``iterations`` an integer, the rest numbers;
+    ``method`` and ``normalization`` names)."""
+    if not args.crf:
+        if args.crf_params:
+            raise ValueError("--crf-params needs --crf")
+        return None
+    from attnzoo.ops.crf import CRFParams
+
+    names = (*CRFParams._fields, "method", "normalization")
+    out: dict[str, Any] = {}
+    for item in filter(None, args.crf_params.split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in names:
+            raise ValueError(f"--crf-params takes comma-separated name=value with names from "
+                             f"{list(names)}; got {item!r}")
+        try:
+            out[key] = (value.strip() if key in ("method", "normalization")
+                        else int(value) if key == "iterations" else float(value))
+        except ValueError:
+            raise ValueError(f"--crf-params: {key} takes a number; got {value!r}") from None
+    return out

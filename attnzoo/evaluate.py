@@ -2,10 +2,13 @@
 
     python -m attnzoo.evaluate --workdir runs/quickstart
     python -m attnzoo.evaluate --workdir runs/danet --mode slide --tta --memory-efficient
+    python -m attnzoo.evaluate --workdir runs/quickstart --crf
 
 Prints mmsegmentation's per-class table (IoU, Acc) and aAcc / mIoU / mAcc /
 mDice, and writes them to ``WORKDIR/eval_<split>_step<N>.json``. ``--tta``
-averages the softmax of scales 0.5-1.75 and horizontal flips.
+averages the softmax of scales 0.5-1.75 and horizontal flips. ``--crf`` refines the
+predictions with the fully connected CRF (:func:`attnzoo.ops.dense_crf`, DeepLab's parameters
+unless ``--crf-params`` sets them).
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attnzoo import _cli
+
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | None = None,
                  mode: str | None = None, tta: bool = False, memory_efficient: bool = False,
                  data_dir: str | None = None, manual_dir: str | None = None,
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, crf: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Restore ``workdir``'s checkpoint and evaluate it (arguments override the saved config's
-    ``eval`` settings). Returns the metrics with ``"classes"`` and ``"step"``."""
+    ``eval`` settings; ``crf``: :func:`attnzoo.ops.dense_crf` arguments, ``{}`` for its
+    defaults, refines the predictions). Returns the metrics with ``"classes"`` and ``"step"``."""
     import jax
     import numpy as np
 
@@ -42,7 +49,8 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     builder = data_input.prepared_builder(config.dataset)
     names = data_input.class_names(config.dataset, builder)
     eval_step = make_eval_step(model, config, mesh, mode=mode,
-                               scales=TTA_SCALES if tta else None, flip=True if tta else None)
+                               scales=TTA_SCALES if tta else None, flip=True if tta else None,
+                               crf=crf)
     variables = jax.device_put(variables, replicated(mesh))
     result = evaluate(eval_step, variables, data_input.eval_batches(
         config.dataset, batch_size=batch_size or config.eval_batch_size, mesh=mesh, split=split,
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--manual-dir", default=None,
                         help="the dataset's downloaded files, to prepare it (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=None)
+    _cli.add_crf_arguments(parser)
     args = parser.parse_args(argv)
 
     from attnzoo.engine.logging import class_table
@@ -73,11 +82,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = evaluate_run(args.workdir, step=args.step, split=args.split, mode=args.mode,
                           tta=args.tta, memory_efficient=args.memory_efficient,
                           data_dir=args.data_dir, manual_dir=args.manual_dir,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size,
+                          crf=_cli.crf_arguments(args))
     print(f"step {result['step']}, split {result['split']!r}"
-          + (", multi-scale + flip" if args.tta else ""))
+          + (", multi-scale + flip" if args.tta else "") + (", dense CRF" if args.crf else ""))
     print(class_table(result["classes"], result))
-    out = Path(args.workdir) / f"eval_{result['split']}_step{result['step']}.json"
+    suffix = "_crf" if args.crf else ""
+    out = Path(args.workdir) / f"eval_{result['split']}_step{result['step']}{suffix}.json"
     if out.parent.is_dir():
         out.write_text(json.dumps(result, indent=1))
         print(f"written to {out}")
@@ -85,6 +96,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from attnzoo import _cli
-
     _cli.run(main)

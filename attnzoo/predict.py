@@ -3,13 +3,16 @@
     python -m attnzoo.predict --workdir runs/quickstart --out preds img1.png img2.jpg
     python -m attnzoo.predict --workdir runs/quickstart --out preds --attention \
         --point 64,64 --point 100,20 img1.png
+    python -m attnzoo.predict --workdir runs/quickstart --out preds --crf img1.png
 
 For each image writes ``<stem>_mask.png`` (class colours) and
 ``<stem>_overlay.png``. With ``--attention`` (DANet models) also
 ``<stem>_pam.png``: for each query point (``y,x`` in image pixels) the
 position-attention weights it gives to every position, as the DANet paper's
 Figure 4; and ``<stem>_cam.png``: channel maps of the channel-attention
-output (``--channels``), as its Figure 5. Needs no TensorFlow.
+output (``--channels``), as its Figure 5. ``--crf`` refines the masks with the fully
+connected CRF (:func:`attnzoo.ops.dense_crf`, DeepLab's parameters unless ``--crf-params``
+sets them). Needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo import ops, viz
+from attnzoo import _cli, ops, viz
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
 from attnzoo.data.normalize import normalize_image
 
@@ -89,21 +92,29 @@ def _parse_points(values: Sequence[str]) -> list[tuple[int, int]]:
 def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | Path, *,
                   attention: bool = False, points: Sequence[tuple[int, int]] = (),
                   channels: Sequence[int] = (0, 1, 2, 3), memory_efficient: bool = False,
-                  step: int | None = None) -> list[Path]:
+                  step: int | None = None, crf: dict[str, Any] | None = None) -> list[Path]:
     """Write masks and overlays (and attention pictures) of ``images`` to ``out``; returns the
-    files written."""
+    files written. ``crf`` (:func:`attnzoo.ops.dense_crf` arguments, ``{}`` for its defaults)
+    refines the masks on each image."""
     from attnzoo.engine.checkpoint import restore
 
     model, variables, config = restore(workdir, step=step,
                                        config_overrides={"model.memory_efficient": memory_efficient})
     num_classes, ignore = int(config.dataset.num_classes), int(config.dataset.ignore_index)
     out = Path(out)
-    predict = jax.jit(lambda v, x: model.apply(v, x)["out"].argmax(-1))
+
+    def labels(v: Any, x: jax.Array, rgb: jax.Array) -> jax.Array:
+        logits = model.apply(v, x)["out"].astype(jnp.float32)
+        if crf is not None:
+            logits = ops.dense_crf(logits, rgb, **crf)
+        return logits.argmax(-1)
+
+    predict = jax.jit(labels)
     written = []
     for path in images:
         rgb = viz.load_image(path)
         x = jnp.asarray(normalize_image(rgb))[None]
-        mask = np.asarray(predict(variables, x))[0]
+        mask = np.asarray(predict(variables, x, jnp.asarray(rgb, jnp.float32)[None]))[0]
         colours = viz.colorize(mask, num_classes, ignore)
         stem = Path(path).stem
         written.append(viz.save_png(out / f"{stem}_mask.png", colours))
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              "image centre)")
     parser.add_argument("--channels", default="0,1,2,3", help="CAM output channels to draw")
     parser.add_argument("--memory-efficient", action="store_true")
+    _cli.add_crf_arguments(parser)
     args = parser.parse_args(argv)
     try:
         channels = [int(c) for c in args.channels.split(",")]
@@ -144,13 +156,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         parser.error(f"--channels takes comma-separated integers; got {args.channels!r}")
     written = predict_files(args.workdir, args.images, args.out, attention=args.attention,
                             points=_parse_points(args.point), channels=channels,
-                            memory_efficient=args.memory_efficient, step=args.step)
+                            memory_efficient=args.memory_efficient, step=args.step,
+                            crf=_cli.crf_arguments(args))
     for path in written:
         print(path)
     return written
 
 
 if __name__ == "__main__":
-    from attnzoo import _cli
-
     _cli.run(main)

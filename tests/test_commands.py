@@ -37,6 +37,27 @@ def test_evaluate_command_slide_and_tta_modes(run):
     assert tta["mIoU"] != result["mIoU"]  # six scales and flips do change the predictions
 
 
+@pytest.mark.slow
+def test_evaluate_and_predict_with_crf(run, tmp_path, capsys):
+    from attnzoo import evaluate, predict, viz
+    from attnzoo.data import context_shapes as cs
+
+    workdir, _, result = run
+    refined = evaluate.main(["--workdir", str(workdir), "--crf"])
+    assert "dense CRF" in capsys.readouterr().out
+    assert (workdir / "eval_validation[:16]_step4_crf.json").is_file()
+    assert 0 <= refined["mIoU"] <= 1 and refined["mIoU"] != result["mIoU"]
+    image, _, _ = cs.render(7, 1, 0)
+    path = viz.save_png(tmp_path / "img.png", image.astype(np.uint8))
+    plain = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "plain"), str(path)])
+    crf = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "crf"), "--crf",
+                        "--crf-params", "iterations=3,w_appearance=8", str(path)])
+    assert [p.name for p in crf] == [p.name for p in plain]
+    with pytest.raises(ValueError, match="--crf-params"):
+        predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "x"), "--crf",
+                      "--crf-params", "bandwidth=3", str(path)])
+
+
 def test_predict_command_writes_masks_overlays_and_attention(run, tmp_path, capsys):
     from PIL import Image
 

@@ -2,7 +2,7 @@
 
 Every block takes ``(x, *, train=False)`` with ``x`` NHWC (``AttentionGate``
 also takes the gating signal, ``TemporalAttention`` a ``(B, T, H, W, C)``
-clip and ``MultiScaleAttention`` a list of maps), has ``dtype`` (computation)
+clip, ``MultiScaleAttention`` a list of maps and ``DenseCRF`` logits and the RGB image), has ``dtype`` (computation)
 and ``param_dtype`` fields, and computes softmaxes and norm statistics in
 float32. ``create(name, **kwargs)`` builds one by its registry name.
 """
@@ -10,6 +10,7 @@ float32. ``create(name, **kwargs)`` builds one by its registry name.
 from attnzoo.blocks.cbam import CBAM
 from attnzoo.blocks.common import ConvNormAct, make_divisible
 from attnzoo.blocks.coord import CoordinateAttention
+from attnzoo.blocks.crf import DenseCRF
 from attnzoo.blocks.criss_cross import CrissCrossAttention
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
 from attnzoo.blocks.eca import EfficientChannelAttention, eca_kernel_size
@@ -36,6 +37,7 @@ __all__ = [
     "ConvNormAct",
     "CoordinateAttention",
     "CrissCrossAttention",
+    "DenseCRF",
     "EffectiveSqueezeExcite",
     "EfficientChannelAttention",
     "GlobalContext",

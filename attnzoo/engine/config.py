@@ -14,7 +14,9 @@ Fields (defaults in :func:`default_config`):
 * ``model``: ``name`` (``attnzoo.models.list_models()``), ``backbone_kwargs``,
   ``head_kwargs``, ``head_channels``, ``aux_channels``, ``memory_efficient``,
   ``align_corners`` (bilinear resizing of the logits and in the heads, as
-  mmsegmentation's 769x769 Cityscapes recipes).
+  mmsegmentation's 769x769 Cityscapes recipes), ``crf`` (a trainable CRF-as-RNN layer
+  after the head, ``attnzoo.blocks.DenseCRF``) and its fields ``crf_kwargs``
+  (e.g. ``{"iterations": 5, "learn_bandwidths": True}``).
 * ``dataset``: see ``attnzoo.data.input``.
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``
@@ -57,7 +59,7 @@ def default_config() -> ConfigDict:
     c.model = ConfigDict(dict(
         name="danet_r50_d8", backbone_kwargs={}, head_kwargs={},
         head_channels=config_dict.placeholder(int), aux_channels=config_dict.placeholder(int),
-        memory_efficient=False, align_corners=False,
+        memory_efficient=False, align_corners=False, crf=False, crf_kwargs={},
     ))
     c.dataset = ConfigDict(dict(
         name="context_shapes", data_dir=config_dict.placeholder(str),

@@ -44,7 +44,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
 
     The model fields that are set (non-empty ``backbone_kwargs`` / ``head_kwargs``,
     ``head_channels`` / ``aux_channels`` not None, ``memory_efficient`` / ``align_corners``
-    true) go to
+    true, ``crf`` true with its ``crf_kwargs``) go to
     ``models.create`` as overrides; a model they do not apply to refuses them."""
     check_choice(config["compute_dtype"], tuple(DTYPES), "compute_dtype")
     m = config["model"]
@@ -53,6 +53,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         "head_channels": m.get("head_channels"), "aux_channels": m.get("aux_channels"),
         "memory_efficient": bool(m["memory_efficient"]),
         "align_corners": bool(m.get("align_corners", False)),  # absent in configs before 0.2
+        "crf": dict(m.get("crf_kwargs", {})) if m.get("crf", False) else None,
     }
     return models.create(m["name"], num_classes=int(config["dataset"]["num_classes"]),
                          dtype=DTYPES[config["compute_dtype"]],

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from attnzoo import inference, losses, metrics
+from attnzoo import inference, losses, metrics, ops
+from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from attnzoo.engine.state import DTYPES, TrainState, loss_terms
 from attnzoo.sharding import batch_sharding, replicated
 
@@ -56,12 +57,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
 
 def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
-                   mode: str | None = None, scales: Any = None, flip: bool | None = None
+                   mode: str | None = None, scales: Any = None, flip: bool | None = None,
+                   crf: Mapping[str, Any] | None = None
                    ) -> Callable[[dict[str, Any], dict[str, Array]], Array]:
     """``(variables, batch) -> confusion matrix`` of the batch, jitted over ``mesh``, with the
     inference mode of ``config.eval`` (arguments override it). A batch with ``label_size``
     (``dataset.eval_label_canvas``) is scored at each label's original size: the logits
-    (single scale) or averaged probabilities (TTA) resized back per image, as mmseg."""
+    (single scale) or averaged probabilities (TTA) resized back per image, as mmseg. ``crf``
+    (keyword arguments of :func:`attnzoo.ops.dense_crf`, ``{}`` for DeepLab's) refines the
+    scores on the input image (the batch's images mapped back to RGB 0-255) first."""
     e = config["eval"]
     num_classes = int(config["dataset"]["num_classes"])
     ignore_index = int(config["dataset"]["ignore_index"])
@@ -78,12 +82,18 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
             return model.apply(variables, images.astype(dtype))["out"].astype(jnp.float32)
 
         original = "label_size" in batch  # labels at their original size (as mmseg)
-        if original and scales == (1.0,) and not flip:  # mmseg resizes the logits themselves
+        single = original and scales == (1.0,) and not flip
+        if single:  # logits: mmseg resizes the logits themselves
             scores = fn(batch["image"]) if mode == "whole" else \
                 inference.slide_inference(fn, batch["image"], crop, stride)
-        else:
+        else:  # averaged probabilities
             scores = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
                                          stride=stride, scales=scales, flip=flip)
+        if crf is not None:
+            rgb = batch["image"].astype(jnp.float32) * jnp.asarray(IMAGENET_STD) \
+                + jnp.asarray(IMAGENET_MEAN)
+            unary = scores if single else jnp.log(jnp.maximum(scores, jnp.finfo(jnp.float32).tiny))
+            scores = ops.dense_crf(unary, rgb, **crf)
         predicted = inference.labels_at_original_size(
             scores, batch["size"], batch["label_size"], batch["label"].shape[1:3],
             align_corners=align_corners) if original else scores.argmax(-1)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attnzoo import blocks, ops
 from attnzoo._checks import check_image
 from attnzoo.blocks.common import ConvNormAct, Dtype, conv
+from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 Array = jax.Array
 
@@ -40,6 +41,9 @@ class EncoderDecoder(nn.Module):
       aux_head: the auxiliary head, reading ``aux_feature`` (training only).
       aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
       align_corners: of the bilinear upsampling to the input size (mmseg's flag).
+      crf: a CRF-as-RNN layer (``blocks.create("crf", ...)``) refining ``"out"`` at input
+        size on the image (the normalised input mapped back to RGB 0-255), trained end to end
+        with the rest; None for none.
     """
 
     backbone: nn.Module
@@ -49,6 +53,7 @@ class EncoderDecoder(nn.Module):
     aux_feature: str = "c3"
     aux_weight: float = 0.4
     align_corners: bool = False
+    crf: nn.Module | None = None
 
     def loss_terms(self) -> list[dict[str, Any]]:
         """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`: the main output
@@ -70,7 +75,11 @@ class EncoderDecoder(nn.Module):
         outputs = self.head(head_input, train=train)
         if self.aux_head is not None and (train or self.is_initializing()):
             outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
-        return {k: resize_logits(v, size, self.align_corners) for k, v in outputs.items()}
+        outputs = {k: resize_logits(v, size, self.align_corners) for k, v in outputs.items()}
+        if self.crf is not None:
+            rgb = images.astype(jnp.float32) * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN)
+            outputs["out"] = self.crf(outputs["out"], rgb)
+        return outputs
 
 
 class ConvBlock(nn.Module):

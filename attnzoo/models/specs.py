@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attnzoo import backbones, heads
+from attnzoo import backbones, blocks, heads
 from attnzoo._checks import check_positive
 from attnzoo.models.segmentor import AttentionUNet, EncoderDecoder
 
@@ -53,13 +53,15 @@ class EncoderDecoderSpec:
               backbone_kwargs: Mapping[str, Any] | None = None,
               head_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
               head_channels: int | None = None, aux_channels: int | None = None,
-              align_corners: bool = False, **kwargs: Any) -> EncoderDecoder:
+              align_corners: bool = False, crf: Mapping[str, Any] | None = None,
+              **kwargs: Any) -> EncoderDecoder:
         """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` update the
         description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
         narrow CPU-sized model), ``memory_efficient`` switches the heads and backbones that
         have exact memory-bounded attention (DANet, non-local, MiT) to it, ``align_corners`` sets the flag of
-        the heads' and the output's bilinear resizing (mmseg's 769x769 recipes); ``kwargs`` are
-        :class:`EncoderDecoder` fields."""
+        the heads' and the output's bilinear resizing (mmseg's 769x769 recipes); ``crf`` (the
+        fields of :class:`~attnzoo.blocks.DenseCRF`, ``{}`` for its defaults) adds a trainable
+        CRF-as-RNN after the head; ``kwargs`` are :class:`EncoderDecoder` fields."""
         check_positive(num_classes, "num_classes")
         stride = {} if self.output_stride is None else {"output_stride": self.output_stride}
         backbone = backbones.create(self.backbone, dtype=dtype, **stride,
@@ -78,8 +80,11 @@ class EncoderDecoderSpec:
                                align_corners=align_corners,
                                **_with_channels(self.aux_kwargs, None, aux_channels,
                                                 "aux_channels"))
+        crf_layer = None if crf is None else blocks.create("crf", num_classes=num_classes,
+                                                           dtype=dtype, **crf)
         return EncoderDecoder(backbone, head, aux, in_feature=self.in_feature,
-                              aux_weight=self.aux_weight, align_corners=align_corners, **kwargs)
+                              aux_weight=self.aux_weight, align_corners=align_corners,
+                              crf=crf_layer, **kwargs)
 
 
 def _with_channels(base: Mapping[str, Any], overrides: Mapping[str, Any] | None,

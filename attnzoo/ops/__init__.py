@@ -6,6 +6,19 @@ result exactly without forming it.
 """
 
 from attnzoo.ops.channel import channel_attention, channel_attention_map
+from attnzoo.ops.crf import (
+    DEEPLAB_CRF,
+    CRFParams,
+    Lattice,
+    crf_features,
+    dense_crf,
+    gaussian_filter,
+    gaussian_filter_dense,
+    lattice_filter,
+    mean_field,
+    permutohedral_lattice,
+    potts,
+)
 from attnzoo.ops.criss_cross import criss_cross_attention, criss_cross_weights
 from attnzoo.ops.dot_product import (
     attend,
@@ -36,6 +49,9 @@ from attnzoo.ops.window import (
 )
 
 __all__ = [
+    "CRFParams",
+    "DEEPLAB_CRF",
+    "Lattice",
     "adaptive_avg_pool",
     "attend",
     "attention_scores",
@@ -43,21 +59,29 @@ __all__ = [
     "channel_attention_map",
     "chunked_dot_product_attention",
     "criss_cross_attention",
+    "crf_features",
     "criss_cross_weights",
+    "dense_crf",
     "dot_product_attention",
+    "gaussian_filter",
+    "gaussian_filter_dense",
     "hard_attention",
     "hard_attention_weights",
     "interpolate",
     "interpolate_axis",
+    "lattice_filter",
     "linear_taps",
     "map_query_chunks",
+    "mean_field",
     "non_local_attention",
     "non_local_concatenation",
+    "permutohedral_lattice",
     "point_wise_spatial_attention",
     "polarized_channel_context",
     "polarized_spatial_weights",
     "position_attention",
     "position_attention_map",
+    "potts",
     "psa_mask",
     "relative_position_index",
     "resize_bilinear",

@@ -1,0 +1,380 @@
+"""Mean-field inference of the fully connected CRF (Krähenbühl & Koltun, NeurIPS 2011).
+
+The Gibbs energy of a labelling ``x`` of the ``N`` pixels is
+
+    E(x) = sum_i psi_u(x_i) + sum_{i<j} mu(x_i, x_j) sum_m w_m k_m(f_i, f_j),
+
+with the unary ``psi_u = -log P`` of a segmentor, a compatibility ``mu`` (Potts:
+``mu(l, l') = [l != l']``) and two Gaussian kernels ``k_m(f_i, f_j) = exp(-|f_i - f_j|^2 / 2)``:
+appearance, ``f = (x / theta_alpha, y / theta_alpha, rgb / theta_beta)``, and smoothness,
+``f = (x / theta_gamma, y / theta_gamma)``. One mean-field update (the paper's Algorithm 1) is
+
+    Q_i(l) ∝ exp(-psi_u(l) - sum_l' mu(l, l') sum_m w_m Q~_i^m(l')),
+    Q~_i^m(l) = sum_j k_m(f_i, f_j) Q_j(l),
+
+a Gaussian-kernel sum over all pixel pairs: an unnormalised attention whose scores are
+``-|f_i - f_j|^2 / 2``. Two exact-or-fast forms of that sum are here:
+
+- :func:`gaussian_filter_dense`, exact, in ``O(chunk^2)`` memory (query chunks by
+  :func:`~attnzoo.ops.map_query_chunks`, keys scanned in chunks), ``O(N^2 d)`` time;
+- :func:`permutohedral_lattice` + :func:`lattice_filter`, the permutohedral-lattice
+  approximation (Adams, Baek & Davis, Eurographics 2010) that the authors' code uses:
+  splat onto the vertices of the enclosing simplices, blur with ``[1/2, 1, 1/2]`` along each of
+  the ``d + 1`` lattice directions, slice; ``O(N d^2)`` plus sorts, so whole 512x1024 images run
+  on a CPU. Written with sorts and gathers (no hash table), so it is pure, jit-able and
+  differentiable in the values and the features' barycentric weights.
+
+As in the authors' code (densecrf) and CRF-as-RNN, the sum includes ``j = i`` and each kernel's
+message is normalised by the kernel's row sums ``n = K 1``: ``"symmetric"``
+``n^-1/2 K (n^-1/2 Q)`` (densecrf's default, used by DeepLab) or ``"row"`` ``(K Q) / n``
+(CRF-as-RNN). Either makes the lattice's overall scale irrelevant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attnzoo._checks import check_choice, check_positive, check_rank
+from attnzoo.ops.dot_product import _pad_axis, map_query_chunks
+
+Array = jax.Array
+
+METHODS = ("lattice", "dense")
+NORMALIZATIONS = ("symmetric", "row")
+
+
+class CRFParams(NamedTuple):
+    """Kernel parameters of the dense CRF (the defaults are DeepLab v2's released ResNet-101
+    setting: 10 iterations, ``w1 = 4, theta_alpha = 67, theta_beta = 3, w2 = 3,
+    theta_gamma = 1``)."""
+
+    iterations: int = 10
+    w_appearance: float = 4.0
+    theta_alpha: float = 67.0
+    theta_beta: float = 3.0
+    w_smoothness: float = 3.0
+    theta_gamma: float = 1.0
+
+
+DEEPLAB_CRF = CRFParams()
+
+
+def _check_bandwidth(value: float | Array, name: str) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return  # a learnable bandwidth: checked where it is made positive (exp of a log)
+    if not np.all(np.asarray(value) > 0):
+        raise ValueError(f"{name} must be positive (a Gaussian bandwidth in pixels or intensity "
+                         f"levels); got {value!r}")
+
+
+def _check_compatibility(mu: Array, num_labels: int) -> None:
+    if mu.shape != (num_labels, num_labels):
+        raise ValueError(f"compatibility must be ({num_labels}, {num_labels}) for "
+                         f"{num_labels} labels; got {mu.shape}")
+
+
+def crf_features(image: Array, theta_alpha: float | Array, theta_beta: float | Array,
+                 theta_gamma: float | Array) -> tuple[Array, Array]:
+    """The kernels' features of ``image`` ``(B, H, W, 3)`` (RGB in 0-255): appearance
+    ``(B, H*W, 5)`` = ``(x/theta_alpha, y/theta_alpha, r/theta_beta, g/theta_beta, b/theta_beta)``
+    and smoothness ``(B, H*W, 2)`` = ``(x/theta_gamma, y/theta_gamma)``, pixels in row-major
+    order (densecrf's feature order)."""
+    check_rank(image, 4, "image", "B, H, W, 3")
+    if image.shape[-1] != 3:
+        raise ValueError(f"image must be RGB (B, H, W, 3); got shape {image.shape}")
+    for value, name in ((theta_alpha, "theta_alpha"), (theta_beta, "theta_beta"),
+                        (theta_gamma, "theta_gamma")):
+        _check_bandwidth(value, name)
+    b, h, w, _ = image.shape
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing="ij")
+    xy = jnp.broadcast_to(jnp.stack([x, y], -1).reshape(1, h * w, 2), (b, h * w, 2))
+    rgb = image.astype(jnp.float32).reshape(b, h * w, 3)
+    appearance = jnp.concatenate([xy / theta_alpha, rgb / theta_beta], -1)
+    return appearance, xy / theta_gamma
+
+
+def gaussian_filter_dense(features: Array, values: Array, *, chunk_size: int = 1024) -> Array:
+    """Exact ``out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j`` over all ``j`` (``i`` included).
+
+    ``features`` ``(B, N, d)``, ``values`` ``(B, N, C)``. Queries are taken ``chunk_size`` at a
+    time and keys scanned ``chunk_size`` at a time, so memory is ``O(chunk_size^2 d)`` in the
+    forward and backward passes. Squared distances are summed per feature (not expanded as
+    ``|f_i|^2 + |f_j|^2 - 2 f_i.f_j``, which loses the small distances of large features to
+    cancellation), all in float32.
+    """
+    check_rank(features, 3, "features", "B, N, d")
+    check_rank(values, 3, "values", "B, N, C")
+    if features.shape[:2] != values.shape[:2]:
+        raise ValueError(f"features {features.shape} and values {values.shape} must share "
+                         "(B, N)")
+    check_positive(chunk_size, "chunk_size")
+    n, c = values.shape[1], values.shape[2]
+    f = features.astype(jnp.float32)
+    v = values.astype(jnp.float32)
+    kc = min(chunk_size, n)
+    f_keys = _pad_axis(f, 1, kc).reshape(f.shape[0], -1, kc, f.shape[-1]).swapaxes(0, 1)
+    v_keys = _pad_axis(v, 1, kc).reshape(v.shape[0], -1, kc, c).swapaxes(0, 1)
+    valid = (jnp.arange(f_keys.shape[0] * kc) < n).reshape(-1, kc)
+
+    def rows(f_query: Array) -> Array:
+        @jax.checkpoint
+        def step(acc: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
+            f_j, v_j, valid_j = inputs
+            d2 = jnp.sum(jnp.square(f_query[:, :, None, :] - f_j[:, None, :, :]), -1)
+            k = jnp.where(valid_j, jnp.exp(-0.5 * d2), 0.0)
+            return acc + jnp.einsum("bqk,bkc->bqc", k, v_j), None
+
+        init = jnp.zeros(f_query.shape[:2] + (c,), jnp.float32)
+        return jax.lax.scan(step, init, (f_keys, v_keys, valid))[0]
+
+    return map_query_chunks(rows, (f,), chunk_size)
+
+
+class Lattice(NamedTuple):
+    """A permutohedral lattice built on one batch of features (see
+    :func:`permutohedral_lattice`): for each point its ``d + 1`` enclosing-simplex vertices
+    (``offsets``, slots of the lattice table, 0 is an always-zero slot) and barycentric
+    ``weights``; for each lattice direction the table slots of each vertex's two neighbours
+    (``neighbours`` ``(B, d+1, 2, slots)``, 0 where the neighbour holds no point)."""
+
+    offsets: Array
+    weights: Array
+    neighbours: Array
+
+
+def _elevate(features: Array) -> Array:
+    """Project ``(N, d)`` features onto the hyperplane ``sum = 0`` of ``R^{d+1}``, scaled so the
+    lattice's blur is a unit-variance Gaussian in feature units (Adams et al., Sec. 3.1)."""
+    d = features.shape[-1]
+    i = np.arange(1, d + 1)
+    scale = math.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt(i * (i + 1))
+    cf = features * scale.astype(np.float32)
+    tail = jnp.concatenate([jnp.cumsum(cf[:, ::-1], -1)[:, ::-1],
+                            jnp.zeros_like(cf[:, :1])], -1)  # tail[j] = sum_{k >= j} cf[k]
+    return tail.at[:, 1:].add(-i.astype(np.float32) * cf)
+
+
+def _simplex(elevated: Array) -> tuple[Array, Array, Array]:
+    """The nearest remainder-0 lattice point ``rem0`` (int), the rank of each coordinate's
+    offset from it (which simplex holds the point) and the barycentric weights ``(N, d+1)``."""
+    n, dp1 = elevated.shape
+    d = dp1 - 1
+    v = elevated / dp1
+    up, down = jnp.ceil(v) * dp1, jnp.floor(v) * dp1
+    rem0 = jnp.where(up - elevated < elevated - down, up, down)
+    excess = jnp.round(rem0.sum(-1) / dp1).astype(jnp.int32)
+    diff = elevated - rem0
+    # rank_i = #{j > i: diff_i < diff_j} + #{j < i: diff_j >= diff_i} (ties broken by index).
+    later = jnp.triu(jnp.ones((dp1, dp1), bool), 1)
+    earlier = jnp.tril(jnp.ones((dp1, dp1), bool), -1)
+    greater = diff[:, None, :] > diff[:, :, None]            # [n, i, j]: diff_j > diff_i
+    less = diff[:, None, :] < diff[:, :, None]               # [n, i, j]: diff_j < diff_i
+    rank = jnp.sum(jnp.where(later, greater, earlier & ~less), -1)
+    rank = rank + excess[:, None]
+    rem0 = rem0.astype(jnp.int32)
+    low, high = rank < 0, rank > d
+    rank = jnp.where(low, rank + dp1, jnp.where(high, rank - dp1, rank))
+    rem0 = jnp.where(low, rem0 + dp1, jnp.where(high, rem0 - dp1, rem0))
+    delta = (elevated - rem0) / dp1
+    slots = jnp.arange(d + 2)
+    bary = jnp.sum(delta[..., None] * ((slots == (d - rank)[..., None]).astype(jnp.float32)
+                                       - (slots == (d + 1 - rank)[..., None])), 1)
+    bary = bary.at[:, 0].add(1.0 + bary[:, d + 1])
+    return rem0, rank, bary[:, :dp1]
+
+
+def _lexsort_perm(columns: Sequence[Array]) -> tuple[list[Array], Array]:
+    """Sort rows by ``columns`` (first column most significant); returns the sorted columns and
+    the permutation."""
+    iota = jnp.arange(columns[0].shape[0], dtype=jnp.int32)
+    out = jax.lax.sort((*columns, iota), num_keys=len(columns))
+    return list(out[:-1]), out[-1]
+
+
+def _single_lattice(features: Array) -> Lattice:
+    n, d = features.shape
+    dp1 = d + 1
+    elevated = _elevate(features.astype(jnp.float32))
+    rem0, rank, bary = _simplex(elevated)
+    r = np.arange(dp1)[:, None]
+    k = np.arange(dp1)[None, :]
+    canonical = jnp.asarray(np.where(k <= d - r, r, r - dp1), jnp.int32)  # [remainder, rank]
+    keys = rem0[:, None, :d] + canonical[:, rank[:, :d]].transpose(1, 0, 2)  # (N, d+1, d)
+    keys = keys.reshape(n * dp1, d)
+    # Deduplicate: sort the vertex keys; table slot = 1 + index among the distinct keys.
+    cols, perm = _lexsort_perm([keys[:, i] for i in range(d)])
+    sorted_keys = jnp.stack(cols, -1)
+    new = jnp.concatenate([jnp.ones((1,), bool), jnp.any(sorted_keys[1:] != sorted_keys[:-1], -1)])
+    slot = jnp.cumsum(new.astype(jnp.int32))
+    offsets = jnp.zeros(n * dp1, jnp.int32).at[perm].set(slot).reshape(n, dp1)
+    size = n * dp1 + 1
+    table = jnp.zeros((size, d), jnp.int32).at[slot].set(sorted_keys)
+    occupied = jnp.zeros(size, bool).at[slot].set(True)
+    full = jnp.concatenate([table, -table.sum(-1, keepdims=True)], -1)  # the implicit coordinate
+
+    def neighbours_along(j: Array) -> Array:
+        # Along direction j (+1 on every coordinate, -d on j) the values d*u_k + u_j (k != j)
+        # are constant and u_j steps by d: sort by (line, u_j) and neighbours are adjacent.
+        pos = jnp.take(full, j, axis=1)
+        line = jnp.where(jnp.arange(dp1) == j, 0, d * full + pos[:, None])
+        cols, order = _lexsort_perm([(~occupied).astype(jnp.int32),
+                                     *(line[:, k] for k in range(dp1)), pos])
+        same = occupied[order][1:] & occupied[order][:-1]
+        for col in cols[1:-1]:
+            same &= col[1:] == col[:-1]
+        step_ok = same & (cols[-1][1:] - cols[-1][:-1] == d)
+        # n1 = u + delta_j (u_j smaller by d): the previous row; n2 = u - delta_j: the next row.
+        prev = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.where(step_ok, order[:-1], 0)])
+        nxt = jnp.concatenate([jnp.where(step_ok, order[1:], 0), jnp.zeros(1, jnp.int32)])
+        return jnp.stack([jnp.zeros(size, jnp.int32).at[order].set(prev),
+                          jnp.zeros(size, jnp.int32).at[order].set(nxt)])
+
+    neighbours = jax.vmap(neighbours_along)(jnp.arange(dp1))
+    return Lattice(offsets, bary, neighbours)
+
+
+def permutohedral_lattice(features: Array) -> Lattice:
+    """Build the permutohedral lattice of ``features`` ``(B, N, d)`` (already divided by their
+    bandwidths), for :func:`lattice_filter`.
+
+    Each point is lifted onto the hyperplane ``H_d = {sum = 0}`` of ``R^{d+1}``, scaled so that
+    the lattice blur approximates ``exp(-|f_i - f_j|^2 / 2)``; its enclosing simplex is found
+    from the nearest remainder-0 lattice point and the ranks of the coordinates' offsets, and
+    its barycentric weights in that simplex computed (Adams et al. 2010, Sec. 3). The distinct
+    vertices become the lattice table (by a sort instead of a hash table) and, for each of the
+    ``d + 1`` directions, each vertex's two neighbours are found by one more sort. The table has
+    ``N (d + 1) + 1`` slots, the most there can be, so shapes are static.
+    """
+    check_rank(features, 3, "features", "B, N, d")
+    return jax.vmap(_single_lattice)(features)
+
+
+def _single_filter(lattice: Lattice, values: Array) -> Array:
+    offsets, weights, neighbours = lattice
+    n, dp1 = offsets.shape
+    d = dp1 - 1
+    size = neighbours.shape[-1]
+    table = jax.ops.segment_sum((weights[..., None] * values[:, None, :]).reshape(n * dp1, -1),
+                                offsets.reshape(-1), num_segments=size)
+    for j in range(dp1):
+        table = table + 0.5 * (table[neighbours[j, 0]] + table[neighbours[j, 1]])
+    alpha = 1.0 / (1.0 + 2.0 ** -d)
+    return alpha * jnp.einsum("nr,nrc->nc", weights, table[offsets])
+
+
+def lattice_filter(lattice: Lattice, values: Array) -> Array:
+    """Approximate ``sum_j exp(-|f_i - f_j|^2 / 2) v_j`` for ``values`` ``(B, N, C)`` on a
+    lattice from :func:`permutohedral_lattice`: splat (each value spread over its simplex's
+    vertices by its barycentric weights), blur (``[1/2, 1, 1/2]`` along each lattice direction
+    in turn), slice (gathered back with the same weights), scaled by ``1 / (1 + 2^-d)``."""
+    check_rank(values, 3, "values", "B, N, C")
+    if values.shape[:2] != lattice.offsets.shape[:2]:
+        raise ValueError(f"values {values.shape} do not match the lattice's points "
+                         f"{lattice.offsets.shape[:2]}")
+    return jax.vmap(_single_filter)(lattice, values.astype(jnp.float32))
+
+
+def gaussian_filter(features: Array, *, method: str = "lattice",
+                    chunk_size: int = 1024) -> Callable[[Array], Array]:
+    """``values -> sum_j exp(-|f_i - f_j|^2 / 2) v_j`` for fixed ``features`` ``(B, N, d)``:
+    the lattice is built once and reused for every call (``method="lattice"``); or the exact
+    chunked sum (``method="dense"``)."""
+    check_choice(method, METHODS, "method")
+    if method == "dense":
+        return lambda values: gaussian_filter_dense(features, values, chunk_size=chunk_size)
+    lattice = permutohedral_lattice(features)
+    return lambda values: lattice_filter(lattice, values)
+
+
+def _normalized(filter_fn: Callable[[Array], Array], n: int, batch: int,
+                normalization: str) -> Callable[[Array], Array]:
+    norm = filter_fn(jnp.ones((batch, n, 1), jnp.float32))
+    if normalization == "symmetric":
+        scale = jax.lax.rsqrt(norm + 1e-20)
+        return lambda q: scale * filter_fn(scale * q)
+    inverse = 1.0 / (norm + 1e-20)
+    return lambda q: inverse * filter_fn(q)
+
+
+def mean_field(unary_logits: Array, filters: Sequence[Callable[[Array], Array]],
+               kernel_weights: Sequence[float | Array], compatibility: Array, iterations: int,
+               *, normalization: str = "symmetric") -> Array:
+    """``iterations`` mean-field updates from ``Q = softmax(unary_logits)``.
+
+    ``unary_logits`` ``(B, N, L)`` (``-psi_u`` up to a per-pixel constant); ``filters`` the
+    kernels' ``K_m``; ``kernel_weights`` their ``w_m`` (scalars, or ``(L,)`` per class as
+    CRF-as-RNN); ``compatibility`` ``mu`` ``(L, L)``. Each update is
+
+        logits = unary_logits - (sum_m w_m N_m(Q)) mu^T,    Q = softmax(logits),
+
+    with ``N_m`` the normalised message of kernel ``m``. Returns the last logits (``log Q`` up to
+    a per-pixel constant). The loop is a ``lax.scan``, so it is differentiable.
+    """
+    check_rank(unary_logits, 3, "unary_logits", "B, N, L")
+    check_positive(iterations, "iterations")
+    check_choice(normalization, NORMALIZATIONS, "normalization")
+    b, n, num_labels = unary_logits.shape
+    _check_compatibility(compatibility, num_labels)
+    if len(filters) != len(kernel_weights):
+        raise ValueError(f"{len(filters)} filters but {len(kernel_weights)} kernel_weights")
+    unary = unary_logits.astype(jnp.float32)
+    messages = [_normalized(f, n, b, normalization) for f in filters]
+    mu = jnp.asarray(compatibility, jnp.float32)
+
+    def update(logits: Array, _: None) -> tuple[Array, None]:
+        q = jax.nn.softmax(logits, -1)
+        message = sum(jnp.asarray(w, jnp.float32) * m(q)
+                      for m, w in zip(messages, kernel_weights))
+        return unary - message @ mu.T, None
+
+    return jax.lax.scan(update, unary, None, length=iterations)[0]
+
+
+def potts(num_labels: int) -> Array:
+    """The Potts compatibility ``mu(l, l') = [l != l']`` (``(L, L)``). Equivalent in mean field to
+    densecrf's ``-I`` (the two differ by a per-pixel constant, which the softmax removes)."""
+    check_positive(num_labels, "num_labels")
+    return 1.0 - jnp.eye(num_labels, dtype=jnp.float32)
+
+
+def dense_crf(logits: Array, image: Array, *, iterations: int = DEEPLAB_CRF.iterations,
+              w_appearance: float | Array = DEEPLAB_CRF.w_appearance,
+              theta_alpha: float | Array = DEEPLAB_CRF.theta_alpha,
+              theta_beta: float | Array = DEEPLAB_CRF.theta_beta,
+              w_smoothness: float | Array = DEEPLAB_CRF.w_smoothness,
+              theta_gamma: float | Array = DEEPLAB_CRF.theta_gamma,
+              compatibility: Array | None = None, method: str = "lattice",
+              normalization: str = "symmetric", chunk_size: int = 1024) -> Array:
+    """Refine segmentation ``logits`` ``(B, H, W, L)`` with the fully connected CRF on ``image``
+    ``(B, H, W, 3)``, RGB in 0-255.
+
+    Appearance kernel ``w_appearance * exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 /
+    2 theta_beta^2)``, smoothness kernel ``w_smoothness * exp(-|p_i - p_j|^2 / 2 theta_gamma^2)``,
+    Potts compatibility unless ``compatibility`` ``(L, L)`` is given; the defaults are DeepLab's
+    (``DEEPLAB_CRF``, a :class:`CRFParams`). ``method`` ``"lattice"`` (permutohedral, fast) or ``"dense"`` (exact,
+    chunked). Returns refined logits ``(B, H, W, L)`` (float32); their argmax is the labelling.
+    """
+    check_rank(logits, 4, "logits", "B, H, W, L")
+    check_rank(image, 4, "image", "B, H, W, 3")
+    if logits.shape[:3] != image.shape[:3]:
+        raise ValueError(f"image {image.shape} and logits {logits.shape} must have the same "
+                         "batch and spatial size (B, H, W)")
+    check_choice(method, METHODS, "method")
+    check_choice(normalization, NORMALIZATIONS, "normalization")
+    b, h, w, num_labels = logits.shape
+    mu = potts(num_labels) if compatibility is None else compatibility
+    _check_compatibility(mu, num_labels)
+    appearance, smoothness = crf_features(image, theta_alpha, theta_beta, theta_gamma)
+    filters = [gaussian_filter(f, method=method, chunk_size=chunk_size)
+               for f in (appearance, smoothness)]
+    unary = jax.nn.log_softmax(logits.astype(jnp.float32), -1).reshape(b, h * w, num_labels)
+    out = mean_field(unary, filters, [w_appearance, w_smoothness], mu, iterations,
+                     normalization=normalization)
+    return out.reshape(b, h, w, num_labels)
