@@ -159,7 +159,7 @@ def test_lattice_equals_the_authors_densecrf():
     assert (q.argmax(-1) == expected.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("method", ["dense", "lattice"])
+@pytest.mark.parametrize("method", ["dense", pytest.param("lattice", marks=pytest.mark.slow)])
 def test_block_gradients_match_finite_differences(method):
     """Directional derivatives of a scalar loss of the CRF-as-RNN layer: autodiff vs central
     differences (step 1e-2 along a random unit direction, float32): relative error < 2e-2."""
@@ -264,3 +264,16 @@ def test_crf_params_option():
                        (["--crf-params", "iterations=2"], "needs --crf")):
         with pytest.raises(ValueError, match=match):
             _cli.crf_arguments(parser.parse_args(bad))
+
+
+@pytest.mark.slow
+def test_benchmark_script_prints_its_table():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "crf.py"), "--sizes",
+                          "24x24,40x32", "--repeats", "1", "--dense-max-pixels", "576"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| 24x24 | lattice |" in out and "not run" in out and "%" in out
