@@ -226,7 +226,8 @@ def _single_lattice(features: Array) -> Lattice:
         line = jnp.where(jnp.arange(dp1) == j, 0, d * full + pos[:, None])
         cols, order = _lexsort_perm([(~occupied).astype(jnp.int32),
                                      *(line[:, k] for k in range(dp1)), pos])
-        same = occupied[order][1:] & occupied[order][:-1]
+        occupied_sorted = cols[0] == 0  # the sort's first key, already in sorted order
+        same = occupied_sorted[1:] & occupied_sorted[:-1]
         for col in cols[1:-1]:
             same &= col[1:] == col[:-1]
         step_ok = same & (cols[-1][1:] - cols[-1][:-1] == d)
