@@ -6,7 +6,9 @@
 
 Any config field can be overridden (``--config.optimizer.learning_rate=0.005``).
 Running the same command again resumes from the newest checkpoint in
-``--workdir``.
+``--workdir``. Compiled programs are kept in JAX's persistent compilation cache
+(``--compilation_cache=DIR``, default ``~/.cache/attnzoo/jax``;
+``--nouse_compilation_cache`` turns it off), so a second start skips most compilation.
 """
 
 from absl import app, flags, logging
@@ -17,6 +19,10 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and predictions.")
 flags.DEFINE_bool("debug", False, "Show the traceback of errors a user can fix (bad config, "
                   "files, workdir); otherwise they print one line.")
+flags.DEFINE_string("compilation_cache", None, "Directory of JAX's persistent compilation cache "
+                    "(default: $ATTNZOO_COMPILATION_CACHE or ~/.cache/attnzoo/jax).")
+flags.DEFINE_bool("use_compilation_cache", True, "Read and write compiled programs there; "
+                  "--nouse_compilation_cache compiles everything afresh.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,9 +36,11 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     logging.set_verbosity(logging.WARNING)
     from attnzoo._cli import one_line_errors
-    from attnzoo.engine import train_and_evaluate
+    from attnzoo.engine import train_and_evaluate, use_compilation_cache
 
     with one_line_errors(flags.FLAGS.debug):
+        use_compilation_cache(flags.FLAGS.compilation_cache,
+                              enabled=flags.FLAGS.use_compilation_cache)
         result = train_and_evaluate(config, flags.FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"final mIoU: {100 * result['mIoU']:.2f}")

@@ -43,6 +43,23 @@ def run(main: Callable[[list[str]], Any]) -> None:
         main([a for a in argv if a != "--debug"])
 
 
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compilation-cache DIR`` and ``--no-compilation-cache`` (evaluate, predict); applied
+    by :func:`use_cache`."""
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="JAX's persistent compilation cache (default: "
+                             "$ATTNZOO_COMPILATION_CACHE or ~/.cache/attnzoo/jax)")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="compile everything afresh, caching nothing")
+
+
+def use_cache(args: argparse.Namespace) -> None:
+    """Turn on the compilation cache as :func:`add_cache_arguments`' flags say."""
+    from attnzoo.engine.cache import use_compilation_cache
+
+    use_compilation_cache(args.compilation_cache, enabled=not args.no_compilation_cache)
+
+
 def add_crf_arguments(parser: argparse.ArgumentParser) -> None:
     """``--crf`` and ``--crf-params`` (evaluate, predict); read back by :func:`crf_arguments`."""
     parser.add_argument("--crf", action="store_true",

@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the dataset's downloaded files, to prepare it (default: the config's)")
     parser.add_argument("--batch-size", type=int, default=None)
     _cli.add_crf_arguments(parser)
+    _cli.add_cache_arguments(parser)
     args = parser.parse_args(argv)
+    _cli.use_cache(args)
 
     from attnzoo.engine.logging import class_table
 

@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--channels", default="0,1,2,3", help="CAM output channels to draw")
     parser.add_argument("--memory-efficient", action="store_true")
     _cli.add_crf_arguments(parser)
+    _cli.add_cache_arguments(parser)
     args = parser.parse_args(argv)
+    _cli.use_cache(args)
     try:
         channels = [int(c) for c in args.channels.split(",")]
     except ValueError:

@@ -7,6 +7,8 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# commands run by the tests cache no compilations in the user's home (test_cache.py turns it on)
+os.environ.setdefault("ATTNZOO_COMPILATION_CACHE", "off")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
