@@ -28,6 +28,7 @@ import numpy as np
 
 from attnzoo import _cli, ops, viz
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
+from attnzoo.data.datasets import spec
 from attnzoo.data.normalize import normalize_image
 
 
@@ -101,6 +102,7 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     model, variables, config = restore(workdir, step=step,
                                        config_overrides={"model.memory_efficient": memory_efficient})
     num_classes, ignore = int(config.dataset.num_classes), int(config.dataset.ignore_index)
+    palette = spec(config.dataset.name).class_colours(num_classes)
     out = Path(out)
 
     def labels(v: Any, x: jax.Array, rgb: jax.Array) -> jax.Array:
@@ -115,7 +117,7 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
         rgb = viz.load_image(path)
         x = jnp.asarray(normalize_image(rgb))[None]
         mask = np.asarray(predict(variables, x, jnp.asarray(rgb, jnp.float32)[None]))[0]
-        colours = viz.colorize(mask, num_classes, ignore)
+        colours = viz.colorize(mask, num_classes, ignore, colours=palette)
         stem = Path(path).stem
         written.append(viz.save_png(out / f"{stem}_mask.png", colours))
         written.append(viz.save_png(out / f"{stem}_overlay.png", viz.overlay(rgb, colours)))

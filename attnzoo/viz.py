@@ -35,11 +35,15 @@ def palette(num_classes: int) -> np.ndarray:
     return colours
 
 
-def colorize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """Class ids ``(H, W)`` -> RGB ``(H, W, 3)`` uint8; ``ignore_index`` (and any id outside
-    the classes) drawn black."""
+def colorize(mask: np.ndarray, num_classes: int, ignore_index: int = 255, *,
+             colours: np.ndarray | Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Class ids ``(H, W)`` -> RGB ``(H, W, 3)`` uint8 in ``colours`` (``(num_classes, 3)``;
+    default :func:`palette`, a dataset's own from ``attnzoo.data.spec(name).class_colours``);
+    ``ignore_index`` (and any id outside the classes) drawn black."""
     mask = np.asarray(mask)
-    colours = palette(num_classes)
+    colours = palette(num_classes) if colours is None else np.asarray(colours, np.uint8)
+    if colours.shape != (num_classes, 3):
+        raise ValueError(f"colours has shape {colours.shape}; expected ({num_classes}, 3)")
     valid = (mask >= 0) & (mask < num_classes) & (mask != ignore_index)
     out = np.zeros((*mask.shape, 3), np.uint8)
     out[valid] = colours[mask[valid]]

@@ -1,20 +1,25 @@
 """The quickstart task with each attention head at the same budget, over several seeds: the
 analogue of the DANet paper's ablation (FCN baseline vs. position / channel attention).
 
-    python benchmarks/quickstart_heads.py --workdir runs/heads [--heads fcn danet ccnet nonlocal]
-        [--seeds 0 1 2] [--num-steps 1000] [--data-dir DIR]
+    python benchmarks/quickstart_heads.py --workdir runs/heads
+        [--heads fcn danet ccnet nonlocal psa gcnet] [--seeds 0 1 2 3 4] [--num-steps N]
+        [--data-dir DIR] [--devices 8] [--xla-flags=--xla_cpu_use_onednn=true]
 
 Each (head, seed) trains ``configs/quickstart.py:<head>`` with ``seed`` (and
 ``num_steps`` when given) in ``WORKDIR/<head>_s<seed>``; a finished run is
 not retrained (the engine resumes, or only evaluates), so the script can be
 stopped and started again. Prints the validation mIoU and the mean IoU of the
-three shape classes (alpha, beta, gamma: the pixels whose class needs the
-far-away marker) as mean +- std over the seeds, with the machine.
+six shape classes (the pixels whose class needs the far-away marker) as mean
++- sample std over the seeds, each seed's mIoU / shape-class IoU, and the
+machine. ``--devices N`` simulates N CPU devices and ``--xla-flags`` adds XLA
+options (both before JAX starts): the same runs under another reduction order
+or other kernels, as on another machine; the workdirs are then named after them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -40,13 +45,27 @@ def mean_std(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--heads", nargs="+", default=["fcn", "danet", "ccnet", "nonlocal"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--heads", nargs="+",
+                        default=["fcn", "danet", "ccnet", "nonlocal", "psa", "gcnet"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--num-steps", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--devices", type=int, default=None,
+                        help="simulate this many CPU devices (the global batch stays 8)")
+    parser.add_argument("--xla-flags", default="", help="more XLA_FLAGS, e.g. "
+                        "--xla-flags=--xla_cpu_use_onednn=true")
     args = parser.parse_args(argv)
+    flags = args.xla_flags.split()
+    if args.devices:
+        flags.append(f"--xla_force_host_platform_device_count={args.devices}")
+    if flags:  # read when JAX starts its backend, which nothing has done yet
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+    variant = "".join(f"_{f.lstrip('-').replace('=', '-')}" for f in flags)
 
+    from attnzoo.data import context_shapes as cs
     from attnzoo.engine import train_and_evaluate
+
+    shape_classes = [cs.CLASSES.index(f"{kind}_m{mode}") for mode in (0, 1) for kind in cs.KINDS]
 
     rows = []
     for head in args.heads:
@@ -60,15 +79,18 @@ def main(argv: list[str] | None = None) -> None:
             if args.data_dir:
                 config.dataset.data_dir = args.data_dir
             start = time.perf_counter()
-            result = train_and_evaluate(config, Path(args.workdir) / f"{head}_s{seed}")
+            result = train_and_evaluate(config, Path(args.workdir) / f"{head}_s{seed}{variant}")
             seconds.append(time.perf_counter() - start)
             mious.append(float(result["mIoU"]))
-            shapes.append(statistics.mean(float(result["IoU"][i]) for i in (1, 2, 3)))
-        rows.append([f"{head}_r18_d8", mean_std(mious), mean_std(shapes),
+            shapes.append(statistics.mean(float(result["IoU"][i]) for i in shape_classes))
+        rows.append([config.model.name, mean_std(mious), mean_std(shapes),
+                     " / ".join(f"{100 * m:.1f}, {100 * s:.1f}" for m, s in zip(mious, shapes)),
                      f"{statistics.mean(seconds):.0f}"])
     steps = args.num_steps or quickstart_config("danet").num_steps
-    print(f"\nquickstart task, {steps} steps of batch 8, seeds {args.seeds}; {machine()}")
-    print(table(["model", "mIoU (%)", "shape-class IoU (%)", "s / run"], rows))
+    print(f"\nquickstart task, {steps} steps of batch 8, seeds {args.seeds}"
+          f"{', XLA_FLAGS ' + ' '.join(flags) if flags else ''}; {machine()}")
+    print(table(["model", "mIoU (%)", "shape-class IoU (%)",
+                 f"mIoU, shape IoU per seed {' / '.join(map(str, args.seeds))}", "s / run"], rows))
 
 
 if __name__ == "__main__":

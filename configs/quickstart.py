@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
         c.model.head_channels = 32
         c.model.aux_channels = 16
     c.dataset.name = "context_shapes"
-    c.dataset.num_classes = 5
+    c.dataset.num_classes = 9
     c.dataset.crop_size = (128, 128)
     c.dataset.ratio_range = (1.0, 1.0)  # resizing would crop the mode marker away
     c.dataset.photometric = False  # saves the 2 cores ~15% of each step
@@ -45,7 +45,7 @@ def get_config(arg: str = ""):
     c.optimizer.min_lr = 3e-5
     c.optimizer.warmup_steps = 50
     # shapes cover ~10% of the pixels: weight the background down so they are not ignored
-    c.loss.kwargs = {"class_weight": (0.2, 1.0, 1.0, 1.0, 1.0)}
+    c.loss.kwargs = {"class_weight": (0.2,) + (1.0,) * 8}
     c.log_every = 100
     c.eval_every = 1000
     c.checkpoint_every = 250

@@ -3,8 +3,9 @@
     python examples/show_context_shapes.py --out docs/context_shapes.png
 
 Images come straight from the generator (no TFDS preparation needed).
-Mask colours: background black, alpha red-orange, beta green, gamma blue,
-marker white.
+Mask colours: ``context_shapes.CLASS_COLOURS`` (background black, alpha orange,
+beta green, gamma blue, marker white), as in training's ``predictions.png`` and
+``python -m attnzoo.predict``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import numpy as np
 
 from attnzoo.data import context_shapes as cs
 
-MASK_COLOURS = np.array([(0, 0, 0), (240, 90, 40), (60, 200, 80), (60, 110, 240), (255, 255, 255)],
-                        np.uint8)
+MASK_COLOURS = np.array(cs.CLASS_COLOURS, np.uint8)
 
 
 def grid(n: int, seed: int) -> np.ndarray:

@@ -21,12 +21,12 @@ def test_generator_rules():
     for i in range(40):
         image, mask, mode = cs.render(7, 0, i)
         assert image.shape == (128, 128, 3) and image.dtype == np.uint8 and mask.shape == (128, 128)
-        marker = mask == cs.CLASSES.index("marker")
+        marker = mask == cs.CLASSES.index(f"marker_m{mode}")  # the marker is labelled by mode
         assert marker.sum() == cs.MARKER**2
         assert (image[marker] == cs.MARKER_COLOURS[mode]).all()
-        shapes = set(np.unique(mask)) - {0, 4}
-        # In each mode, a class appears only through its kind: the mapping is a permutation.
-        assert shapes <= {1, 2, 3}
+        shapes = set(np.unique(mask)) - {0, cs.CLASSES.index(f"marker_m{mode}")}
+        # a shape's class is its kind in the image's mode
+        assert shapes <= set(cs.CLASS_OF[mode])
     np.testing.assert_array_equal(cs.render(7, 0, 3)[0], cs.render(7, 0, 3)[0])
     assert not np.array_equal(cs.render(7, 0, 3)[0], cs.render(7, 0, 4)[0])
     modes = [cs.render(7, 0, i)[2] for i in range(40)]
@@ -34,15 +34,17 @@ def test_generator_rules():
 
 
 def test_class_depends_on_the_marker():
-    """The same kind of shape gets a different class in the two modes."""
-    seen = {0: set(), 1: set()}
+    """The same kind of shape gets a different class in the two modes, and every shape class
+    occurs; a shape's pixels all carry one class."""
+    seen = set()
     for i in range(60):
         image, mask, mode = cs.render(11, 0, i)
-        for cls in (1, 2, 3):
-            if (mask == cls).any():
-                seen[mode].add((cls, cs.CLASS_OF[mode].index(cls)))
-    kinds_to_class = [{k: c for c, k in seen[m]} for m in (0, 1)]
-    assert all(kinds_to_class[0][k] != kinds_to_class[1][k] for k in range(3))
+        for cls in set(np.unique(mask)) - {0, cs.CLASSES.index(f"marker_m{mode}")}:
+            seen.add((mode, cs.CLASS_OF[mode].index(cls), cls))
+    assert {c for _, _, c in seen} == set(range(1, 7))
+    for kind in range(len(cs.KINDS)):
+        assert {c for m, k, c in seen if k == kind and m == 0} \
+            .isdisjoint({c for m, k, c in seen if k == kind and m == 1})
 
 
 def test_prepared_splits(prepared):
@@ -51,19 +53,19 @@ def test_prepared_splits(prepared):
     assert prepared.info.metadata["classes"] == list(cs.CLASSES)
     ex = next(iter(prepared.as_dataset(split="validation").take(1).as_numpy_iterator()))
     assert ex["image"].shape == (128, 128, 3) and ex["segmentation_mask"].shape == (128, 128, 1)
-    assert set(np.unique(ex["segmentation_mask"])) <= set(range(5))
+    assert set(np.unique(ex["segmentation_mask"])) <= set(range(len(cs.CLASSES)))
 
 
 def test_train_pipeline_shapes_ranges_and_determinism(prepared):
     def first(seed):
         ds = pipeline.train_dataset(prepared.as_dataset(split="train", shuffle_files=False),
-                                    batch_size=4, crop_size=(96, 96), num_classes=5, seed=seed)
+                                    batch_size=4, crop_size=(96, 96), num_classes=8, seed=seed)
         return next(pipeline.as_numpy(ds))
 
     a, b, c = first(0), first(0), first(1)
     assert a["image"].shape == (4, 96, 96, 3) and a["image"].dtype == np.float32
     assert a["label"].shape == (4, 96, 96) and a["label"].dtype == np.int32
-    assert set(np.unique(a["label"])) <= set(range(5)) | {255}
+    assert set(np.unique(a["label"])) <= set(range(len(cs.CLASSES))) | {255}
     assert abs(float(a["image"].mean())) < 1.5  # normalised
     np.testing.assert_array_equal(a["image"], b["image"])
     assert not np.array_equal(a["image"], c["image"])
@@ -72,7 +74,7 @@ def test_train_pipeline_shapes_ranges_and_determinism(prepared):
 def test_skip_continues_the_stream_exactly(prepared):
     def batches(skip, n):
         ds = pipeline.train_dataset(prepared.as_dataset(split="train", shuffle_files=False),
-                                    batch_size=2, crop_size=(64, 64), num_classes=5, seed=3,
+                                    batch_size=2, crop_size=(64, 64), num_classes=8, seed=3,
                                     shuffle_buffer=16, skip=skip)
         it = pipeline.as_numpy(ds)
         return [next(it) for _ in range(n)]
@@ -146,7 +148,7 @@ def test_global_batch_on_8_devices(prepared):
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
     n = sharding.local_batch_size(16, mesh)
     ds = pipeline.train_dataset(prepared.as_dataset(split="train"), batch_size=n,
-                                crop_size=(64, 64), num_classes=5)
+                                crop_size=(64, 64), num_classes=8)
     batches = sharding.prefetch_to_mesh(pipeline.as_numpy(ds.take(3)), mesh)
     count = 0
     for batch in batches:

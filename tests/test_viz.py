@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnzoo import viz
+from attnzoo import data, viz
+from attnzoo.data import context_shapes as cs
 
 GREY = np.array([[0, 100, 255]], np.uint8)
 
@@ -37,3 +38,20 @@ def test_modes_without_an_8_bit_reading_are_refused():
         viz.to_rgb8(Image.fromarray(np.ones((2, 2), np.float32)), "img.tif")
     with pytest.raises(ValueError, match="img.png: mode I values -5..70000 are not 16-bit"):
         viz.to_rgb8(Image.fromarray(np.array([[-5, 70000]], np.int32), "I"), "img.png")
+
+
+def test_colorize_uses_the_given_colours_and_checks_their_shape():
+    k = len(cs.CLASSES)
+    mask = np.array([[0, 1], [k - 1, 255]])
+    colours = np.array(cs.CLASS_COLOURS, np.uint8)
+    np.testing.assert_array_equal(viz.colorize(mask, k, colours=colours),
+                                  [[colours[0], colours[1]], [colours[k - 1], (0, 0, 0)]])
+    np.testing.assert_array_equal(data.spec("context_shapes").class_colours(k), colours)
+    np.testing.assert_array_equal(data.spec("context_shapes").class_colours(k + 1),
+                                  viz.palette(k + 1))  # a model with other classes
+    np.testing.assert_array_equal(data.spec("cityscapes").class_colours(19),
+                                  viz.CITYSCAPES_PALETTE)
+    np.testing.assert_array_equal(viz.colorize(mask, k), viz.palette(k)[[[0, 1], [k - 1, 0]]]
+                                  * (mask != 255)[..., None])
+    with pytest.raises(ValueError, match="colours"):
+        viz.colorize(mask, k, colours=colours[:-1])

@@ -98,7 +98,7 @@ def test_one_live_run_per_workdir_and_a_killed_one_leaves_no_lock(tmp_path):
     ({"dataset.eval_split": "val"}, "dataset.eval_split='val': dataset 'context_shapes' has "
                                     "the splits \\['train', 'validation'\\]"),
     ({"loss.kwargs": {"class_weight": (1.0, 2.0)}}, "loss.kwargs.class_weight has 2 entries; "
-                                                    "dataset.num_classes=5"),
+                                                    "dataset.num_classes=9"),
 ])
 def test_settings_are_checked_before_the_first_step(context_shapes_dir, tmp_path, overrides,
                                                     match):

@@ -25,12 +25,13 @@ from attnzoo.viz import to_rgb8
 class ContextShapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic segmentation that needs long-range context (see ``context_shapes.py``).
 
-    Splits: ``train`` (3000 images) and ``validation`` (500), 128x128, five
+    Splits: ``train`` (3000 images) and ``validation`` (500), 128x128, nine
     classes. Generated from ``SEED``; no download.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "2.0.0": "Nine classes (a shape's kind and the image's mode; "
+                     "the marker's mode); mode marker 32x32 (was 12x12)."}
     SEED = 20261122
     SPLITS = {"train": (0, 3000), "validation": (1, 500)}
 

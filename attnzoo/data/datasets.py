@@ -25,6 +25,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import numpy as np
+
+from attnzoo.data import context_shapes
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -46,6 +50,16 @@ class DatasetSpec:
     eval_split: str = "validation"
     manual_files: tuple[tuple[str, str], ...] = ()
     download: bool = False
+    palette: tuple[tuple[int, int, int], ...] | None = None
+
+    def class_colours(self, num_classes: int) -> np.ndarray:
+        """``(num_classes, 3)`` uint8 colours of the classes in pictures: ``palette`` when it
+        has ``num_classes`` entries, otherwise :func:`attnzoo.viz.palette`'s."""
+        if self.palette is not None and len(self.palette) == num_classes:
+            return np.array(self.palette, np.uint8)
+        from attnzoo import viz
+
+        return viz.palette(num_classes)
 
     def lookup_table(self, ignore_index: int = 255) -> list[int] | None:
         """``label_map`` as a 256-entry table (raw uint8 value -> train id), or ``None``."""
@@ -95,7 +109,7 @@ PET_FILES = (
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("context_shapes", ("background", "alpha", "beta", "gamma", "marker")),
+        DatasetSpec("context_shapes", context_shapes.CLASSES, palette=context_shapes.CLASS_COLOURS),
         DatasetSpec(
             "cityscapes", CITYSCAPES_CLASSES, image_key="image_left",
             mask_key="segmentation_label", label_map=CITYSCAPES_TRAIN_IDS,

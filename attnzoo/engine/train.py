@@ -77,16 +77,18 @@ def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainSt
 
 
 def prediction_picture(model: Any, variables: Any, batch: Mapping[str, np.ndarray],
-                       num_classes: int, ignore_index: int, count: int = 4) -> np.ndarray:
-    """Rows of image | ground truth | prediction for the first ``count`` examples."""
+                       num_classes: int, ignore_index: int, count: int = 4, *,
+                       colours: np.ndarray | None = None) -> np.ndarray:
+    """Rows of image | ground truth | prediction for the first ``count`` examples, classes in
+    ``colours`` (:func:`attnzoo.viz.colorize`)."""
     from attnzoo import viz
     from attnzoo.data import denormalize_image
 
     images = np.asarray(batch["image"][:count])
     labels = np.asarray(batch["label"][:count])
     pred = np.asarray(jax.jit(lambda v, x: model.apply(v, x)["out"].argmax(-1))(variables, images))
-    rows = [[denormalize_image(im), viz.colorize(lb, num_classes, ignore_index),
-             viz.colorize(p, num_classes, ignore_index)]
+    rows = [[denormalize_image(im), viz.colorize(lb, num_classes, ignore_index, colours=colours),
+             viz.colorize(p, num_classes, ignore_index, colours=colours)]
             for im, lb, p in zip(images, labels, pred) if (lb != ignore_index).any()]
     return viz.grid(rows)
 
@@ -110,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     from attnzoo import viz
-    from attnzoo.data import input as data_input
+    from attnzoo.data import input as data_input, spec
 
     mesh = make_mesh()
     # everything that can be checked before the first step is checked here, before any file of
@@ -206,7 +208,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         if jax.process_index() == 0:  # from this process's part of the batch, on the host
             picture = prediction_picture(
                 model, jax.device_get(state.variables()), _local_part(first_eval_batch),
-                config.dataset.num_classes, config.dataset.ignore_index)
+                config.dataset.num_classes, config.dataset.ignore_index,
+                colours=spec(config.dataset.name).class_colours(config.dataset.num_classes))
             viz.save_png(workdir / "predictions.png", picture)
             logger.image(config.num_steps, "eval/predictions", picture)
             logger.message(f"checkpoints in {ckpts.directory}; predictions (image | ground truth "
