@@ -115,7 +115,7 @@ def test_attention_maps_are_the_ones_the_position_attention_applies(run):
 
 
 def test_restore_and_predict_need_no_tensorflow(run, tmp_path):
-    workdir, _, _ = run
+    workdir, config, _ = run
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
         "import numpy as np\n"
@@ -129,7 +129,7 @@ def test_restore_and_predict_need_no_tensorflow(run, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["(1,", "64,", "64,", "5)", "2"]
+    assert done.stdout.split() == ["(1,", "64,", "64,", f"{config.dataset.num_classes})", "2"]
 
 
 @pytest.mark.slow

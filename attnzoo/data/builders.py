@@ -31,7 +31,7 @@ class ContextShapes(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {"1.0.0": "First release.", "2.0.0": "Nine classes (a shape's kind and the image's mode; "
-                     "the marker's mode); mode marker 32x32 (was 12x12)."}
+                     "the marker's mode); mode marker 20x20 (was 12x12)."}
     SEED = 20261122
     SPLITS = {"train": (0, 3000), "validation": (1, 500)}
 

@@ -2,7 +2,7 @@
 
 Each 128x128 image holds, on a smooth random texture:
 
-* a **mode marker**: a 32x32 square in one of the four corners, red in
+* a **mode marker**: a 20x20 square in one of the four corners, red in
   mode 0 and blue in mode 1;
 * 2 to 4 **shapes** (square, disc, triangle) of random size (radius 7 to
   16 px) and random colour from a palette that never is the marker's red or
@@ -41,7 +41,7 @@ CLASS_COLOURS = ((0, 0, 0), (240, 90, 40), (250, 200, 40), (230, 50, 130), (60, 
                  (60, 200, 200), (150, 80, 230), (255, 190, 190), (190, 210, 255))
 # CLASS_OF[mode][kind] -> class id
 CLASS_OF = tuple(tuple(1 + 3 * mode + kind for kind in range(len(KINDS))) for mode in (0, 1))
-MARKER = 32
+MARKER = 20
 MARKER_COLOURS = ((220, 30, 30), (30, 30, 220))
 PALETTE = ((40, 180, 60), (230, 200, 40), (150, 150, 150), (250, 140, 30), (120, 60, 160),
            (30, 170, 170), (240, 240, 240), (100, 70, 40))
