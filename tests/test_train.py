@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_parameters(context_sha
                               capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert "final mIoU" in straight.stdout
+    assert len(re.findall(r"^first step done [0-9.]+ s after the start", straight.stdout, re.M)) == 1
 
     cmd = tiny_cli_flags(context_shapes_dir, tmp_path / "b", steps, 5)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     from attnzoo import viz
     from attnzoo.data import input as data_input, spec
 
+    started = time.perf_counter()
     mesh = make_mesh()
     # everything that can be checked before the first step is checked here, before any file of
     # the workdir is written
@@ -181,6 +183,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         logger.progress(start, {})
         for step in range(start + 1, config.num_steps + 1):
             state, metrics = train_step(state, next(batches))
+            if step == start + 1:  # what a start costs: data opened, state built, step compiled
+                jax.block_until_ready(metrics)
+                logger.message(f"first step done {time.perf_counter() - started:.1f} s after the "
+                               "start (compilation included)")
             if pending is not None:
                 _check_finite(*pending)
             pending = (step, metrics)
