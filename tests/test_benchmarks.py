@@ -80,3 +80,21 @@ def test_whole_image_script_dense_equals_bounded():
     rows = [line for line in out.splitlines() if line.startswith("| 64x128")]
     assert [r.split("|")[3].strip() for r in rows] == ["dense", "bounded"]
     assert float(rows[0].split("|")[-2].split()[0]) <= 1e-5
+
+
+@pytest.mark.slow
+def test_quickstart_scripts(context_shapes_dir, tmp_path):
+    """quickstart_heads.py trains and tabulates a head (here 2 steps, one seed, 8 simulated
+    devices: the workdir is named after them) and quickstart_profile.py times the step."""
+    out = run("quickstart_heads.py", "--workdir", str(tmp_path), "--heads", "fcn", "--seeds", "3",
+              "--num-steps", "2", "--data-dir", str(context_shapes_dir), "--devices", "8")
+    assert (tmp_path / "fcn_s3_xla_force_host_platform_device_count-8" / "checkpoints").is_dir()
+    row = next(line for line in out.splitlines() if line.startswith("| fcn_r18_d8"))
+    miou, shapes, per_seed = (c.strip() for c in row.split("|")[2:5])
+    mean, std = (float(v) for v in miou.split(" +- "))
+    assert std == 0.0 and abs(float(per_seed.split(",")[0]) - mean) <= 0.051  # one seed
+    assert 0 <= float(shapes.split(" +- ")[0]) <= 100
+    assert "XLA_FLAGS --xla_force_host_platform_device_count=8" in out and "8 x cpu" in out
+    out = run("quickstart_profile.py", "--steps", "2", "--data-dir", str(context_shapes_dir))
+    shares = [line for line in out.splitlines() if line.startswith("| input's share")]
+    assert len(shares) == 1 and shares[0].split("|")[2].strip().endswith("%")
