@@ -4,7 +4,7 @@ names, and which files a user must place in ``manual_dir`` (and where to get the
 
 | name | TFDS builder | classes | splits | manual files |
 |---|---|---|---|---|
-| ``context_shapes`` | attnzoo's, generated | 5 | train, validation | none |
+| ``context_shapes`` | attnzoo's, generated | 9 | train, validation | none |
 | ``cityscapes`` | TFDS ``cityscapes/semantic_segmentation`` | 19 train ids, 255 ignored | train, validation, test | ``leftImg8bit_trainvaltest.zip``, ``gtFine_trainvaltest.zip`` |
 | ``ade20k`` | attnzoo's, from ``ADEChallengeData2016.zip`` | 150 (0 -> ignore) | train, validation | ``ADEChallengeData2016.zip`` |
 | ``oxford_iiit_pet`` | TFDS ``oxford_iiit_pet`` | 3: background, pet, border | train, test | ``images.tar.gz``, ``annotations.tar.gz`` (else downloaded) |
