@@ -36,7 +36,7 @@ def test_restore_gives_the_trained_model(run, context_shapes_dir):
     assert not np.allclose(v2["params"]["head"]["cls"]["conv_seg"]["kernel"],
                            variables["params"]["head"]["cls"]["conv_seg"]["kernel"])
     out = model.apply(variables, jnp.ones((1, 64, 96, 3)))
-    assert out["out"].shape == (1, 64, 96, 5)
+    assert out["out"].shape == (1, 64, 96, config.dataset.num_classes)
     with pytest.raises(FileNotFoundError, match="no attnzoo checkpoints"):
         engine.restore(context_shapes_dir)
 
