@@ -30,6 +30,28 @@ def test_cosine_schedule_ends_at_min_lr():
     np.testing.assert_allclose(float(schedule(100)), 0.001, rtol=1e-5)
 
 
+def test_hold_keeps_the_peak_between_warmup_and_cosine_decay():
+    cfg = engine.default_config().optimizer
+    cfg.schedule, cfg.learning_rate, cfg.min_lr = "cosine", 0.1, 0.001
+    cfg.warmup_steps, cfg.hold_steps = 10, 40
+    schedule = optim.learning_rate_schedule(cfg, 150)
+    np.testing.assert_allclose(float(schedule(5)), 0.05, rtol=1e-6)
+    for t in (10, 30, 50):
+        np.testing.assert_allclose(float(schedule(t)), 0.1, rtol=1e-6)
+    for t in (75, 100, 149):  # cosine over the last 100 updates
+        expected = 0.001 + (0.1 - 0.001) * (1 + np.cos(np.pi * (t - 50) / 100)) / 2
+        np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("warmup,hold,match", [(0, -1, "optimizer.hold_steps must be >= 0"),
+                                               (60, 40, r"warmup_steps \+ optimizer.hold_steps")])
+def test_schedule_phases_out_of_range_are_named(warmup, hold, match):
+    cfg = engine.default_config().optimizer
+    cfg.warmup_steps, cfg.hold_steps = warmup, hold
+    with pytest.raises(ValueError, match=match):
+        optim.learning_rate_schedule(cfg, 100)
+
+
 def test_sgd_step_decays_kernels_only_and_matches_pytorch_sgd():
     cfg = engine.default_config().optimizer  # sgd, momentum 0.9, wd 5e-4, poly
     cfg.schedule = "constant"

@@ -12,22 +12,43 @@ from attnzoo._checks import check_choice, check_positive
 
 
 def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax.Schedule:
-    """``poly`` (mmsegmentation's PolyLR): ``(lr - min_lr) (1 - t/T)^power + min_lr``;
-    ``cosine``: cosine decay to ``min_lr``; ``constant``. A linear warm-up from 0 over
-    ``warmup_steps`` updates comes first when asked for."""
+    """The learning rate at each update, in up to three phases: a linear warm-up from 0 over
+    ``warmup_steps`` updates, ``hold_steps`` updates at the peak ``lr``, then the decay over the
+    remaining ``T`` updates: ``poly`` (mmsegmentation's PolyLR)
+    ``(lr - min_lr) (1 - t/T)^power + min_lr``; ``cosine``
+    ``min_lr + (lr - min_lr) (1 + cos(pi t/T)) / 2``; ``constant``.
+
+    Raises:
+      ValueError naming ``optimizer.schedule``, ``num_steps``, ``optimizer.warmup_steps`` or
+      ``optimizer.hold_steps`` when out of range (warm-up and hold must leave an update to decay).
+    """
     check_choice(config["schedule"], ("poly", "cosine", "constant"), "optimizer.schedule")
     check_positive(num_updates, "num_steps")
-    lr, min_lr, warmup = float(config["learning_rate"]), float(config["min_lr"]), int(config["warmup_steps"])
-    decay_steps = max(num_updates - warmup, 1)
+    lr, min_lr = float(config["learning_rate"]), float(config["min_lr"])
+    warmup, hold = int(config["warmup_steps"]), int(config.get("hold_steps", 0))
+    for name, value in (("warmup_steps", warmup), ("hold_steps", hold)):
+        if value < 0:
+            raise ValueError(f"optimizer.{name} must be >= 0; got {value}")
+    if hold and warmup + hold >= num_updates:
+        raise ValueError(f"optimizer.warmup_steps + optimizer.hold_steps ({warmup} + {hold}) must "
+                         f"be below the number of updates ({num_updates})")
+    decay_steps = max(num_updates - warmup - hold, 1)
     if config["schedule"] == "poly":
         main = optax.polynomial_schedule(lr, min_lr, float(config["power"]), decay_steps)
     elif config["schedule"] == "cosine":
         main = optax.cosine_decay_schedule(lr, decay_steps, alpha=min_lr / lr if lr else 0.0)
     else:
         main = optax.constant_schedule(lr)
-    if warmup <= 0:
+    phases, starts = [], []
+    if warmup > 0:
+        phases.append(optax.linear_schedule(0.0, lr, warmup))
+        starts.append(warmup)
+    if hold > 0:
+        phases.append(optax.constant_schedule(lr))
+        starts.append(warmup + hold)
+    if not phases:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return optax.join_schedules([*phases, main], starts)
 
 
 def decay_mask(params: Any) -> Any:
