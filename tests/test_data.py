@@ -110,6 +110,34 @@ def test_crop_pads_with_ignore_and_respects_cat_max_ratio():
     assert (small_lab.numpy()[:, 24:] == 255).all() and (small_img.numpy()[20:] == 0).all()
 
 
+def test_resize_and_crop_at_the_image_size_change_nothing():
+    """The shortcuts for a resize to the same size and a crop of the whole image return what the
+    general path returns: TF's bilinear / nearest resize at scale 1 copies every value, and the
+    only offset is (0, 0)."""
+    image = tf.random.stateless_uniform((37, 53, 3), [5, 6], 0, 255)
+    label = tf.random.stateless_uniform((37, 53), [7, 8], 0, 5, tf.int32)
+    np.testing.assert_array_equal(tf.image.resize(image, (37, 53), "bilinear"), image)
+    np.testing.assert_array_equal(tf.image.resize(label[..., None], (37, 53), "nearest")[..., 0],
+                                  label)
+    dynamic = tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None, None], tf.int32)
+    pair = tf.function(lambda i, l, n: pipeline.resize_pair(i, l, n),
+                       input_signature=(*dynamic, tf.TensorSpec([2], tf.int32)))
+    same_image, same_label = pair(image, label, tf.constant([37, 53]))
+    np.testing.assert_array_equal(same_image, image)
+    np.testing.assert_array_equal(same_label, label)
+    resized_image, resized_label = pair(image, label, tf.constant([74, 106]))
+    assert resized_image.shape == (74, 106, 3) and resized_label.shape == (74, 106)
+    np.testing.assert_array_equal(resized_label[::2, ::2], label)
+    crop = tf.function(lambda i, l, s: pipeline.random_crop(i, l, s, (37, 53), 0.75, 255, 5),
+                       input_signature=(*dynamic, tf.TensorSpec([2], tf.int64)))
+    for seed in range(3):
+        cropped_image, cropped_label = crop(image, label, tf.constant([seed, 1], tf.int64))
+        np.testing.assert_array_equal(cropped_image, image)
+        np.testing.assert_array_equal(cropped_label, label)
+    assert crop(tf.concat([image, image], 0), tf.concat([label, label], 0),
+                tf.constant([0, 1], tf.int64))[0].shape == (37, 53, 3)
+
+
 def test_resize_to_fit_keeps_ratio_then_fits_the_canvas():
     image = tf.random.stateless_uniform((100, 300, 3), [1, 2], 0, 255)
     label = tf.random.stateless_uniform((100, 300), [3, 4], 0, 5, tf.int32)

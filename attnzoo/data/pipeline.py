@@ -34,10 +34,17 @@ def keep_ratio_factor(size: tf.Tensor, scale: tuple[int, int]) -> tf.Tensor:
 
 
 def resize_pair(image: tf.Tensor, label: tf.Tensor, new: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Resize to ``new`` (h, w): the image bilinear, the label nearest."""
-    image = tf.image.resize(image, new, "bilinear")
-    label = tf.image.resize(label[..., None], new, "nearest")[..., 0]
-    return image, label
+    """Resize to ``new`` (h, w): the image bilinear, the label nearest.
+
+    An image already of size ``new`` is returned as it is (resizing it would copy the same
+    values: bilinear and nearest sample pixel centres exactly at scale 1).
+    """
+    def resize() -> tuple[tf.Tensor, tf.Tensor]:
+        return (tf.image.resize(image, new, "bilinear"),
+                tf.image.resize(label[..., None], new, "nearest")[..., 0])
+
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], new))
+    return tf.cond(same, lambda: (tf.cast(image, tf.float32), label), resize)
 
 
 def random_resize(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
@@ -78,10 +85,16 @@ def random_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, crop: tuple
         ny, nx = offset(i)
         return i + 1, ny, nx, acceptable(ny, nx)
 
-    y0, x0 = offset(0)
-    if cat_max_ratio < 1.0:
+    def search() -> tuple[tf.Tensor, tf.Tensor]:
+        y0, x0 = offset(0)
+        if cat_max_ratio >= 1.0:
+            return y0, x0
         _, y0, x0, _ = tf.while_loop(lambda i, y, x, done: (i < 10) & ~done, body,
                                      (1, y0, x0, acceptable(y0, x0)))
+        return y0, x0
+
+    # an image of the crop's size has one offset, (0, 0): nothing to draw or try
+    y0, x0 = tf.cond((h == crop[0]) & (w == crop[1]), lambda: (0, 0), search)
     return image[y0:y0 + crop[0], x0:x0 + crop[1]], label[y0:y0 + crop[0], x0:x0 + crop[1]]
 
 
