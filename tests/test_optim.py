@@ -30,24 +30,37 @@ def test_cosine_schedule_ends_at_min_lr():
     np.testing.assert_allclose(float(schedule(100)), 0.001, rtol=1e-5)
 
 
-def test_hold_keeps_the_peak_between_warmup_and_cosine_decay():
+def test_decay_ratio_holds_the_peak_between_warmup_and_cosine_decay():
     cfg = engine.default_config().optimizer
     cfg.schedule, cfg.learning_rate, cfg.min_lr = "cosine", 0.1, 0.001
-    cfg.warmup_steps, cfg.hold_steps = 10, 40
-    schedule = optim.learning_rate_schedule(cfg, 150)
+    cfg.warmup_steps, cfg.decay_ratio = 10, 0.4
+    schedule = optim.learning_rate_schedule(cfg, 250)
     np.testing.assert_allclose(float(schedule(5)), 0.05, rtol=1e-6)
-    for t in (10, 30, 50):
+    for t in (10, 80, 150):
         np.testing.assert_allclose(float(schedule(t)), 0.1, rtol=1e-6)
-    for t in (75, 100, 149):  # cosine over the last 100 updates
-        expected = 0.001 + (0.1 - 0.001) * (1 + np.cos(np.pi * (t - 50) / 100)) / 2
+    for t in (175, 200, 249):  # cosine over the last 100 updates
+        expected = 0.001 + (0.1 - 0.001) * (1 + np.cos(np.pi * (t - 150) / 100)) / 2
         np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("warmup,hold,match", [(0, -1, "optimizer.hold_steps must be >= 0"),
-                                               (60, 40, r"warmup_steps \+ optimizer.hold_steps")])
-def test_schedule_phases_out_of_range_are_named(warmup, hold, match):
+def test_decay_ratio_never_starts_the_decay_inside_the_warmup():
+    # 60 updates, warm-up 50, decay_ratio 0.5: the decay takes the 10 updates after the warm-up
     cfg = engine.default_config().optimizer
-    cfg.warmup_steps, cfg.hold_steps = warmup, hold
+    cfg.schedule, cfg.learning_rate, cfg.min_lr = "cosine", 0.1, 0.0
+    cfg.warmup_steps, cfg.decay_ratio = 50, 0.5
+    schedule = optim.learning_rate_schedule(cfg, 60)
+    np.testing.assert_allclose(float(schedule(25)), 0.05, rtol=1e-6)
+    for t in (50, 55, 59):
+        expected = 0.1 * (1 + np.cos(np.pi * (t - 50) / 10)) / 2
+        np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("warmup,ratio,match", [(-1, 1.0, "optimizer.warmup_steps must be >= 0"),
+                                                (0, 0.0, r"optimizer.decay_ratio must be in"),
+                                                (0, 1.5, r"optimizer.decay_ratio must be in")])
+def test_schedule_phases_out_of_range_are_named(warmup, ratio, match):
+    cfg = engine.default_config().optimizer
+    cfg.warmup_steps, cfg.decay_ratio = warmup, ratio
     with pytest.raises(ValueError, match=match):
         optim.learning_rate_schedule(cfg, 100)
 

@@ -21,8 +21,9 @@ Fields (defaults in :func:`default_config`):
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``
   (``"poly"`` | ``"cosine"`` | ``"constant"``), ``power``, ``min_lr``,
-  ``warmup_steps``, ``hold_steps`` (at the peak learning rate, between the
-  warm-up and the decay), ``clip_norm`` (0 = none), ``accumulate_steps``, ``lr_mult``
+  ``warmup_steps``, ``decay_ratio`` (the fraction of the steps, at the end, that
+  the decay takes; the peak learning rate is held between the warm-up and it),
+  ``clip_norm`` (0 = none), ``accumulate_steps``, ``lr_mult``
   (top-level module -> learning-rate multiplier, e.g. ``{"head": 10.0}`` as
   mmseg's ``paramwise_cfg`` for SegFormer).
 * ``loss``: ``name`` of the per-output loss (``attnzoo.losses.LOSSES``) and
@@ -73,7 +74,7 @@ def default_config() -> ConfigDict:
     ))
     c.optimizer = ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999,
-        weight_decay=5e-4, schedule="poly", power=0.9, min_lr=1e-4, warmup_steps=0, hold_steps=0,
+        weight_decay=5e-4, schedule="poly", power=0.9, min_lr=1e-4, warmup_steps=0, decay_ratio=1.0,
         clip_norm=0.0, accumulate_steps=1, lr_mult={},
     ))
     c.loss = ConfigDict(dict(name="cross_entropy", kwargs={}))

@@ -12,27 +12,29 @@ from attnzoo._checks import check_choice, check_positive
 
 
 def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax.Schedule:
-    """The learning rate at each update, in up to three phases: a linear warm-up from 0 over
-    ``warmup_steps`` updates, ``hold_steps`` updates at the peak ``lr``, then the decay over the
-    remaining ``T`` updates: ``poly`` (mmsegmentation's PolyLR)
-    ``(lr - min_lr) (1 - t/T)^power + min_lr``; ``cosine``
-    ``min_lr + (lr - min_lr) (1 + cos(pi t/T)) / 2``; ``constant``.
+    """The learning rate at each update, in up to three phases (warm-up, stable, decay, as the
+    WSD schedule): a linear warm-up from 0 over ``warmup_steps`` updates, the peak ``lr``
+    held until the decay starts, then the decay over the last ``T = round(decay_ratio N)`` of
+    the ``N`` updates (all of those after the warm-up when it would overlap it): ``poly``
+    (mmsegmentation's PolyLR) ``(lr - min_lr) (1 - t/T)^power + min_lr``; ``cosine``
+    ``min_lr + (lr - min_lr) (1 + cos(pi t/T)) / 2``; ``constant``. ``decay_ratio`` 1 (the
+    default) decays from the end of the warm-up; being a fraction, it gives the same shape of
+    schedule whatever ``num_steps`` a run overrides.
 
     Raises:
       ValueError naming ``optimizer.schedule``, ``num_steps``, ``optimizer.warmup_steps`` or
-      ``optimizer.hold_steps`` when out of range (warm-up and hold must leave an update to decay).
+      ``optimizer.decay_ratio`` when out of range.
     """
     check_choice(config["schedule"], ("poly", "cosine", "constant"), "optimizer.schedule")
     check_positive(num_updates, "num_steps")
     lr, min_lr = float(config["learning_rate"]), float(config["min_lr"])
-    warmup, hold = int(config["warmup_steps"]), int(config.get("hold_steps", 0))
-    for name, value in (("warmup_steps", warmup), ("hold_steps", hold)):
-        if value < 0:
-            raise ValueError(f"optimizer.{name} must be >= 0; got {value}")
-    if hold and warmup + hold >= num_updates:
-        raise ValueError(f"optimizer.warmup_steps + optimizer.hold_steps ({warmup} + {hold}) must "
-                         f"be below the number of updates ({num_updates})")
-    decay_steps = max(num_updates - warmup - hold, 1)
+    warmup, ratio = int(config["warmup_steps"]), float(config.get("decay_ratio", 1.0))
+    if warmup < 0:
+        raise ValueError(f"optimizer.warmup_steps must be >= 0; got {warmup}")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"optimizer.decay_ratio must be in (0, 1]; got {ratio}")
+    decay_start = max(warmup, num_updates - round(ratio * num_updates))
+    decay_steps = max(num_updates - decay_start, 1)
     if config["schedule"] == "poly":
         main = optax.polynomial_schedule(lr, min_lr, float(config["power"]), decay_steps)
     elif config["schedule"] == "cosine":
@@ -43,9 +45,9 @@ def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax
     if warmup > 0:
         phases.append(optax.linear_schedule(0.0, lr, warmup))
         starts.append(warmup)
-    if hold > 0:
+    if decay_start > warmup:
         phases.append(optax.constant_schedule(lr))
-        starts.append(warmup + hold)
+        starts.append(decay_start)
     if not phases:
         return main
     return optax.join_schedules([*phases, main], starts)
