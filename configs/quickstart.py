@@ -6,8 +6,8 @@ prepares the synthetic dataset (~30 s, no download), trains 1000 steps of
 batch 8 on CPU, evaluates on the 500 validation images, prints mIoU and the
 per-class table, saves a checkpoint and writes predictions.png. The argument
 picks another head for the same budget: ``configs/quickstart.py:ccnet``
-(``fcn``, ``danet``, ``ccnet``, ``nonlocal``, ``psa``, ``gcnet``,
-``deeplabv3``) -- the analogue of the DANet paper's ablation, see
+(``fcn``, ``danet``, ``ccnet``, ``nonlocal``, ``psa``, ``psas``, ``gcnet``,
+``deeplabv3``, ``pspnet``, ``psanet``) -- the analogue of the DANet paper's ablation, see
 ``benchmarks/quickstart_heads.py``. ``configs/quickstart.py:segformer`` trains
 SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters, and the all-MLP head) for the same
 budget instead of the narrow ResNet.
@@ -16,7 +16,8 @@ budget instead of the narrow ResNet.
 from attnzoo.engine import default_config
 from configs import common
 
-HEADS = ("danet", "fcn", "ccnet", "nonlocal", "psa", "psas", "gcnet", "deeplabv3", "segformer")
+HEADS = ("danet", "fcn", "ccnet", "nonlocal", "psa", "psas", "gcnet", "deeplabv3", "pspnet",
+         "psanet", "segformer")
 
 
 def get_config(arg: str = ""):
@@ -30,6 +31,8 @@ def get_config(arg: str = ""):
         c.model.backbone_kwargs = {"width": 16, "stem_width": 16}
         c.model.head_channels = 32
         c.model.aux_channels = 16
+        if a.head == "psanet":  # 2h - 1 for the 16x16 features shrunk to 8x8
+            c.model.head_kwargs = {"mask_size": (15, 15)}
     c.dataset.name = "context_shapes"
     c.dataset.num_classes = 9
     c.dataset.crop_size = (128, 128)

@@ -90,10 +90,11 @@ def test_quickstart_scripts(context_shapes_dir, tmp_path):
               "--num-steps", "2", "--data-dir", str(context_shapes_dir), "--devices", "8")
     assert (tmp_path / "fcn_s3_xla_force_host_platform_device_count-8" / "checkpoints").is_dir()
     row = next(line for line in out.splitlines() if line.startswith("| fcn_r18_d8"))
-    miou, shapes, per_seed = (c.strip() for c in row.split("|")[2:5])
+    miou, shapes, per_seed, _, reads = (c.strip() for c in row.split("|")[2:7])
     mean, std = (float(v) for v in miou.split(" +- "))
     assert std == 0.0 and abs(float(per_seed.split(",")[0]) - mean) <= 0.051  # one seed
-    assert 0 <= float(shapes.split(" +- ")[0]) <= 100
+    shape_iou = float(shapes.split(" +- ")[0])
+    assert 0 <= shape_iou <= 100 and reads == f"{int(shape_iou > 50)} of 1"
     assert "XLA_FLAGS --xla_force_host_platform_device_count=8" in out and "8 x cpu" in out
     out = run("quickstart_profile.py", "--steps", "2", "--data-dir", str(context_shapes_dir))
     shares = [line for line in out.splitlines() if line.startswith("| input's share")]

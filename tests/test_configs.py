@@ -18,6 +18,7 @@ from attnzoo import engine
     ("attention_unet.py", "attention_unet", (512, 1024), 80_000),
     ("quickstart.py", "danet_r18_d8", (128, 128), 1000),
     ("quickstart.py:ccnet", "ccnet_r18_d8", (128, 128), 1000),
+    ("quickstart.py:psanet", "psanet_r18_d8", (128, 128), 1000),
     ("quickstart.py:segformer", "segformer_mit-b0", (128, 128), 1000),
     ("segformer.py", "segformer_mit-b0", (512, 512), 160_000),
     ("segformer.py:b5,cityscapes1024", "segformer_mit-b5", (1024, 1024), 160_000),
