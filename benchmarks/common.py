@@ -6,22 +6,44 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
 
+# x86 vector extensions, widest first: the kernels XLA and PyTorch pick (and so speed and rounding)
+# differ between them, and bfloat16 runs at the matmul peak only with avx512_bf16.
+VECTOR_EXTENSIONS = ("avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_description(cpuinfo: str) -> str:
+    """The model name and the widest vector extension in ``/proc/cpuinfo``'s text.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo``.
+
+    Returns:
+        e.g. ``"AMD EPYC (avx2, no avx512f)"`` or ``"AMD EPYC (avx512_bf16)"``; ``"unknown CPU"`` when no model name is given.
+    """
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name", "unknown CPU")
+    flags = set(fields.get("flags", "").split())
+    have = [i for i, e in enumerate(VECTOR_EXTENSIONS) if e in flags]
+    if not have:
+        return name
+    widest = have[0]
+    lacks = f", no {VECTOR_EXTENSIONS[widest - 1]}" if widest else ""
+    return f"{name} ({VECTOR_EXTENSIONS[widest]}{lacks})"
+
+
 def machine() -> str:
-    """One line naming the CPU, core count, JAX version and device kind."""
-    cpu = platform.processor() or "unknown CPU"
+    """One line naming the CPU (with its vector extensions), core count, JAX version and device."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+        cpu = cpu_description(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
+        cpu = platform.processor() or "unknown CPU"
     dev = jax.devices()[0]
     return (f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__}; "
             f"{len(jax.devices())} x {dev.platform}:{dev.device_kind}")

@@ -15,6 +15,7 @@ pytest.importorskip("timm")
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+from common import cpu_description  # noqa: E402
 from torch_danet import TorchDANet, loss, randomize  # noqa: E402
 
 from attnzoo import losses, models  # noqa: E402
@@ -63,6 +64,17 @@ def run(script, *args):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 fma", "AMD EPYC (avx2, no avx512f)"),
+    ("avx2 avx512f avx512bw", "AMD EPYC (avx512f, no avx512_bf16)"),
+    ("avx2 avx512f avx512_bf16", "AMD EPYC (avx512_bf16)"),
+    ("sse2", "AMD EPYC"),
+])
+def test_machine_names_the_widest_vector_extension(flags, expected):
+    cpuinfo = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+    assert cpu_description(cpuinfo) == expected
 
 
 @pytest.mark.slow
