@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attnzoo import ops
 from attnzoo._checks import check_choice, check_positive
 
 Array = jax.Array
@@ -105,6 +106,40 @@ class PointwiseConv(nn.Module):
         return y if bias is None else y + bias
 
 
+class Conv(nn.Module):
+    """An ungrouped 2-D convolution through :func:`attnzoo.ops.conv2d`, whose gradients XLA:CPU
+    computes as matrix products (``gradients="auto"``: on CPU only; ``"xla"`` keeps XLA's own).
+
+    The same parameters as ``nn.Conv`` (``kernel (k, k, Cin, Cout)``, ``bias``, the same
+    initialisation) and the same values: checkpoints and converted weights are unchanged.
+    Padding is symmetric, ``padding`` zeros on each side, as PyTorch's ``Conv2d``.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    dilation: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    gradients: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = ops.conv2d(x, kernel, stride=self.stride, dilation=self.dilation,
+                       padding=self.padding, gradients=self.gradients)
+        return y if bias is None else y + bias
+
+
 def conv(
     features: int,
     kernel_size: int = 1,
@@ -119,12 +154,17 @@ def conv(
     kernel_init: Callable[..., Array] = nn.initializers.lecun_normal(),
     name: str | None = None,
 ) -> nn.Module:
-    """A 2-D ``nn.Conv`` with PyTorch's symmetric padding (weights port 1:1); a 1x1 stride-1
-    ungrouped unpadded one is a :class:`PointwiseConv` (same parameters, faster gradients)."""
+    """A 2-D convolution with PyTorch's symmetric padding and ``nn.Conv``'s parameters (weights
+    port 1:1): a 1x1 stride-1 ungrouped unpadded one is a :class:`PointwiseConv`, any other
+    ungrouped one a :class:`Conv` (both: faster gradients on CPU), a grouped one ``nn.Conv``."""
     pad = torch_padding(kernel_size, stride, dilation) if padding is None else padding
     if kernel_size == 1 and stride == 1 and groups == 1 and pad == 0:
         return PointwiseConv(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                              kernel_init=kernel_init, name=name)
+    if groups == 1:
+        return Conv(features, kernel_size, stride=stride, dilation=dilation, padding=pad,
+                    use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=kernel_init, name=name)
     return nn.Conv(
         features,
         (kernel_size, kernel_size),

@@ -1,4 +1,5 @@
-"""Pure attention functions (jax.numpy only: no parameters, no state, no Flax).
+"""Pure attention functions (jax.numpy only: no parameters, no state, no Flax), and the
+convolution the blocks build on (:func:`conv2d`, whose gradients run faster on CPU).
 
 Layout is NHWC. Softmaxes run in float32 whatever the input dtype. Where an
 ``N x N`` map can be large, a ``memory_efficient=True`` path computes the same
@@ -6,6 +7,7 @@ result exactly without forming it.
 """
 
 from attnzoo.ops.channel import channel_attention, channel_attention_map
+from attnzoo.ops.conv import conv2d, conv_gradients
 from attnzoo.ops.crf import (
     DEEPLAB_CRF,
     CRFParams,
@@ -58,6 +60,8 @@ __all__ = [
     "channel_attention",
     "channel_attention_map",
     "chunked_dot_product_attention",
+    "conv2d",
+    "conv_gradients",
     "criss_cross_attention",
     "crf_features",
     "criss_cross_weights",

@@ -1,0 +1,175 @@
+"""A 2-D convolution whose kernel gradient XLA:CPU computes as matrix products.
+
+The convolution itself is ``lax.conv_general_dilated`` (NHWC input, HWIO kernel). With stride
+``s``, dilation ``d`` and the input zero-padded to ``x_pad``:
+
+    y[b, h, w, o] = sum_{i, j, c} x_pad[b, s h + d i, s w + d j, c] K[i, j, c, o]
+
+Its two gradients, for an upstream gradient ``dy``:
+
+    dK[i, j, c, o] = sum_{b, h, w} x_pad[b, s h + d i, s w + d j, c] dy[b, h, w, o]
+    dx[b, u, v, c] = sum_{i, j, o} dy[b, (u + p - d i) / s, (v + p - d j) / s, o] K[i, j, c, o]
+
+XLA:CPU lowers ``dK`` (its transpose of the convolution with respect to the kernel) to a
+convolution with batch and feature axes swapped, which runs at 0.25-0.45 of the forward's speed
+(``benchmarks/cpu_profile.py``). Here ``dK`` is ``k_h * k_w`` matrix products instead, one per
+tap: the ``(N, O)`` gradient times the ``(N, C)`` window of ``x_pad`` the tap reads, with
+``N = B H_out W_out``. At stride 1, ``dx`` is a forward convolution of ``dy`` with the kernel
+flipped in space and its in/out axes swapped (dilation ``d``, padding ``d (k - 1) - p`` per
+side); at larger strides it stays XLA's own transpose. The values are the same sums in another
+order (float32 rounding differs, nothing else).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attnzoo._checks import check_choice, check_rank
+
+Array = jax.Array
+Pair = tuple[int, int]
+Padding = tuple[Pair, Pair]
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+GRADIENTS = ("auto", "products", "xla")
+GRADIENTS_ENV = "ATTNZOO_CONV_GRADIENTS"
+
+
+def conv_gradients(choice: str = "auto") -> str:
+    """The gradient path a convolution takes: ``"products"`` (this module's) or ``"xla"``.
+
+    ``"auto"`` reads the environment variable ``ATTNZOO_CONV_GRADIENTS`` (``products`` or
+    ``xla``) and otherwise picks by backend: products on CPU, where they are faster; XLA's
+    own on GPU and TPU, whose convolution libraries compute both gradients at full speed.
+    """
+    check_choice(choice, GRADIENTS, "gradients")
+    if choice == "auto":
+        choice = os.environ.get(GRADIENTS_ENV, "") or "auto"
+        check_choice(choice, GRADIENTS, GRADIENTS_ENV)
+    if choice == "auto":
+        return "products" if jax.default_backend() == "cpu" else "xla"
+    return choice
+
+
+def _plain(x: Array, kernel: Array, stride: Pair, dilation: Pair, padding: Padding) -> Array:
+    return lax.conv_general_dilated(x, kernel, stride, padding, rhs_dilation=dilation,
+                                    dimension_numbers=DIMENSIONS)
+
+
+def _kernel_gradient(x: Array, dy: Array, kernel_shape: tuple[int, ...], stride: Pair,
+                     dilation: Pair, padding: Padding) -> Array:
+    """``dK``: for each tap, ``dy^T`` times the strided window of the padded input it read."""
+    kh, kw, _, _ = kernel_shape
+    (sh, sw), (dh, dw) = stride, dilation
+    ho, wo = dy.shape[1:3]
+    x_pad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            window = x_pad[:, dh * i:dh * i + sh * (ho - 1) + 1:sh,
+                           dw * j:dw * j + sw * (wo - 1) + 1:sw]
+            # (O, C): contracting batch and both spatial axes; fp32 accumulation under bf16
+            taps.append(lax.dot_general(dy, window, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                        preferred_element_type=jnp.float32))
+    return jnp.stack(taps).swapaxes(1, 2).reshape(kernel_shape)
+
+
+def _input_gradient(x: Array, kernel: Array, dy: Array, stride: Pair, dilation: Pair,
+                    padding: Padding) -> Array:
+    """``dx``: at stride 1 the forward convolution of ``dy`` with the flipped, transposed
+    kernel; otherwise (or where that needs negative padding) XLA's transpose."""
+    kh, kw = kernel.shape[:2]
+    edges = tuple((d * (k - 1) - lo, d * (k - 1) - hi)
+                  for k, d, (lo, hi) in zip((kh, kw), dilation, padding))
+    if stride == (1, 1) and min(min(e) for e in edges) >= 0:
+        flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+        return _plain(dy, flipped, (1, 1), dilation, edges)
+    _, transpose = jax.vjp(lambda a: _plain(a, kernel, stride, dilation, padding), x)
+    return transpose(dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_with_product_gradients(x: Array, kernel: Array, stride: Pair, dilation: Pair,
+                                 padding: Padding) -> Array:
+    return _plain(x, kernel, stride, dilation, padding)
+
+
+def _forward(x: Array, kernel: Array, stride: Pair, dilation: Pair, padding: Padding
+             ) -> tuple[Array, tuple[Array, Array]]:
+    return _plain(x, kernel, stride, dilation, padding), (x, kernel)
+
+
+def _backward(stride: Pair, dilation: Pair, padding: Padding, residuals: tuple[Array, Array],
+              dy: Array) -> tuple[Array, Array]:
+    x, kernel = residuals
+    dx = _input_gradient(x, kernel, dy, stride, dilation, padding)
+    dk = _kernel_gradient(x, dy, kernel.shape, stride, dilation, padding)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_conv_with_product_gradients.defvjp(_forward, _backward)
+
+
+def _pair(value: int | tuple[int, int], name: str) -> Pair:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                             for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them; got {value!r}")
+    return pair
+
+
+def _padding(value: int | tuple[Pair, Pair]) -> Padding:
+    pads = ((value, value), (value, value)) if isinstance(value, int) else value
+    try:
+        (a, b), (c, d) = pads
+    except (TypeError, ValueError):
+        raise ValueError("padding must be an int or ((top, bottom), (left, right)); "
+                         f"got {value!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (a, b, c, d)):
+        raise ValueError(f"padding must hold non-negative ints; got {value!r}")
+    return (a, b), (c, d)
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    *,
+    stride: int | Pair = 1,
+    dilation: int | Pair = 1,
+    padding: int | Padding = 0,
+    gradients: str = "auto",
+) -> Array:
+    """2-D convolution of NHWC ``x`` with an HWIO ``kernel`` (no groups, zero padding).
+
+    Equals ``lax.conv_general_dilated(x, kernel, stride, padding, rhs_dilation=dilation,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))`` in value; its gradients follow
+    ``gradients`` (:func:`conv_gradients`): ``"products"`` computes ``dK`` as one matrix
+    product per kernel tap and, at stride 1, ``dx`` as a forward convolution (module
+    docstring); ``"xla"`` is XLA's own differentiation.
+
+    Args:
+      x: ``(B, H, W, C)``.
+      kernel: ``(k_h, k_w, C, O)``.
+      stride: the step of the output grid, an int or ``(s_h, s_w)``.
+      dilation: the spacing of the kernel taps, an int or ``(d_h, d_w)``.
+      padding: zeros added to each side, an int or ``((top, bottom), (left, right))``.
+      gradients: ``"auto"``, ``"products"`` or ``"xla"``.
+
+    Returns:
+      ``(B, H_out, W_out, O)`` with ``H_out = (H + top + bottom - d_h (k_h - 1) - 1) // s_h + 1``.
+    """
+    check_rank(x, 4, "x", "B, H, W, C")
+    check_rank(kernel, 4, "kernel", "k_h, k_w, C, O")
+    if kernel.shape[2] != x.shape[-1]:
+        raise ValueError(f"kernel expects {kernel.shape[2]} input channels (shape "
+                         f"{tuple(kernel.shape)}); x has {x.shape[-1]} (shape {tuple(x.shape)})")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    pads = _padding(padding)
+    if conv_gradients(gradients) == "xla":
+        return _plain(x, kernel, stride, dilation, pads)
+    return _conv_with_product_gradients(x, kernel, stride, dilation, pads)
