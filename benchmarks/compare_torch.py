@@ -13,7 +13,9 @@ PyTorch in float64). Then, for each input size and batch:
 
 Each (framework, mode, size, batch) runs in a fresh process: one warm-up call (which includes
 JAX's compilation, reported separately), then the median of ``--repeats`` calls. The ratio
-attnzoo / PyTorch comes from one run of this script (same machine, same threads).
+attnzoo / PyTorch comes from one run of this script (same machine, same threads). It first
+prints both frameworks' rate for a square matmul (``--matmul-size``, default 2048; float32
+and bfloat16 inputs): the peak the models' convolutions are measured against.
 
     python benchmarks/compare_torch.py                       # CPU: 512x512, 512x1024; batch 1, 2
     python benchmarks/compare_torch.py --sizes 256x256 --batches 1 --repeats 2
@@ -178,9 +180,31 @@ def parity() -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+def matmul_rates(n: int, repeats: int, device: str) -> dict:
+    """GFLOP/s of an ``n x n`` by ``n x n`` product, float32 and bfloat16 inputs (float32 sums
+    in JAX via ``preferred_element_type``; PyTorch's CPU bf16 ``mm`` accumulates in float32)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rates = {}
+    for name, jdt, tdt in [("float32", jnp.float32, torch.float32),
+                           ("bfloat16", jnp.bfloat16, torch.bfloat16)]:
+        a = jax.random.normal(jax.random.key(0), (n, n), jdt)
+        dot = jax.jit(lambda x: jax.lax.dot(x, x, preferred_element_type=jnp.float32))
+        _, seconds = timed(lambda: dot(a), repeats, jax.block_until_ready)
+        rates[f"jax {name}"] = 2 * n**3 / seconds / 1e9
+        t = torch.randn(n, n, dtype=tdt, device="cuda" if device == "gpu" else "cpu")
+        _, seconds = timed(lambda: t @ t, repeats, lambda v: float(v[0, 0]))
+        rates[f"torch {name}"] = 2 * n**3 / seconds / 1e9
+    return rates
+
+
 def worker(spec: dict) -> dict:
     if spec["framework"] == "parity":
         return {"error": parity()}
+    if spec["framework"] == "matmul":
+        return matmul_rates(spec["n"], spec["repeats"], spec["device"])
     size = tuple(spec["size"])
     if spec["framework"] == "jax":
         return run_jax(spec["mode"], size, spec["batch"], spec["dtype"], spec["repeats"])
@@ -188,9 +212,12 @@ def worker(spec: dict) -> dict:
                      spec["device"])
 
 
-def in_subprocess(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                          capture_output=True, text=True)
+def in_subprocess(spec: dict, timeout: float | None = None) -> dict:
+    try:
+        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"stopped after {timeout:.0f} s (--cell-timeout)"}
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
         return {"failed": f"exit {done.returncode}: {tail[:120]}"}
@@ -206,6 +233,9 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype (parameters stay float32)")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--cell-timeout", type=float, default=None,
+                        help="seconds a (framework, mode, size, batch) cell may take")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -220,14 +250,20 @@ def main() -> None:
     check = in_subprocess({"framework": "parity"})
     print(f"parity (eval logits, 64x96): max |attnzoo - PyTorch| / max |PyTorch| = "
           f"{check.get('error', check.get('failed'))}", flush=True)
+    n = args.matmul_size
+    rates = in_subprocess({"framework": "matmul", "n": n, "repeats": 5, "device": args.device},
+                          args.cell_timeout)
+    print(f"{n}x{n} matmul GFLOP/s: " + ("; ".join(f"{k} {v:.0f}" for k, v in rates.items())
+                                          if "failed" not in rates else rates["failed"]),
+          flush=True)
     rows = []
     for mode in args.modes.split(","):
         for size in sizes:
             for batch in (int(b) for b in args.batches.split(",")):
                 base = dict(mode=mode, size=size, batch=batch, dtype=args.dtype,
                             repeats=args.repeats, device=args.device)
-                jx = in_subprocess({**base, "framework": "jax"})
-                pt = in_subprocess({**base, "framework": "torch"})
+                jx = in_subprocess({**base, "framework": "jax"}, args.cell_timeout)
+                pt = in_subprocess({**base, "framework": "torch"}, args.cell_timeout)
                 cells = [mode, f"{size[0]}x{size[1]}", batch]
                 for r in (jx, pt):
                     cells.append(r["failed"] if "failed" in r else f"{r['seconds']:.3f}")

@@ -111,3 +111,20 @@ def test_quickstart_scripts(context_shapes_dir, tmp_path):
     out = run("quickstart_profile.py", "--steps", "2", "--data-dir", str(context_shapes_dir))
     shares = [line for line in out.splitlines() if line.startswith("| input's share")]
     assert len(shares) == 1 and shares[0].split("|")[2].strip().endswith("%")
+
+
+@pytest.mark.slow
+def test_compare_torch_script(tmp_path):
+    """End to end at 64x64: parity line, both frameworks' matmul rates, one inference row."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "compare_torch.py"), "--sizes", "64x64", "--batches", "1",
+         "--modes", "infer", "--repeats", "1", "--matmul-size", "128"],
+        capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    parity = next(line for line in lines if line.startswith("parity"))
+    assert float(parity.split("= ")[-1]) < TOL
+    rates = next(line for line in lines if line.startswith("128x128 matmul GFLOP/s"))
+    for name in ("jax float32", "torch float32", "jax bfloat16", "torch bfloat16"):
+        assert float(rates.split(name + " ")[1].split(";")[0]) > 0
+    row = next(line for line in lines if line.startswith("| infer | 64x64 | 1 |"))
+    assert float(row.split("|")[6]) > 0  # attnzoo / PyTorch
