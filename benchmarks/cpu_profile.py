@@ -3,7 +3,9 @@
 Part 1, by operation: the model's heaviest convolutions alone (each as in DANet-R50-D8 at
 512x512, batch 1), in JAX (jitted ``lax.conv_general_dilated``, NHWC) and in PyTorch eager
 (``F.conv2d``, NCHW): the forward convolution, and its backward pass (gradients with respect
-to input and kernel, as a train step needs them); median milliseconds and achieved GFLOP/s.
+to input and kernel, as a train step needs them) by XLA's own differentiation and by
+``attnzoo.ops.conv2d`` (the kernel gradient as one matrix product per tap, which the models
+use on CPU); median milliseconds and achieved GFLOP/s.
 
 Part 2, by XLA:CPU option: the whole forward pass in fresh processes with ``XLA_FLAGS``
 variants (oneDNN and XNNPACK code paths that this jaxlib carries as experimental flags).
@@ -45,6 +47,7 @@ def conv_rows(size: tuple[int, int], repeats: int) -> list[list[str]]:
     import torch
     import torch.nn.functional as F
 
+    from attnzoo import ops
     from common import time_fn
 
     rows = []
@@ -66,6 +69,9 @@ def conv_rows(size: tuple[int, int], repeats: int) -> list[list[str]]:
             t_torch = time_fn(lambda: F.conv2d(xt, kt, padding=pad, dilation=dil), repeats)
         grad = jax.jit(jax.grad(lambda a, b: fn(a, b).sum(), argnums=(0, 1)))
         b_jax = time_fn(lambda: grad(xj, kj), repeats)
+        ours = jax.jit(jax.grad(lambda a, b: ops.conv2d(
+            a, b, dilation=dil, padding=pad, gradients="products").sum(), argnums=(0, 1)))
+        b_ours = time_fn(lambda: ours(xj, kj), repeats)
         xg, kg = xt.clone().requires_grad_(), kt.clone().requires_grad_()
 
         def torch_backward():
@@ -78,7 +84,7 @@ def conv_rows(size: tuple[int, int], repeats: int) -> list[list[str]]:
         rows.append([name, f"{h}x{w}", f"{gflop:.1f}", f"{t_jax * 1e3:.0f}",
                      f"{t_torch * 1e3:.0f}", f"{gflop / t_jax:.0f}", f"{gflop / t_torch:.0f}",
                      f"{t_jax / t_torch:.2f}", f"{b_jax * 1e3:.0f}", f"{b_torch * 1e3:.0f}",
-                     f"{b_jax / b_torch:.2f}"])
+                     f"{b_jax / b_torch:.2f}", f"{b_ours * 1e3:.0f}", f"{b_ours / b_torch:.2f}"])
     return rows
 
 
@@ -126,7 +132,8 @@ def main() -> None:
     print(f"\nconvolutions of DANet-R50-D8 at {args.size}, batch 1, float32 (default XLA flags)")
     print(table(["convolution", "feature map", "GFLOP", "JAX ms", "PyTorch ms", "JAX GFLOP/s",
                  "PyTorch GFLOP/s", "JAX / PyTorch", "backward JAX ms", "backward PyTorch ms",
-                 "backward JAX / PyTorch"], rows), flush=True)
+                 "backward JAX / PyTorch", "backward attnzoo ms (ops.conv2d)",
+                 "backward attnzoo / PyTorch"], rows), flush=True)
     variant_rows = []
     for name, flags in VARIANTS.items():
         out = in_subprocess(["--worker", "forward", *common_args], flags)
