@@ -78,7 +78,11 @@ def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[Any], Any]) -> tu
     return first, statistics.median(times)
 
 
-def run_jax(mode: str, size: tuple[int, int], batch: int, dtype: str, repeats: int) -> dict:
+def jax_setup(mode: str, size: tuple[int, int], batch: int, dtype: str
+              ) -> tuple[Callable[..., Any], tuple[Any, Any]]:
+    """attnzoo's jitted function for ``mode`` and its arguments on one device, with the PyTorch
+    model's weights: inference ``(variables, images) -> logits``; train
+    ``(state, batch) -> (state, metrics)``, the engine's step for the DANet recipe."""
     import jax
     import jax.numpy as jnp
 
@@ -97,22 +101,30 @@ def run_jax(mode: str, size: tuple[int, int], batch: int, dtype: str, repeats: i
     mesh = make_mesh(jax.devices()[:1])
     if mode == "infer":
         apply = jax.jit(lambda v, x: model.apply(v, x.astype(model.head.dtype))["out"])
-        variables = jax.device_put(variables, replicated(mesh))
-        x = jax.device_put(images, batch_sharding(mesh))
-        first, seconds = timed(lambda: apply(variables, x), repeats, jax.block_until_ready)
+        return apply, (jax.device_put(variables, replicated(mesh)),
+                       jax.device_put(images, batch_sharding(mesh)))
+    tx, schedule = engine.make_optimizer(config.optimizer, config.num_steps)
+    params = variables["params"]
+    state = engine.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                              rng=jax.random.key_data(jax.random.key(0)))
+    step = engine.make_train_step(model, tx, schedule, config, mesh)
+    return step, (jax.device_put(state, replicated(mesh)),
+                  jax.device_put({"image": images, "label": labels}, batch_sharding(mesh)))
+
+
+def run_jax(mode: str, size: tuple[int, int], batch: int, dtype: str, repeats: int) -> dict:
+    import jax
+
+    fn, (first_arg, data) = jax_setup(mode, size, batch, dtype)
+    if mode == "infer":
+        first, seconds = timed(lambda: fn(first_arg, data), repeats, jax.block_until_ready)
     else:
-        tx, schedule = engine.make_optimizer(config.optimizer, config.num_steps)
-        params = variables["params"]
-        state = engine.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                  batch_stats=variables["batch_stats"], opt_state=tx.init(params),
-                                  rng=jax.random.key_data(jax.random.key(0)))
-        state = jax.device_put(state, replicated(mesh))
-        step = engine.make_train_step(model, tx, schedule, config, mesh)
-        data = jax.device_put({"image": images, "label": labels}, batch_sharding(mesh))
+        state = first_arg
 
         def call():
             nonlocal state
-            state, metrics = step(state, data)
+            state, metrics = fn(state, data)
             return metrics["loss"]
 
         first, seconds = timed(call, repeats, jax.block_until_ready)

@@ -128,3 +128,21 @@ def test_compare_torch_script(tmp_path):
         assert float(rates.split(name + " ")[1].split(";")[0]) > 0
     row = next(line for line in lines if line.startswith("| infer | 64x64 | 1 |"))
     assert float(row.split("|")[6]) > 0  # attnzoo / PyTorch
+
+
+def test_step_profile_sorts_a_compiled_programs_instructions_by_kind():
+    from step_profile import instruction_kinds
+
+    def fn(x, kernel, w):
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        z = jax.nn.relu(y).reshape(-1, 8) @ w
+        return z - z.mean(axis=0)
+
+    args = (np.ones((1, 16, 16, 4), np.float32), np.ones((3, 3, 4, 8), np.float32),
+            np.ones((8, 32), np.float32))
+    kinds = instruction_kinds(jax.jit(fn).lower(*args).compile().as_text())
+    found = set(kinds.values())
+    assert {"convolution", "matrix product"} <= found
+    assert found <= {"convolution", "matrix product", "reducing fusion", "elementwise fusion",
+                     "copy / transpose", "other"}

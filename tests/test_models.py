@@ -261,3 +261,23 @@ def test_attention_unet_is_built_from_a_config_like_any_model():
     config.model.backbone_kwargs = {"attn": "se"}
     with pytest.raises(ValueError, match=r"\['backbone_kwargs'\] do not apply to an Attention U-Net"):
         engine.build_model(config)
+
+
+@pytest.mark.slow
+def test_bfloat16_logits_are_the_float32_ones_to_3_percent():
+    """``dtype=bfloat16`` (float32 parameters, softmax and BN statistics) against float32, same
+    variables (attention gammas set to 0.5 so that both attention branches count): bf16 rounds
+    to 2^-8 relative per operation; over ~20 layers the logits stay within 3% of their largest
+    magnitude (measured 0.9%) and almost every pixel keeps its class (measured 98.6%)."""
+    images = jax.random.normal(jax.random.key(0), (2, 96, 80, 3))
+    float32 = models.create("danet_r18_d8", num_classes=19)
+    bfloat16 = models.create("danet_r18_d8", num_classes=19, dtype=jnp.bfloat16)
+    variables = float32.init(jax.random.key(1), images)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.5 if "gamma" in jax.tree_util.keystr(path) else a, variables)
+    want = np.asarray(jax.jit(float32.apply)(variables, images)["out"])
+    got = jax.jit(bfloat16.apply)(variables, images)["out"]
+    assert got.dtype == jnp.bfloat16
+    got = np.asarray(got, np.float32)
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
