@@ -99,6 +99,8 @@ def test_conv2d_bfloat16_keeps_the_dtype_and_accumulates_in_float32():
 def test_gradient_path_follows_the_argument_then_the_environment(monkeypatch):
     monkeypatch.delenv(ops.conv.GRADIENTS_ENV, raising=False)
     assert ops.conv_gradients() == "products"  # the tests run on CPU
+    assert ops.conv_gradients("auto", 32 * 64) == "xla"  # narrower than 64 x 64 channel pairs
+    assert ops.conv_gradients("products", 3 * 8) == "products"
     assert ops.conv_gradients("xla") == "xla"
     monkeypatch.setenv("ATTNZOO_CONV_GRADIENTS", "xla")
     assert ops.conv_gradients() == "xla" and ops.conv_gradients("products") == "products"

@@ -108,7 +108,8 @@ class PointwiseConv(nn.Module):
 
 class Conv(nn.Module):
     """An ungrouped 2-D convolution through :func:`attnzoo.ops.conv2d`, whose gradients XLA:CPU
-    computes as matrix products (``gradients="auto"``: on CPU only; ``"xla"`` keeps XLA's own).
+    computes as matrix products (``gradients="auto"``: on CPU, for kernels of at least 64 x 64
+    channels; ``"xla"`` keeps XLA's own).
 
     The same parameters as ``nn.Conv`` (``kernel (k, k, Cin, Cout)``, ``bias``, the same
     initialisation) and the same values: checkpoints and converted weights are unchanged.

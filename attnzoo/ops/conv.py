@@ -40,19 +40,27 @@ GRADIENTS = ("auto", "products", "xla")
 GRADIENTS_ENV = "ATTNZOO_CONV_GRADIENTS"
 
 
-def conv_gradients(choice: str = "auto") -> str:
+# "auto" takes the products for kernels with at least this many (input, output) channel pairs
+MIN_CHANNEL_PAIRS = 64 * 64
+
+
+def conv_gradients(choice: str = "auto", channel_pairs: int = MIN_CHANNEL_PAIRS) -> str:
     """The gradient path a convolution takes: ``"products"`` (this module's) or ``"xla"``.
 
     ``"auto"`` reads the environment variable ``ATTNZOO_CONV_GRADIENTS`` (``products`` or
-    ``xla``) and otherwise picks by backend: products on CPU, where they are faster; XLA's
-    own on GPU and TPU, whose convolution libraries compute both gradients at full speed.
+    ``xla``) and otherwise picks by backend and size: products on CPU for kernels with at least
+    ``MIN_CHANNEL_PAIRS`` ``C x O`` (64 x 64), where they are faster (1.2-3.7x for the kernel
+    gradient; ``benchmarks/cpu_profile.py``); XLA's own for narrower kernels, whose per-tap
+    products are too small to gain (the quickstart's step: 8% slower with them), and on GPU and
+    TPU, whose convolution libraries compute both gradients at full speed.
     """
     check_choice(choice, GRADIENTS, "gradients")
     if choice == "auto":
         choice = os.environ.get(GRADIENTS_ENV, "") or "auto"
         check_choice(choice, GRADIENTS, GRADIENTS_ENV)
     if choice == "auto":
-        return "products" if jax.default_backend() == "cpu" else "xla"
+        wide = channel_pairs >= MIN_CHANNEL_PAIRS
+        return "products" if jax.default_backend() == "cpu" and wide else "xla"
     return choice
 
 
@@ -170,6 +178,6 @@ def conv2d(
                          f"{tuple(kernel.shape)}); x has {x.shape[-1]} (shape {tuple(x.shape)})")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     pads = _padding(padding)
-    if conv_gradients(gradients) == "xla":
+    if conv_gradients(gradients, kernel.shape[2] * kernel.shape[3]) == "xla":
         return _plain(x, kernel, stride, dilation, pads)
     return _conv_with_product_gradients(x, kernel, stride, dilation, pads)
