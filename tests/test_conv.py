@@ -132,7 +132,7 @@ def test_conv_module_equals_flax_conv(use_bias):
     assert isinstance(conv(8, 3), Conv) and isinstance(conv(8, 1, stride=2), Conv)
     assert isinstance(conv(8, 1), PointwiseConv) and isinstance(conv(8, 3, groups=2), nn.Conv)
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, 6))
-    ours = Conv(8, 3, stride=2, dilation=2, padding=2, use_bias=use_bias)
+    ours = Conv(8, kernel_size=3, stride=2, dilation=2, padding=2, use_bias=use_bias)
     ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((2, 2), (2, 2)), kernel_dilation=(2, 2),
                   use_bias=use_bias)
     v, v_ref = ours.init(jax.random.key(1), x), ref.init(jax.random.key(1), x)
@@ -143,7 +143,7 @@ def test_conv_module_equals_flax_conv(use_bias):
     g = jax.grad(loss(ours), argnums=(0, 1))(v, x)
     g_ref = jax.grad(loss(ref), argnums=(0, 1))(v, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), g, g_ref)
-    half = Conv(8, 3, padding=1, use_bias=use_bias, dtype=jnp.bfloat16).apply(v, x)
+    half = Conv(8, kernel_size=3, padding=1, use_bias=use_bias, dtype=jnp.bfloat16).apply(v, x)
     assert half.dtype == jnp.bfloat16
 
 

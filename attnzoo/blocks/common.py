@@ -78,7 +78,28 @@ def torch_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
     return ((stride - 1) + dilation * (kernel_size - 1)) // 2
 
 
-class PointwiseConv(nn.Module):
+class ConvParameters(nn.Module):
+    """``nn.Conv``'s parameters for the convolutions below: ``kernel (k, k, Cin, features)``
+    and, if ``use_bias``, ``bias``, with ``nn.Conv``'s initialisation."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., Array] = nn.initializers.zeros
+
+    def parameters(self, x: Array, kernel_size: int) -> tuple[Array, Array, Array | None]:
+        """``(x, kernel, bias)`` promoted to ``dtype`` (``bias`` None without ``use_bias``)."""
+        kernel = self.param("kernel", self.kernel_init,
+                            (kernel_size, kernel_size, x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+
+class PointwiseConv(ConvParameters):
     """A 1x1, stride-1 convolution computed as a matrix product over the channel axis.
 
     Same parameters as ``nn.Conv`` with a 1x1 kernel (``kernel`` ``(1, 1, Cin, Cout)``,
@@ -88,54 +109,33 @@ class PointwiseConv(nn.Module):
     and ResNet bottlenecks are two-thirds 1x1 convolutions.
     """
 
-    features: int
-    use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
-    bias_init: Callable[..., Array] = nn.initializers.zeros
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = self.parameters(x, 1)
         y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
         return y if bias is None else y + bias
 
 
-class Conv(nn.Module):
+class Conv(ConvParameters):
     """An ungrouped 2-D convolution through :func:`attnzoo.ops.conv2d`, whose gradients XLA:CPU
     computes as matrix products (``gradients="auto"``: on CPU, for kernels of at least 64 x 64
     channels; ``"xla"`` keeps XLA's own).
 
     The same parameters as ``nn.Conv`` (``kernel (k, k, Cin, Cout)``, ``bias``, the same
     initialisation) and the same values: checkpoints and converted weights are unchanged.
-    Padding is symmetric, ``padding`` zeros on each side, as PyTorch's ``Conv2d``.
+    Padding is symmetric, ``padding`` zeros on each side, as PyTorch's ``Conv2d``. Fields past
+    ``features`` are best given by keyword (``ConvParameters``' come first).
     """
 
-    features: int
     kernel_size: int = 3
     stride: int = 1
     dilation: int = 1
     padding: int = 0
-    use_bias: bool = True
     gradients: str = "auto"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
-    bias_init: Callable[..., Array] = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        k = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = self.parameters(x, self.kernel_size)
         y = ops.conv2d(x, kernel, stride=self.stride, dilation=self.dilation,
                        padding=self.padding, gradients=self.gradients)
         return y if bias is None else y + bias
@@ -163,8 +163,8 @@ def conv(
         return PointwiseConv(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                              kernel_init=kernel_init, name=name)
     if groups == 1:
-        return Conv(features, kernel_size, stride=stride, dilation=dilation, padding=pad,
-                    use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+        return Conv(features, kernel_size=kernel_size, stride=stride, dilation=dilation,
+                    padding=pad, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=kernel_init, name=name)
     return nn.Conv(
         features,
