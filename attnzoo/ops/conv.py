@@ -1,7 +1,7 @@
 """A 2-D convolution whose kernel gradient XLA:CPU computes as matrix products.
 
 The convolution itself is ``lax.conv_general_dilated`` (NHWC input, HWIO kernel). With stride
-``s``, dilation ``d`` and the input zero-padded to ``x_pad``:
+``s``, dilation ``d`` and the input zero-padded by ``p`` to ``x_pad``:
 
     y[b, h, w, o] = sum_{i, j, c} x_pad[b, s h + d i, s w + d j, c] K[i, j, c, o]
 
