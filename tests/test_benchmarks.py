@@ -130,6 +130,7 @@ def test_compare_torch_script(tmp_path):
     assert float(row.split("|")[6]) > 0  # attnzoo / PyTorch
 
 
+@pytest.mark.slow
 def test_step_profile_sorts_a_compiled_programs_instructions_by_kind():
     from step_profile import instruction_kinds
 

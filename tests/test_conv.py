@@ -44,7 +44,8 @@ def assert_close(ours, want):
     np.testing.assert_allclose(ours, want, rtol=RTOL, atol=RTOL * np.abs(want).max())
 
 
-@pytest.mark.parametrize("gradients", ["products", "xla"])
+# XLA's own path (the reference's own differentiation) runs in the slow set
+@pytest.mark.parametrize("gradients", ["products", pytest.param("xla", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", list(CASES))
 def test_conv2d_equals_xla_convolution_in_value_and_gradients(case, gradients):
     k, stride, dilation, padding = CASES[case]

@@ -143,7 +143,8 @@ def _check_parity(model, variables, x, stages, logits):
     assert out.shape == logits.shape and relative_error(out, logits) <= 1e-4
 
 
-@pytest.mark.parametrize("size", [(67, 45), pytest.param((64, 64), marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(67, 45), (64, 64)])
 def test_from_transformers_equals_hugging_face_in_both_key_layouts(tmp_path, size):
     hf = _hf_model()
     x = np.random.default_rng(0).standard_normal((2, 3, *size))
