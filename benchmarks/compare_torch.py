@@ -265,7 +265,7 @@ def main() -> None:
     n = args.matmul_size
     rates = in_subprocess({"framework": "matmul", "n": n, "repeats": 5, "device": args.device},
                           args.cell_timeout)
-    print(f"{n}x{n} matmul GFLOP/s: " + ("; ".join(f"{k} {v:.0f}" for k, v in rates.items())
+    print(f"{n}x{n} matmul GFLOP/s: " + ("; ".join(f"{k} {v:.3g}" for k, v in rates.items())
                                           if "failed" not in rates else rates["failed"]),
           flush=True)
     rows = []
