@@ -10,12 +10,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # commands run by the tests cache no compilations in the user's home (test_cache.py turns it on)
 os.environ.setdefault("ATTNZOO_COMPILATION_CACHE", "off")
 
+import pickle  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipes import configs.common
+
+
+def _shared_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test run's temporary directory: above each pytest-xdist worker's own, so what a
+    session fixture writes there under a file lock is made once for all workers."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +36,7 @@ def context_shapes_dir(tmp_path_factory):
 
     from attnzoo import data
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's directory, above each worker's own
-    data_dir = root / "context_shapes_tfds"
+    data_dir = _shared_directory(tmp_path_factory) / "context_shapes_tfds"
     with FileLock(f"{data_dir}.lock"):
         data.builder("context_shapes", data_dir).download_and_prepare()
     return data_dir
@@ -39,13 +44,18 @@ def context_shapes_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def run(context_shapes_dir, tmp_path_factory):
-    """One finished 4-step run of the tiny config on 8 devices (checkpoints at steps 2, 4);
-    tests that change it work on a copy."""
+    """One finished 4-step run of the tiny config on 8 devices (checkpoints at steps 2, 4),
+    trained once per test run and shared by the pytest-xdist workers like the dataset (its
+    metrics pickled beside it); tests that change it work on a copy."""
+    from filelock import FileLock
     from helpers import tiny_config
 
     from attnzoo import engine
 
-    workdir = tmp_path_factory.mktemp("run")
+    workdir = _shared_directory(tmp_path_factory) / "run"
+    metrics = workdir.with_name("run_metrics.pkl")
     config = tiny_config(context_shapes_dir)
-    result = engine.train_and_evaluate(config, workdir)
-    return workdir, config, result
+    with FileLock(f"{workdir}.lock"):
+        if not metrics.exists():
+            metrics.write_bytes(pickle.dumps(engine.train_and_evaluate(config, workdir)))
+    return workdir, config, pickle.loads(metrics.read_bytes())
