@@ -11,7 +11,7 @@ milliseconds per kind summed over the traced calls' events and divided by their 
 each kind's share of the sum (operations may overlap on two threads, so shares are of busy
 time, not of wall time).
 
-    python benchmarks/step_profile.py [--mode train] [--size 512x512] [--batch 1] [--calls 2]
+    python benchmarks/step_profile.py [--mode train] [--size 512x512] [--batch 1] [--calls 2] [--top 40]
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*
 CALLS = re.compile(r"calls=%?([\w.\-]+)")
 
 
-def instruction_kinds(hlo: str) -> dict[str, str]:
-    """HLO instruction name -> kind, for every instruction of the optimized module's text
-    (a fusion takes the kind of the heaviest operation its computation holds)."""
+def instruction_kinds(hlo: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (kind, instruction line), for every instruction of the optimized
+    module's text (a fusion takes the kind of the heaviest operation its computation holds)."""
     computations: dict[str, list[str]] = collections.defaultdict(list)
     current = ""
     for line in hlo.splitlines():
@@ -64,17 +64,18 @@ def instruction_kinds(hlo: str) -> dict[str, str]:
             for callee in CALLS.findall(line):
                 ops |= opcodes(callee, {callee})
             if "convolution" in ops:
-                kinds[name] = "convolution"
+                kind = "convolution"
             elif "dot" in ops:
-                kinds[name] = "matrix product"
+                kind = "matrix product"
             elif opcode == "fusion" and ops & {"reduce", "reduce-window", "scatter"}:
-                kinds[name] = "reducing fusion"
+                kind = "reducing fusion"
             elif opcode == "fusion":
-                kinds[name] = "elementwise fusion"
+                kind = "elementwise fusion"
             elif opcode in ("copy", "transpose"):
-                kinds[name] = "copy / transpose"
+                kind = "copy / transpose"
             else:
-                kinds[name] = "other"
+                kind = "other"
+            kinds[name] = (kind, line.strip())
     return kinds
 
 
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--calls", type=int, default=2, help="traced calls after a warm-up")
+    parser.add_argument("--top", type=int, default=0,
+                        help="also list this many of the heaviest instructions, with their HLO")
     args = parser.parse_args()
 
     import jax
@@ -123,11 +126,13 @@ def main() -> None:
         times = event_times(Path(tmp))
     per_kind: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
+    heaviest = []
     for name, micros in times.items():
-        kind = kinds.get(name)
-        if kind is not None:
+        if name in kinds:
+            kind, line = kinds[name]
             per_kind[kind] += micros / 1e3 / args.calls
             count[kind] += 1
+            heaviest.append((micros / 1e3 / args.calls, kind, line))
     busy = sum(per_kind.values())
     if not busy:
         raise SystemExit("the trace holds no events named after the program's instructions")
@@ -137,6 +142,10 @@ def main() -> None:
     print(f"\nDANet-R50-D8 {args.mode} at {args.size}, batch {args.batch}, {args.dtype}: "
           f"ms per call by kind (mean of {args.calls} traced calls)")
     print(table(["kind", "ms", "share of busy time", "instructions"], rows))
+    if args.top:
+        print(f"\nThe {args.top} heaviest instructions (ms per call, kind, HLO):")
+        for ms, kind, line in sorted(heaviest, reverse=True)[:args.top]:
+            print(f"{ms:8.1f}  {kind:18s}  {line[:300]}")
 
 
 if __name__ == "__main__":
