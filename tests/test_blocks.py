@@ -288,16 +288,19 @@ def test_scse_equation(aggregation):
     np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("gradients", ["products", "xla"])
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_pointwise_conv_equals_flax_1x1_conv(use_bias):
-    """Same parameter tree, same initial values, same outputs and gradients as ``nn.Conv``."""
+def test_pointwise_conv_equals_flax_1x1_conv(use_bias, gradients):
+    """Same parameter tree, same initial values, same outputs and gradients as ``nn.Conv``, on
+    either gradient path."""
     import flax.linen as nn
 
     from attnzoo.blocks.common import PointwiseConv, conv
 
     assert isinstance(conv(8, 1, use_bias=use_bias), PointwiseConv)
     x = jax.random.normal(jax.random.key(0), (2, 5, 7, 6))
-    ours, ref = PointwiseConv(8, use_bias=use_bias), nn.Conv(8, (1, 1), use_bias=use_bias)
+    ours = PointwiseConv(8, use_bias=use_bias, gradients=gradients)
+    ref = nn.Conv(8, (1, 1), use_bias=use_bias)
     v = ours.init(jax.random.key(1), x)
     v_ref = ref.init(jax.random.key(1), x)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), v, v_ref)

@@ -1,5 +1,6 @@
-"""ops.conv2d (gradients as matrix products) and blocks.common.Conv against XLA's convolution and
-its own differentiation, computed in float64."""
+"""ops.conv2d (gradients as matrix products), ops.pointwise and blocks.common.Conv /
+PointwiseConv against XLA's convolution, a plain product and their own differentiation, computed
+in float64."""
 
 import flax.linen as nn
 import jax
@@ -123,6 +124,78 @@ def test_bad_arguments_are_refused_by_name(kwargs, message):
         ops.conv2d(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 4)), **kwargs)
     with pytest.raises(ValueError, match="kernel expects 3 input channels"):
         ops.conv2d(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 3, 4)))
+
+
+def pointwise_reference(x, kernel, cotangent):
+    """Output and both gradients of ``lax.dot_general`` over the last axis, in float64."""
+    with jax.enable_x64(True):
+        x, kernel, cotangent = (jnp.asarray(a, jnp.float64) for a in (x, kernel, cotangent))
+        y, vjp = jax.vjp(lambda a, b: jnp.tensordot(a, b, axes=1), x, kernel)
+        return [np.asarray(a) for a in (y, *vjp(cotangent))]
+
+
+@pytest.mark.parametrize("gradients", ["products", "xla"])
+@pytest.mark.parametrize("shape, channels", [
+    ((2, 7, 5, 6), 16),  # widening, as a bottleneck's conv3 (x is the transposed operand)
+    ((2, 7, 5, 16), 6),  # narrowing, as conv1 (dy is)
+    ((3, 9, 8), 8),  # square, another rank
+])
+def test_pointwise_equals_a_product_in_value_and_gradients(shape, channels, gradients):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.standard_normal((shape[-1], channels)).astype(np.float32)
+    fn = lambda a, b: ops.pointwise(a, b, gradients=gradients)  # noqa: E731
+    y, vjp = jax.vjp(jax.jit(fn), jnp.asarray(x), jnp.asarray(kernel))
+    cotangent = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dk = vjp(jnp.asarray(cotangent))
+    assert y.dtype == dx.dtype == dk.dtype == jnp.float32
+    for ours, want in zip((y, dx, dk), pointwise_reference(x, kernel, cotangent)):
+        assert_close(np.asarray(ours), want)
+
+
+@pytest.mark.parametrize("cin, cout", [(4, 12), (12, 4)])
+def test_pointwise_kernel_gradient_transposes_the_narrower_operand(cin, cout):
+    """The kernel gradient's product has the operand with fewer channels on the left (the one
+    XLA:CPU transposes in memory); JAX's own differentiation always puts ``dy`` there."""
+    x, kernel = jnp.ones((2, 5, 5, cin)), jnp.ones((cin, cout))
+
+    def left_operands(gradients):
+        grad = jax.grad(lambda b: ops.pointwise(x, b, gradients=gradients).sum())
+        jaxpr = jax.make_jaxpr(grad)(kernel).jaxpr
+        dots = [e for e in _equations(jaxpr) if e.primitive.name == "dot_general"
+                and e.params["dimension_numbers"][0][0] == (0, 1, 2)]
+        return [e.invars[0].aval.shape[-1] for e in dots]
+
+    assert left_operands("products") == [min(cin, cout)]
+    assert left_operands("xla") == [cout]
+
+
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)
+
+
+def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 32)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((32, 64)) * 0.1, jnp.bfloat16)
+    cotangent = jnp.asarray(rng.standard_normal((2, 8, 8, 64)), jnp.bfloat16)
+    y, vjp = jax.vjp(lambda a, b: ops.pointwise(a, b, gradients="products"), x, kernel)
+    dx, dk = vjp(cotangent)
+    assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
+    *_, dk_want = pointwise_reference(*(a.astype(np.float32) for a in (x, kernel, cotangent)))
+    # bfloat16 inputs, float32 sums over 128 positions, one bfloat16 rounding: 2^-8 relative
+    np.testing.assert_allclose(np.asarray(dk, np.float32), dk_want, rtol=2**-8,
+                               atol=2**-8 * np.abs(dk_want).max())
+    with pytest.raises(ValueError, match="kernel must have rank 2"):
+        ops.pointwise(x, kernel[None])
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., C\) with C = 16"):
+        ops.pointwise(x, kernel[:16])
 
 
 @pytest.mark.parametrize("use_bias", [True, False])

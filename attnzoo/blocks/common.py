@@ -100,7 +100,8 @@ class ConvParameters(nn.Module):
 
 
 class PointwiseConv(ConvParameters):
-    """A 1x1, stride-1 convolution computed as a matrix product over the channel axis.
+    """A 1x1, stride-1 convolution computed as a matrix product over the channel axis
+    (:func:`attnzoo.ops.pointwise`; ``gradients`` as for :class:`Conv`).
 
     Same parameters as ``nn.Conv`` with a 1x1 kernel (``kernel`` ``(1, 1, Cin, Cout)``,
     ``bias``; same initialisation), so checkpoints and converted weights are unchanged. Why:
@@ -109,10 +110,12 @@ class PointwiseConv(ConvParameters):
     and ResNet bottlenecks are two-thirds 1x1 convolutions.
     """
 
+    gradients: str = "auto"
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x, kernel, bias = self.parameters(x, 1)
-        y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        y = ops.pointwise(x, kernel[0, 0], gradients=self.gradients)
         return y if bias is None else y + bias
 
 

@@ -1,5 +1,6 @@
 """Pure attention functions (jax.numpy only: no parameters, no state, no Flax), and the
-convolution the blocks build on (:func:`conv2d`, whose gradients run faster on CPU).
+convolutions the blocks build on (:func:`conv2d` and the 1x1 :func:`pointwise`, whose gradients
+run faster on CPU).
 
 Layout is NHWC. Softmaxes run in float32 whatever the input dtype. Where an
 ``N x N`` map can be large, a ``memory_efficient=True`` path computes the same
@@ -7,7 +8,7 @@ result exactly without forming it.
 """
 
 from attnzoo.ops.channel import channel_attention, channel_attention_map
-from attnzoo.ops.conv import conv2d, conv_gradients
+from attnzoo.ops.conv import conv2d, conv_gradients, pointwise
 from attnzoo.ops.crf import (
     DEEPLAB_CRF,
     CRFParams,
@@ -77,6 +78,7 @@ __all__ = [
     "linear_taps",
     "map_query_chunks",
     "mean_field",
+    "pointwise",
     "non_local_attention",
     "non_local_concatenation",
     "permutohedral_lattice",
