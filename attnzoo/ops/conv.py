@@ -146,11 +146,15 @@ def _pointwise_backward(axes: tuple[int, ...], residuals: tuple[Array, Array], d
     x, kernel = residuals
     dx = lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
     contract = ((axes, axes), ((), ()))
-    # the left operand is the one transposed in memory: the one with fewer channels
+    # float32 sums under bfloat16 as float32 operands (XLA:CPU's plain dot kernel refuses
+    # bfloat16 inputs with a float32 result); the left operand is the one transposed in
+    # memory: the one with fewer channels
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    xw, dyw = x.astype(wide), dy.astype(wide)
     if kernel.shape[0] < kernel.shape[1]:
-        dk = lax.dot_general(x, dy, contract, preferred_element_type=jnp.float32)
+        dk = lax.dot_general(xw, dyw, contract)
     else:
-        dk = lax.dot_general(dy, x, contract, preferred_element_type=jnp.float32).T
+        dk = lax.dot_general(dyw, xw, contract).T
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
