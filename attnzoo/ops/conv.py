@@ -131,20 +131,23 @@ def _backward(stride: Pair, dilation: Pair, padding: Padding, residuals: tuple[A
 _conv_with_product_gradients.defvjp(_forward, _backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pointwise_narrow_transposed(x: Array, kernel: Array, axes: tuple[int, ...]) -> Array:
+def _channel_product(x: Array, kernel: Array) -> Array:
     return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def _pointwise_forward(x: Array, kernel: Array, axes: tuple[int, ...]
-                       ) -> tuple[Array, tuple[Array, Array]]:
-    return _pointwise_narrow_transposed(x, kernel, axes), (x, kernel)
+@jax.custom_vjp
+def _pointwise_narrow_transposed(x: Array, kernel: Array) -> Array:
+    return _channel_product(x, kernel)
 
 
-def _pointwise_backward(axes: tuple[int, ...], residuals: tuple[Array, Array], dy: Array
-                        ) -> tuple[Array, Array]:
+def _pointwise_forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _channel_product(x, kernel), (x, kernel)
+
+
+def _pointwise_backward(residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     x, kernel = residuals
     dx = lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
+    axes = tuple(range(x.ndim - 1))
     contract = ((axes, axes), ((), ()))
     # float32 sums under bfloat16 as float32 operands (XLA:CPU's plain dot kernel refuses
     # bfloat16 inputs with a float32 result); the left operand is the one transposed in
@@ -183,8 +186,8 @@ def pointwise(x: Array, kernel: Array, *, gradients: str = "auto") -> Array:
         raise ValueError(f"x must be (..., C) with C = {kernel.shape[0]} (kernel shape "
                          f"{tuple(kernel.shape)}); got shape {tuple(x.shape)}")
     if conv_gradients(gradients, kernel.shape[0] * kernel.shape[1]) == "xla":
-        return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    return _pointwise_narrow_transposed(x, kernel, tuple(range(x.ndim - 1)))
+        return _channel_product(x, kernel)
+    return _pointwise_narrow_transposed(x, kernel)
 
 
 def _pair(value: int | tuple[int, int], name: str) -> Pair:
