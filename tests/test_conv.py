@@ -2,6 +2,8 @@
 PointwiseConv against XLA's convolution, a plain product and their own differentiation, computed
 in float64."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -83,19 +85,29 @@ def test_products_replace_xlas_kernel_gradient(stride, convolutions):
     assert count_convolutions(grads("xla"), x, kernel) == 3
 
 
-def test_conv2d_bfloat16_keeps_the_dtype_and_accumulates_in_float32():
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv2d_bfloat16_sums_every_product_in_float32(case):
+    """Under bfloat16 the products path computes the value (and dx at stride 1) as one float32
+    channel product per tap, with no bfloat16 convolution, and dK as before: all three within
+    one bfloat16 rounding of the float64 result for the same bfloat16 inputs."""
+    k, stride, dilation, padding = CASES[case]
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, 16, 16, 32)), jnp.bfloat16)
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 32, 8)) * 0.1, jnp.bfloat16)
-    cotangent = jnp.asarray(rng.standard_normal((2, 16, 16, 8)), jnp.bfloat16)
-    _, vjp = jax.vjp(lambda a, b: ops.conv2d(a, b, padding=1, gradients="products"), x, kernel)
+    x = jnp.asarray(rng.standard_normal((2, 16, 14, 32)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((k, k, 32, 8)) * 0.1, jnp.bfloat16)
+    fn = lambda a, b: ops.conv2d(a, b, stride=stride, dilation=dilation,  # noqa: E731
+                                 padding=padding, gradients="products")
+    y, vjp = jax.vjp(fn, x, kernel)
+    cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.bfloat16)
     dx, dk = vjp(cotangent)
-    assert dx.dtype == dk.dtype == jnp.bfloat16
-    _, _, dk_want = reference(x.astype(np.float32), kernel.astype(np.float32),
-                              cotangent.astype(np.float32), 1, 1, 1)
-    # bfloat16 inputs, float32 sums over 512 positions, one bfloat16 rounding: 2^-8 relative
-    np.testing.assert_allclose(np.asarray(dk, np.float32), dk_want, rtol=2**-8,
-                               atol=2**-8 * np.abs(dk_want).max())
+    assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
+    assert count_convolutions(fn, x, kernel) == 0
+    wants = reference(*(np.asarray(a, np.float32) for a in (x, kernel, cotangent)), stride,
+                      dilation, padding)
+    # bfloat16 inputs (exact products in float32), float32 sums of at most a few thousand
+    # terms, one bfloat16 rounding: 2^-8 relative to the largest entry
+    for ours, want in zip((y, dx, dk), wants):
+        np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=2**-8,
+                                   atol=2**-8 * np.abs(want).max())
 
 
 def test_gradient_path_follows_the_argument_then_the_environment(monkeypatch):
@@ -188,10 +200,15 @@ def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes():
     y, vjp = jax.vjp(lambda a, b: ops.pointwise(a, b, gradients="products"), x, kernel)
     dx, dk = vjp(cotangent)
     assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
-    *_, dk_want = pointwise_reference(*(a.astype(np.float32) for a in (x, kernel, cotangent)))
-    # bfloat16 inputs, float32 sums over 128 positions, one bfloat16 rounding: 2^-8 relative
-    np.testing.assert_allclose(np.asarray(dk, np.float32), dk_want, rtol=2**-8,
-                               atol=2**-8 * np.abs(dk_want).max())
+    wants = pointwise_reference(*(a.astype(np.float32) for a in (x, kernel, cotangent)))
+    # bfloat16 inputs, float32 sums over at most 128 terms, one bfloat16 rounding: 2^-8 relative
+    for ours, want in zip((y, dx, dk), wants):
+        np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=2**-8,
+                                   atol=2**-8 * np.abs(want).max())
+    # every product sums in float32 (XLA:CPU's bfloat16 -> bfloat16 products are the slow ones)
+    jaxpr = str(jax.make_jaxpr(lambda a, b: jax.vjp(
+        lambda u, v: ops.pointwise(u, v, gradients="products"), a, b)[1](cotangent))(x, kernel))
+    assert re.findall(r":(\w+)\[[\d,]*\] = dot_general", jaxpr) == ["f32"] * 3
     with pytest.raises(ValueError, match="kernel must have rank 2"):
         ops.pointwise(x, kernel[None])
     with pytest.raises(ValueError, match=r"x must be \(\.\.\., C\) with C = 16"):
