@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from attnzoo import models, ops
+from attnzoo.ops import conv as conv_module
 from attnzoo.blocks.common import Conv, PointwiseConv, conv
 
 # float32 sums of at most a few thousand products against float64: relative to the largest entry
@@ -85,11 +86,14 @@ def test_products_replace_xlas_kernel_gradient(stride, convolutions):
     assert count_convolutions(grads("xla"), x, kernel) == 3
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "AVX2 CPU"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_conv2d_bfloat16_sums_every_product_in_float32(case):
-    """Under bfloat16 the products path computes the value (and dx at stride 1) as one float32
-    channel product per tap, with no bfloat16 convolution, and dK as before: all three within
-    one bfloat16 rounding of the float64 result for the same bfloat16 inputs."""
+def test_conv2d_bfloat16_sums_every_product_in_float32(case, native, monkeypatch):
+    """Under bfloat16 on a CPU that multiplies bfloat16 natively the products path computes the
+    value (and dx at stride 1) as one float32 channel product per tap, with no convolution;
+    elsewhere the value is XLA's convolution. Value, dx and dK within one bfloat16 rounding of
+    the float64 result for the same bfloat16 inputs either way."""
+    monkeypatch.setattr(conv_module, "cpu_has_bfloat16_products", lambda: native)
     k, stride, dilation, padding = CASES[case]
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, 16, 14, 32)), jnp.bfloat16)
@@ -100,7 +104,7 @@ def test_conv2d_bfloat16_sums_every_product_in_float32(case):
     cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.bfloat16)
     dx, dk = vjp(cotangent)
     assert y.dtype == dx.dtype == dk.dtype == jnp.bfloat16
-    assert count_convolutions(fn, x, kernel) == 0
+    assert count_convolutions(fn, x, kernel) == (0 if native else 1)
     wants = reference(*(np.asarray(a, np.float32) for a in (x, kernel, cotangent)), stride,
                       dilation, padding)
     # bfloat16 inputs (exact products in float32), float32 sums of at most a few thousand
@@ -108,6 +112,27 @@ def test_conv2d_bfloat16_sums_every_product_in_float32(case):
     for ours, want in zip((y, dx, dk), wants):
         np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=2**-8,
                                    atol=2**-8 * np.abs(want).max())
+
+
+def test_bfloat16_products_follow_the_cpus_flags(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    reads = []
+
+    def fake_open(path, *args, **kwargs):
+        reads.append(path)
+        return open(cpuinfo, *args, **kwargs)
+
+    monkeypatch.setattr(conv_module, "open", fake_open, raising=False)
+    for flags, native in [("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True),
+                          ("fpu amx_tile amx_bf16", True)]:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        conv_module.cpu_has_bfloat16_products.cache_clear()
+        assert conv_module.cpu_has_bfloat16_products() is native
+    cpuinfo.unlink()
+    conv_module.cpu_has_bfloat16_products.cache_clear()
+    assert conv_module.cpu_has_bfloat16_products() is False
+    assert reads == ["/proc/cpuinfo"] * 4
+    conv_module.cpu_has_bfloat16_products.cache_clear()
 
 
 def test_gradient_path_follows_the_argument_then_the_environment(monkeypatch):

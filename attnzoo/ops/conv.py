@@ -21,10 +21,10 @@ order (float32 rounding differs, nothing else).
 
 Under bfloat16 (``compute_dtype="bfloat16"``) XLA:CPU's convolution runs at its float32 speed,
 while its bfloat16 x bfloat16 -> float32 matrix products run up to 2x faster on a CPU with
-AVX512_BF16. There the forward convolution (and ``dx`` at stride 1) is
-``y = sum_{i, j} window_ij(x_pad) K[i, j]``, one channel product per tap summed in float32 and
-rounded to bfloat16 once (DANet-R50-D8 bfloat16 inference 1.83 s -> 1.00 s,
-docs/benchmarks.md).
+AVX512_BF16 or AMX (and slower than float32 on an AVX2 CPU). On such a CPU the forward
+convolution (and ``dx`` at stride 1) is ``y = sum_{i, j} window_ij(x_pad) K[i, j]``, one channel
+product per tap summed in float32 and rounded to bfloat16 once (DANet-R50-D8 bfloat16 inference
+1.83 s -> 1.00 s, docs/benchmarks.md).
 
 A 1x1, stride-1 convolution is the product ``y = x K`` over the channel axis (:func:`pointwise`).
 Its kernel gradient ``dK = x^T dy`` contracts the ``N`` positions of two ``(N, C)`` and ``(N, O)``
@@ -108,12 +108,32 @@ def _tap_products(x: Array, kernel: Array, stride: Pair, dilation: Pair,
     return y.astype(x.dtype)
 
 
+# CPU flags under which XLA:CPU's bfloat16 products run faster than its float32 ones
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_has_bfloat16_products() -> bool:
+    """Whether this (Linux, x86) CPU multiplies bfloat16 natively: ``/proc/cpuinfo`` lists
+    AVX512_BF16 or AMX-BF16. There XLA:CPU's bfloat16 x bfloat16 -> float32 products ran at
+    250-500 GFLOP/s against 110-290 in float32; on an AVX2 CPU at 75-100 against 150-160
+    (docs/benchmarks.md). False where the file is missing."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+
+
 def _product_path_forward(x: Array, kernel: Array, stride: Pair, dilation: Pair,
                           padding: Padding) -> Array:
-    """The forward convolution of the products path: XLA's own in float32, the tap products
-    under narrower dtypes (XLA:CPU's bfloat16 convolution runs at its float32 speed, its
-    bfloat16 -> float32 products up to 2x faster on an AVX512_BF16 CPU)."""
-    if jnp.finfo(x.dtype).bits < 32:
+    """The forward convolution of the products path: XLA's own, or under a narrower dtype
+    than float32 on a CPU that multiplies bfloat16 natively (:func:`cpu_has_bfloat16_products`)
+    the tap products: XLA:CPU's bfloat16 convolution runs at its float32 speed there, its
+    bfloat16 -> float32 products up to 2x faster."""
+    if jnp.finfo(x.dtype).bits < 32 and cpu_has_bfloat16_products():
         return _tap_products(x, kernel, stride, dilation, padding)
     return _plain(x, kernel, stride, dilation, padding)
 
