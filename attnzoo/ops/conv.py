@@ -287,7 +287,9 @@ def conv2d(
     dimension_numbers=("NHWC", "HWIO", "NHWC"))`` in value; its gradients follow
     ``gradients`` (:func:`conv_gradients`): ``"products"`` computes ``dK`` as one matrix
     product per kernel tap and, at stride 1, ``dx`` as a forward convolution (module
-    docstring); ``"xla"`` is XLA's own differentiation.
+    docstring), and under bfloat16 on a CPU that multiplies it natively
+    (:func:`cpu_has_bfloat16_products`) the value too as float32-summed tap products;
+    ``"xla"`` is XLA's own differentiation.
 
     Args:
       x: ``(B, H, W, C)``.
