@@ -217,7 +217,9 @@ def _equations(jaxpr):
                 yield from _equations(inner)
 
 
-def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes():
+@pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "AVX2 CPU"])
+def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes(native, monkeypatch):
+    monkeypatch.setattr(conv_module, "cpu_has_bfloat16_products", lambda: native)
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 8, 8, 32)), jnp.bfloat16)
     kernel = jnp.asarray(rng.standard_normal((32, 64)) * 0.1, jnp.bfloat16)
@@ -230,10 +232,12 @@ def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes():
     for ours, want in zip((y, dx, dk), wants):
         np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=2**-8,
                                    atol=2**-8 * np.abs(want).max())
-    # every product sums in float32 (XLA:CPU's bfloat16 -> bfloat16 products are the slow ones)
+    # natively every product sums in float32 (XLA:CPU's bfloat16 -> bfloat16 products are the
+    # slow ones there); elsewhere only dK's
     jaxpr = str(jax.make_jaxpr(lambda a, b: jax.vjp(
         lambda u, v: ops.pointwise(u, v, gradients="products"), a, b)[1](cotangent))(x, kernel))
-    assert re.findall(r":(\w+)\[[\d,]*\] = dot_general", jaxpr) == ["f32"] * 3
+    sums = re.findall(r":(\w+)\[[\d,]*\] = dot_general", jaxpr)
+    assert sums == (["f32"] * 3 if native else ["bf16", "bf16", "f32"])
     with pytest.raises(ValueError, match="kernel must have rank 2"):
         ops.pointwise(x, kernel[None])
     with pytest.raises(ValueError, match=r"x must be \(\.\.\., C\) with C = 16"):

@@ -188,26 +188,28 @@ def _channel_product(x: Array, kernel: Array) -> Array:
     return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def _float32_sums(a: Array, b: Array, contract: tuple) -> Array:
-    """``lax.dot_general(a, b, (contract, ((), ())))`` summed in float32 for narrower inputs and
-    returned in ``a``'s dtype: XLA:CPU's bfloat16 x bfloat16 -> float32 products run 1.5-2.7x
-    faster than its bfloat16 -> bfloat16 ones on an AVX512_BF16 CPU (docs/benchmarks.md)."""
-    wide = jnp.promote_types(a.dtype, jnp.float32)
-    return lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=wide).astype(a.dtype)
+def _native_sums(a: Array, b: Array, contract: tuple) -> Array:
+    """``lax.dot_general(a, b, (contract, ((), ())))`` in ``a``'s dtype; for inputs narrower than
+    float32 on a CPU that multiplies bfloat16 natively (:func:`cpu_has_bfloat16_products`)
+    summed in float32 first: there XLA:CPU's bfloat16 x bfloat16 -> float32 products run
+    1.5-2.7x faster than its bfloat16 -> bfloat16 ones (docs/benchmarks.md)."""
+    wide = jnp.finfo(a.dtype).bits < 32 and cpu_has_bfloat16_products()
+    return lax.dot_general(a, b, (contract, ((), ())),
+                           preferred_element_type=jnp.float32 if wide else None).astype(a.dtype)
 
 
 @jax.custom_vjp
 def _pointwise_narrow_transposed(x: Array, kernel: Array) -> Array:
-    return _float32_sums(x, kernel, ((x.ndim - 1,), (0,)))
+    return _native_sums(x, kernel, ((x.ndim - 1,), (0,)))
 
 
 def _pointwise_forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _float32_sums(x, kernel, ((x.ndim - 1,), (0,))), (x, kernel)
+    return _native_sums(x, kernel, ((x.ndim - 1,), (0,))), (x, kernel)
 
 
 def _pointwise_backward(residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     x, kernel = residuals
-    dx = _float32_sums(dy, kernel, ((dy.ndim - 1,), (1,)))
+    dx = _native_sums(dy, kernel, ((dy.ndim - 1,), (1,)))
     axes = tuple(range(x.ndim - 1))
     contract = ((axes, axes), ((), ()))
     # float32 sums under bfloat16 as float32 operands (XLA:CPU's plain dot kernel refuses
@@ -231,9 +233,10 @@ def pointwise(x: Array, kernel: Array, *, gradients: str = "auto") -> Array:
 
     Equals ``lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))`` in value; with
     ``gradients="products"`` (:func:`conv_gradients`; on CPU by default) ``dK`` is computed
-    with the narrower of ``x`` and ``dy`` as the transposed operand (module docstring), and
-    under bfloat16 all three products sum in float32 (the value and ``dx`` are then rounded to
-    bfloat16: more exact, and faster on XLA:CPU); ``"xla"`` is JAX's own differentiation.
+    with the narrower of ``x`` and ``dy`` as the transposed operand (module docstring) and in
+    float32 under bfloat16; on a CPU that multiplies bfloat16 natively
+    (:func:`cpu_has_bfloat16_products`) the value and ``dx`` also sum in float32 before their
+    bfloat16 rounding (faster there, and more exact); ``"xla"`` is JAX's own differentiation.
 
     Args:
       x: ``(..., C)``, at least 2-D.
