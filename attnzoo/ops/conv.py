@@ -127,13 +127,19 @@ def cpu_has_bfloat16_products() -> bool:
     return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
 
 
+def _sums_in_float32(dtype: jnp.dtype) -> bool:
+    """Whether the products path sums ``dtype`` products in float32: narrower than float32 on a
+    CPU that multiplies bfloat16 natively (:func:`cpu_has_bfloat16_products`)."""
+    return jnp.finfo(dtype).bits < 32 and cpu_has_bfloat16_products()
+
+
 def _product_path_forward(x: Array, kernel: Array, stride: Pair, dilation: Pair,
                           padding: Padding) -> Array:
     """The forward convolution of the products path: XLA's own, or under a narrower dtype
     than float32 on a CPU that multiplies bfloat16 natively (:func:`cpu_has_bfloat16_products`)
     the tap products: XLA:CPU's bfloat16 convolution runs at its float32 speed there, its
     bfloat16 -> float32 products up to 2x faster."""
-    if jnp.finfo(x.dtype).bits < 32 and cpu_has_bfloat16_products():
+    if _sums_in_float32(x.dtype):
         return _tap_products(x, kernel, stride, dilation, padding)
     return _plain(x, kernel, stride, dilation, padding)
 
@@ -193,9 +199,8 @@ def _native_sums(a: Array, b: Array, contract: tuple) -> Array:
     float32 on a CPU that multiplies bfloat16 natively (:func:`cpu_has_bfloat16_products`)
     summed in float32 first: there XLA:CPU's bfloat16 x bfloat16 -> float32 products run
     1.5-2.7x faster than its bfloat16 -> bfloat16 ones (docs/benchmarks.md)."""
-    wide = jnp.finfo(a.dtype).bits < 32 and cpu_has_bfloat16_products()
-    return lax.dot_general(a, b, (contract, ((), ())),
-                           preferred_element_type=jnp.float32 if wide else None).astype(a.dtype)
+    wide = jnp.float32 if _sums_in_float32(a.dtype) else None
+    return lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=wide).astype(a.dtype)
 
 
 @jax.custom_vjp
