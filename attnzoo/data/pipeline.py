@@ -241,10 +241,12 @@ def eval_dataset(
             image, label = resize_to_fit(image, label, scale, canvas)
         else:
             label_size = tf.shape(label)[:2]
-            tf.debugging.assert_less_equal(
+            check = tf.debugging.assert_less_equal(
                 label_size, tf.constant(label_canvas), message=(
                     f"an evaluation label is larger than dataset.eval_label_canvas="
                     f"{tuple(label_canvas)}; raise it"))
+            with tf.control_dependencies([check]):  # the check runs before the padding fails
+                label = tf.identity(label)
             size = fit_size(label_size, scale, canvas)
             image = tf.image.resize(image, size, "bilinear")
             label = tf.ensure_shape(_pad(label, label_canvas, ignore_index), label_canvas)
