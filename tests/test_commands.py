@@ -147,6 +147,7 @@ def test_compose_attention_notebook_runs(run, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 
+@pytest.mark.slow
 def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
     """A garbage checkpoint for ``python -m attnzoo.convert`` and a bad config for
     ``train.py``: exit status 2, one ``error:`` line; ``--debug`` gives the traceback."""

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 FAST = [f"{f}_r50-d8_4xb2-80k_cityscapes-512x1024"
         for f in ("fcn", "danet", "ccnet", "nonlocal", "gcnet", "deeplabv3", "pspnet", "psanet")
-        ] + ["segformer_mit-b0_8xb2-160k_ade20k-512x512"]
+        ] + [pytest.param("segformer_mit-b0_8xb2-160k_ade20k-512x512", marks=pytest.mark.slow)]
 SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k-512x512",
         "pspnet_r50-d8_4xb2-80k_cityscapes-769x769", "ccnet_r101-d8_4xb2-80k_cityscapes-769x769",
         "psanet_r101-d8_4xb2-40k_cityscapes-769x769", "deeplabv3_r101-d8_4xb4-80k_ade20k-512x512",

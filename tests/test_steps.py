@@ -61,6 +61,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert math.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_eval_step_scores_labels_at_their_original_size():
     """With ``label_size`` in the batch the eval step resizes the model's logits (not
     probabilities) from each image's ``size`` to its label, as mmseg's ``postprocess_result``:

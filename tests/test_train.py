@@ -49,6 +49,7 @@ def test_run_writes_checkpoints_logs_and_predictions(run):
     assert 0.0 <= result["mIoU"] <= 1.0 and len(result["IoU"]) == len(cs.CLASSES)
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_parameters(run, tmp_path):
     """Losing the newest checkpoint (a crash after step 2's save) and running the same command
     again resumes at step 2 and ends with exactly the uninterrupted run's parameters."""
@@ -218,6 +219,7 @@ def test_two_processes_train_identical_parameters_and_a_restorable_checkpoint(
     assert engine.Checkpoints(workdir / "checkpoints", read_only=True).steps() == [2, 4]
 
 
+@pytest.mark.slow
 def test_init_from_loads_a_whole_trained_model(run, tmp_path):
     """``config.init_from`` = a run's workdir (or a converted mmseg model): every variable."""
     from attnzoo.engine.train import load_pretrained
