@@ -1,6 +1,7 @@
 """The benchmark scripts: the PyTorch DANet they compare against computes what attnzoo's does,
 and the scripts run end to end (tiny sizes; their real tables are in docs/benchmarks.md)."""
 
+import collections
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,57 @@ def test_step_profile_sorts_a_compiled_programs_instructions_by_kind():
     found = {kind for kind, _ in kinds.values()}
     assert {"convolution", "matrix product"} <= found
     assert found <= set(KINDS)
+
+
+def test_product_bound_counts_every_product_the_step_runs():
+    """Products inside jitted calls, custom gradients and a scan's body (times its length) are
+    counted; equal ones share a key; timing one alone gives its FLOPs; a while loop is refused."""
+    from product_bound import describe, products, time_alone
+
+    @jax.custom_vjp
+    def double_dot(x, w):
+        return x @ w
+
+    double_dot.defvjp(lambda x, w: (x @ w, (x, w)),
+                      lambda res, g: (g @ res[1].T, res[0].T @ g))
+
+    def fn(x, w, k):
+        y = jax.jit(lambda a: a @ w)(x) + double_dot(x, w)  # two equal forward dots
+        y = jax.lax.scan(lambda c, _: (c @ w, None), y, None, length=3)[0]
+        z = jax.lax.conv_general_dilated(y.reshape(1, 4, 8, 8), k, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return z.sum()
+
+    x, w = np.ones((32, 8), np.float32), np.ones((8, 8), np.float32)
+    k = np.ones((3, 3, 8, 4), np.float32)
+    found = products(jax.make_jaxpr(jax.grad(fn, argnums=(1, 2)))(x, w, k).jaxpr)
+    counts = collections.Counter()
+    for eqn, n in found.values():
+        counts[describe(eqn)] += n
+    assert counts["conv float32[1, 4, 8, 8] x float32[3, 3, 8, 4]"] == 1
+    # forward: the jit's, the custom rule's, the scan's 3; backward: the custom rule's g @ w.T
+    # and the scan's 3 x dc (g @ w^T, a transposed operand: another key, the same shapes)
+    assert counts["dot float32[32, 8] x float32[8, 8]"] == 1 + 1 + 3 + 1 + 3
+    # all: forward 6 (with the conv); backward: the scan's 3 x (dc, dw), the jit's dw (x is
+    # not differentiated), the custom rule's two, the conv's dx and dK
+    assert sum(counts.values()) == 6 + 3 * 2 + 1 + 2 + 2
+    seconds, flops = time_alone(next(iter(found.values()))[0], repeats=1)
+    assert seconds > 0 and flops > 0
+    with pytest.raises(ValueError, match="while loop"):
+        loop = jax.make_jaxpr(lambda a: jax.lax.while_loop(lambda c: c.sum() < 9, lambda c: c @ w, a))
+        products(loop(x).jaxpr)
+
+
+@pytest.mark.slow
+def test_product_bound_script():
+    """End to end at 64x64: the products' count and time, the heaviest one, both steps and the
+    float32 target (0.67x PyTorch's step)."""
+    out = run("product_bound.py", "--size", "64x64", "--repeats", "1", "--top", "1")
+    summary = next(line for line in out.splitlines() if "products (" in line)
+    assert int(summary.split()[0]) > 300  # DANet-R50-D8's step: forward and both gradients
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines()
+            if line.startswith("| ")}
+    torch_s = float(rows["PyTorch eager step"][0])
+    assert float(rows["target (0.67x PyTorch)"][0]) == pytest.approx(0.67 * torch_s, abs=2e-3)
+    assert float(rows["attnzoo's products alone"][0]) > 0 and float(rows["attnzoo step"][0]) > 0
+    assert "products alone" in out.splitlines()[-1]
