@@ -217,8 +217,13 @@ def _pointwise_backward(residuals: tuple[Array, Array], dy: Array) -> tuple[Arra
     dx = _native_sums(dy, kernel, ((dy.ndim - 1,), (1,)))
     axes = tuple(range(x.ndim - 1))
     contract = ((axes, axes), ((), ()))
-    # float32 sums under bfloat16 as float32 operands (XLA:CPU's plain dot kernel refuses
-    # bfloat16 inputs with a float32 result); the left operand is the one transposed in
+    if _sums_in_float32(x.dtype):
+        # bfloat16 operands, float32 sums, ``x`` on the left: 2x the float32 operands' rate
+        # there; with ``dy`` on the left and the result transposed XLA:CPU's plain dot kernel
+        # refuses bfloat16 x bfloat16 -> float32 (docs/benchmarks.md)
+        dk = lax.dot_general(x, dy, contract, preferred_element_type=jnp.float32)
+        return dx.astype(x.dtype), dk.astype(kernel.dtype)
+    # elsewhere float32 sums as float32 operands; the left operand is the one transposed in
     # memory: the one with fewer channels
     wide = jnp.promote_types(x.dtype, jnp.float32)
     xw, dyw = x.astype(wide), dy.astype(wide)
@@ -238,10 +243,11 @@ def pointwise(x: Array, kernel: Array, *, gradients: str = "auto") -> Array:
 
     Equals ``lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))`` in value; with
     ``gradients="products"`` (:func:`conv_gradients`; on CPU by default) ``dK`` is computed
-    with the narrower of ``x`` and ``dy`` as the transposed operand (module docstring) and in
-    float32 under bfloat16; on a CPU that multiplies bfloat16 natively
-    (:func:`cpu_has_bfloat16_products`) the value and ``dx`` also sum in float32 before their
-    bfloat16 rounding (faster there, and more exact); ``"xla"`` is JAX's own differentiation.
+    with the narrower of ``x`` and ``dy`` as the transposed operand (module docstring), in
+    float32 under bfloat16. Under bfloat16 on a CPU that multiplies bfloat16 natively
+    (:func:`cpu_has_bfloat16_products`) the value, ``dx`` and ``dK`` (``x`` on the left)
+    instead multiply bfloat16 and sum in float32 before their bfloat16 rounding (faster
+    there, and more exact); ``"xla"`` is JAX's own differentiation.
 
     Args:
       x: ``(..., C)``, at least 2-D.
