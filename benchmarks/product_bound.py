@@ -1,18 +1,20 @@
-"""How fast DANet-R50-D8's train step could be on XLA:CPU: its matrix products and
-convolutions, each run alone, against the whole step and PyTorch's.
+"""How fast DANet-R50-D8's train step (or inference) could be on XLA:CPU: its matrix products
+and convolutions, each run alone, against the whole step and PyTorch's.
 
-Traces the engine's train step (``compare_torch.py``'s attnzoo function: the DANet recipe, one
-device) to its jaxpr, collects every ``dot_general`` and ``conv_general_dilated`` it holds
-(forward, both gradients; inside nested calls, custom gradients and loops), and times each
-distinct one alone on random inputs of its shapes and dtypes (jitted, median of
-``--repeats``). Their sum, each counted as often as the step runs it, is the time XLA:CPU's own
-kernels need for the step's arithmetic at the rate they reach alone: the step cannot be
-faster unless the products run faster than that, whatever else (BatchNorm, activations,
-copies, the optimizer) is fused away. The same run times the whole step in attnzoo and in
-PyTorch eager (fresh processes, ``compare_torch.py``'s cells) and prints the target's time:
-0.67x PyTorch's for float32, PyTorch's own for bfloat16 (issue #19).
+Traces the engine's train step or the jitted forward pass (``compare_torch.py``'s attnzoo
+function: the DANet recipe, one device) to its jaxpr, collects every ``dot_general`` and
+``conv_general_dilated`` it holds (forward, both gradients; inside nested calls, custom
+gradients and loops), and times each distinct one alone on random inputs of its shapes and
+dtypes (jitted, median of ``--repeats``). Their sum, each counted as often as the step runs
+it, is the time XLA:CPU's own kernels need for the step's arithmetic at the rate they reach
+alone on all cores: whatever else (BatchNorm, activations, copies, the optimizer) is fused
+away, a step of the same products is not faster than that unless the kernels are (the
+compiled step may run two products side by side, each on fewer threads). The same run times the whole
+step in attnzoo and in PyTorch eager (fresh processes, ``compare_torch.py``'s cells) and
+prints the target's time: 0.67x PyTorch's for float32, PyTorch's own for bfloat16 (#19).
 
-    python benchmarks/product_bound.py [--size 512x512] [--batch 1] [--dtype float32] [--top 10]
+    python benchmarks/product_bound.py [--mode train] [--size 512x512] [--batch 1]
+        [--dtype float32] [--top 10]
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def describe(eqn: Any) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
     parser.add_argument("--size", default="512x512")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", choices=tuple(TARGETS), default="float32",
@@ -109,16 +112,17 @@ def main() -> None:
 
     print(machine(), flush=True)
     size = parse_size(args.size, "--size")
-    step, (state, batch) = jax_setup("train", size, args.batch, args.dtype)
-    found = products(jax.make_jaxpr(step)(state, batch).jaxpr)
-    del state, batch
+    step, (first, data) = jax_setup(args.mode, size, args.batch, args.dtype)
+    found = products(jax.make_jaxpr(step)(first, data).jaxpr)
+    del first, data
     rows, total_s, total_flops = [], 0.0, 0.0
     for eqn, count in found.values():
         seconds, flops = time_alone(eqn, args.repeats)
         total_s += count * seconds
         total_flops += count * flops
         rows.append((count * seconds, count, seconds, flops, describe(eqn)))
-    print(f"\n{sum(r[1] for r in rows)} products ({len(rows)} distinct) in the train step: "
+    what = "train step" if args.mode == "train" else "inference call"
+    print(f"\n{sum(r[1] for r in rows)} products ({len(rows)} distinct) in the {what}: "
           f"{total_flops / 1e9:.0f} GFLOP, {total_s:.3f} s run alone "
           f"({total_flops / total_s / 1e9:.0f} GFLOP/s)", flush=True)
     if args.top:
@@ -127,19 +131,19 @@ def main() -> None:
                      for t, n, s, f, d in sorted(rows, reverse=True)[:args.top]]))
     if args.no_steps:
         return
-    base = dict(mode="train", size=size, batch=args.batch, dtype=args.dtype,
+    base = dict(mode=args.mode, size=size, batch=args.batch, dtype=args.dtype,
                 repeats=args.repeats, device="cpu")
     cells = {fw: in_subprocess({**base, "framework": fw}) for fw in ("jax", "torch")}
     failed = [f"{fw}: {r['failed']}" for fw, r in cells.items() if "failed" in r]
     if failed:
-        raise SystemExit("a step failed: " + "; ".join(failed))
+        raise SystemExit(f"a {what} failed: " + "; ".join(failed))
     torch_s, jax_s = cells["torch"]["seconds"], cells["jax"]["seconds"]
     target = TARGETS[args.dtype] * torch_s
-    print(f"\nDANet-R50-D8 train step, {args.size}, batch {args.batch}, {args.dtype} compute, "
+    print(f"\nDANet-R50-D8 {what}, {args.size}, batch {args.batch}, {args.dtype} compute, "
           f"median of {args.repeats}")
     print(table(["", "seconds", "/ PyTorch"], [
-        ["PyTorch eager step", f"{torch_s:.3f}", "1.00"],
-        ["attnzoo step", f"{jax_s:.3f}", f"{jax_s / torch_s:.2f}"],
+        ["PyTorch eager", f"{torch_s:.3f}", "1.00"],
+        ["attnzoo", f"{jax_s:.3f}", f"{jax_s / torch_s:.2f}"],
         ["attnzoo's products alone", f"{total_s:.3f}", f"{total_s / torch_s:.2f}"],
         [f"target ({TARGETS[args.dtype]}x PyTorch)", f"{target:.3f}",
          f"{TARGETS[args.dtype]:.2f}"]]))

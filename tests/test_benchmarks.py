@@ -190,14 +190,14 @@ def test_product_bound_counts_every_product_the_step_runs():
 
 @pytest.mark.slow
 def test_product_bound_script():
-    """End to end at 64x64: the products' count and time, the heaviest one, both steps and the
-    float32 target (0.67x PyTorch's step)."""
+    """End to end at 64x64: the train step's products, count and time, the heaviest one, both
+    steps and the float32 target (0.67x PyTorch's step)."""
     out = run("product_bound.py", "--size", "64x64", "--repeats", "1", "--top", "1")
     summary = next(line for line in out.splitlines() if "products (" in line)
     assert int(summary.split()[0]) > 300  # DANet-R50-D8's step: forward and both gradients
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines()
             if line.startswith("| ")}
-    torch_s = float(rows["PyTorch eager step"][0])
+    torch_s = float(rows["PyTorch eager"][0])
     assert float(rows["target (0.67x PyTorch)"][0]) == pytest.approx(0.67 * torch_s, abs=2e-3)
-    assert float(rows["attnzoo's products alone"][0]) > 0 and float(rows["attnzoo step"][0]) > 0
+    assert float(rows["attnzoo's products alone"][0]) > 0 and float(rows["attnzoo"][0]) > 0
     assert "products alone" in out.splitlines()[-1]
