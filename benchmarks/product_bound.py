@@ -79,9 +79,8 @@ def time_alone(eqn: Any, repeats: int) -> tuple[float, float]:
     operands = [jax.random.normal(k, v.aval.shape, jnp.float32).astype(v.aval.dtype)
                 for k, v in zip(keys, eqn.invars)]
     fn = jax.jit(lambda *ops: eqn.primitive.bind(*ops, **eqn.params))
-    cost = fn.lower(*operands).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return time_fn(lambda: fn(*operands), repeats=repeats), float(cost.get("flops", 0.0))
+    flops = float(fn.lower(*operands).compile().cost_analysis()["flops"])
+    return time_fn(lambda: fn(*operands), repeats=repeats), flops
 
 
 def describe(eqn: Any) -> str:
