@@ -1,7 +1,7 @@
 """Train an attnzoo segmentor.
 
     python train.py --config configs/quickstart.py --workdir runs/quickstart
-    python train.py --config configs/danet.py:r101,cityscapes --workdir runs/danet \
+    python train.py --config configs/mmseg.py:danet_r101_d8,cityscapes --workdir runs/danet \
         --config.dataset.manual_dir=/data/cityscapes --config.batch_size=16
 
 Any config field can be overridden (``--config.optimizer.learning_rate=0.005``).

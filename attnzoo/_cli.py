@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -36,8 +37,22 @@ def one_line_errors(debug: bool = False) -> Iterator[None]:
         raise SystemExit(2) from None
 
 
+def show_logs() -> None:
+    """Print attnzoo's log records of level INFO and above on stderr, one line each (what a
+    command runs with, a checkpoint skipped, a renamed model read)."""
+    log = logging.getLogger("attnzoo")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
-    """The ``__main__`` of an argparse command: ``main(argv)`` with ``--debug`` taken out."""
+    """The ``__main__`` of an argparse command: ``main(argv)`` with ``--debug`` taken out and
+    attnzoo's logs shown (:func:`show_logs`)."""
+    show_logs()
     argv = sys.argv[1:]
     with one_line_errors("--debug" in argv):
         main([a for a in argv if a != "--debug"])

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from attnzoo import _cli
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+log = logging.getLogger("attnzoo")
 
 
 def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | None = None,
@@ -30,12 +32,15 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
                  ) -> dict[str, Any]:
     """Restore ``workdir``'s checkpoint and evaluate it (arguments override the saved config's
     ``eval`` settings; ``crf``: :func:`attnzoo.ops.dense_crf` arguments, ``{}`` for its
-    defaults, refines the predictions). Returns the metrics with ``"classes"`` and ``"step"``."""
+    defaults, refines the predictions). Returns the metrics with ``"classes"``, ``"step"``,
+    ``"split"`` and the run's ``"conv_implementation"`` (logged: the scores are computed with
+    it)."""
     import jax
     import numpy as np
 
     from attnzoo.data import input as data_input
     from attnzoo.engine import checkpoint, evaluate, make_eval_step
+    from attnzoo.ops.conv import describe_implementation
     from attnzoo.sharding import make_mesh, replicated
 
     overrides: dict[str, Any] = {"model.memory_efficient": memory_efficient}
@@ -45,6 +50,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
         overrides["dataset.manual_dir"] = manual_dir
     model, variables, config, saved_step = checkpoint.restore_with_step(
         workdir, step=step, config_overrides=overrides)
+    log.info("%s", describe_implementation(config.conv_implementation))
     mesh = make_mesh()
     builder = data_input.prepared_builder(config.dataset)
     names = data_input.class_names(config.dataset, builder)
@@ -54,10 +60,12 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     variables = jax.device_put(variables, replicated(mesh))
     result = evaluate(eval_step, variables, data_input.eval_batches(
         config.dataset, batch_size=batch_size or config.eval_batch_size, mesh=mesh, split=split,
-        builder=builder))
+        builder=builder, pixel_mean=tuple(config.model.pixel_mean),
+        pixel_std=tuple(config.model.pixel_std)))
     out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
     return {**out, "classes": names, "step": saved_step,
-            "split": split or config.dataset.eval_split}
+            "split": split or config.dataset.eval_split,
+            "conv_implementation": config.conv_implementation}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

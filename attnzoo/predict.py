@@ -18,6 +18,7 @@ sets them). Needs no TensorFlow.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ import numpy as np
 
 from attnzoo import _cli, ops, viz
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
+from attnzoo.ops.conv import describe_implementation
 from attnzoo.data.datasets import spec
-from attnzoo.data.normalize import normalize_image
+from attnzoo.pixels import normalize_image
+
+log = logging.getLogger("attnzoo")
 
 
 def _find(tree: Any, key: str) -> Any:
@@ -96,15 +100,18 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
                   step: int | None = None, crf: dict[str, Any] | None = None) -> list[Path]:
     """Write masks and overlays (and attention pictures) of ``images`` to ``out``; returns the
     files written. ``crf`` (:func:`attnzoo.ops.dense_crf` arguments, ``{}`` for its defaults)
-    refines the masks on each image."""
+    refines the masks on each image. Logs the run's convolution setting
+    (``config.conv_implementation``), which the predictions are computed with."""
     from attnzoo.engine.checkpoint import restore
 
     model, variables, config = restore(workdir, step=step,
                                        config_overrides={"model.memory_efficient": memory_efficient})
+    log.info("%s", describe_implementation(config.conv_implementation))
     num_classes, ignore = int(config.dataset.num_classes), int(config.dataset.ignore_index)
     palette = spec(config.dataset.name).class_colours(num_classes)
     out = Path(out)
 
+    @ops.conv_implementation(config.conv_implementation)
     def labels(v: Any, x: jax.Array, rgb: jax.Array) -> jax.Array:
         logits = model.apply(v, x)["out"].astype(jnp.float32)
         if crf is not None:
@@ -115,7 +122,7 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     written = []
     for path in images:
         rgb = viz.load_image(path)
-        x = jnp.asarray(normalize_image(rgb))[None]
+        x = jnp.asarray(normalize_image(rgb, config.model.pixel_mean, config.model.pixel_std))[None]
         mask = np.asarray(predict(variables, x, jnp.asarray(rgb, jnp.float32)[None]))[0]
         colours = viz.colorize(mask, num_classes, ignore, colours=palette)
         stem = Path(path).stem

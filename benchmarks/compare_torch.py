@@ -90,8 +90,8 @@ def jax_setup(mode: str, size: tuple[int, int], batch: int, dtype: str
     from attnzoo.engine.config import load_config_file
     from attnzoo.sharding import batch_sharding, make_mesh, replicated
 
-    config = load_config_file(str(Path(__file__).resolve().parents[1] / "configs" / "danet.py")
-                              + ":r50,d8,cityscapes")
+    config = load_config_file(str(Path(__file__).resolve().parents[1] / "configs" / "mmseg.py")
+                              + ":danet_r50_d8,cityscapes")
     config.compute_dtype = dtype
     config.dataset.crop_size = size
     config.batch_size = batch

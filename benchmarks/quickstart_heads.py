@@ -13,7 +13,7 @@ six shape classes (the pixels whose class needs the far-away marker) as mean
 +- sample std over the seeds, each seed's mIoU / shape-class IoU, how many
 seeds read the marker (shape-class IoU above 50%: a model blind to it is right
 on half of the shapes' pixels at best, ~1/3 IoU) and the machine. The default
-heads are all of the quickstart's (``HEADS`` in ``configs/quickstart.py``).
+heads are every head family's (``attnzoo.heads.list_families()``).
 ``--devices N`` simulates N CPU devices and ``--xla-flags`` adds XLA options
 (both before JAX starts): the same runs under another reduction order or
 other kernels, as on another machine; the workdirs are then named after them.
@@ -33,7 +33,9 @@ from common import machine, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from configs.quickstart import HEADS  # noqa: E402
+from attnzoo.heads import list_families  # noqa: E402
+
+HEADS = list_families()
 
 READS_MARKER = 0.5  # shape-class IoU above which a run has learnt the marker
 

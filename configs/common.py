@@ -23,6 +23,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from attnzoo import heads, models
 from attnzoo.engine import default_config
 
 # dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride)
@@ -42,10 +43,6 @@ DATASETS: dict[str, dict[str, Any]] = {
                                         scale=(2048, 1024)),
                            num_steps=160_000, batch_size=8, eval_mode="slide", stride=(768, 768)),
 }
-DEPTHS = ("r50", "r18", "r101")
-STRIDES = ("d8", "d16")
-
-
 def parse_arg(arg: str, **fields: Any) -> ConfigDict:
     """Parse a recipe argument into typed fields (after big_vision's ``parse_arg``).
 
@@ -55,8 +52,9 @@ def parse_arg(arg: str, **fields: Any) -> ConfigDict:
     field (converted to the default's type, checked against the choices), a
     bare ``value`` sets the one field whose choices contain it.
 
-    >>> parse_arg("r101,dataset=ade20k", depth=DEPTHS, dataset=tuple(DATASETS)).depth
-    'r101'
+    >>> parse_arg("danet_r101_d8,dataset=ade20k", model=("danet_r50_d8", "danet_r101_d8"),
+    ...           dataset=tuple(DATASETS)).model
+    'danet_r101_d8'
 
     Raises:
       ValueError naming the token, the fields and their choices.
@@ -97,7 +95,8 @@ def _typed(text: str, default: Any, key: str) -> Any:
 
 def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
     """``default_config()`` with model ``model`` and mmsegmentation's schedule and data settings
-    for ``dataset`` (see the module docstring)."""
+    for ``dataset`` (see the module docstring), and the recipe settings of the model's head
+    family (``heads.get_family(name).recipe``, e.g. SegFormer's AdamW)."""
     d = DATASETS[dataset]
     c = default_config()
     c.model.name = model
@@ -111,12 +110,7 @@ def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
     c.eval.crop_size = d["dataset"]["crop_size"]
     c.eval.stride = d["stride"]
     c.eval_every = c.num_steps // 10
+    family = getattr(models.get_spec(model), "family", None)
+    if family is not None:
+        c.update_from_flattened_dict(dict(heads.get_family(family).recipe))
     return c
-
-
-def resnet_recipe(family: str, arg: str) -> ConfigDict:
-    """The recipe of model ``<family>_<depth>_<stride>`` on a dataset, from ``arg``
-    (``depth``: r50 | r18 | r101, ``stride``: d8 | d16, ``dataset``; defaults r50, d8,
-    cityscapes)."""
-    a = parse_arg(arg, depth=DEPTHS, stride=STRIDES, dataset=tuple(DATASETS))
-    return mmseg_schedule(a.dataset, f"{family}_{a.depth}_{a.stride}")

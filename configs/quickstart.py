@@ -5,34 +5,35 @@
 prepares the synthetic dataset (~30 s, no download), trains 1000 steps of
 batch 8 on CPU, evaluates on the 500 validation images, prints mIoU and the
 per-class table, saves a checkpoint and writes predictions.png. The argument
-picks another head for the same budget: ``configs/quickstart.py:ccnet``
-(``fcn``, ``danet``, ``ccnet``, ``nonlocal``, ``psa``, ``psas``, ``gcnet``,
-``deeplabv3``, ``pspnet``, ``psanet``) -- the analogue of the DANet paper's ablation, see
-``benchmarks/quickstart_heads.py``. ``configs/quickstart.py:segformer`` trains
-SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters, and the all-MLP head) for the same
-budget instead of the narrow ResNet.
+picks another head family for the same budget, ``configs/quickstart.py:ccnet`` (any of
+``attnzoo.heads.list_families()``): the analogue of the DANet paper's ablation, see
+``benchmarks/quickstart_heads.py``. A family is trained on the small model of its first
+model set (:data:`SMALL`): the quarter-width ResNet-18-D8, or SegFormer-B0 (the MiT-B0
+encoder, 3.7M parameters) for ``segformer``.
 """
 
+from attnzoo import heads
 from attnzoo.engine import default_config
 from configs import common
 
-HEADS = ("danet", "fcn", "ccnet", "nonlocal", "psa", "psas", "gcnet", "deeplabv3", "pspnet",
-         "psanet", "segformer")
+DEFAULT = "danet"
+# model set -> (model name suffix, config.model fields): the small model of each
+SMALL = {
+    "resnet": ("r18_d8", {"backbone_kwargs": {"width": 16, "stem_width": 16},
+                          "head_channels": 32, "aux_channels": 16}),
+    "mit": ("mit_b0", {"head_channels": 64}),
+}
 
 
 def get_config(arg: str = ""):
-    a = common.parse_arg(arg, head=HEADS)
+    names = heads.list_families()
+    names.remove(DEFAULT)
+    a = common.parse_arg(arg, family=(DEFAULT, *names))
+    family = heads.get_family(a.family)
+    suffix, fields = SMALL[family.model_sets[0]]
     c = default_config()
-    if a.head == "segformer":
-        c.model.name = "segformer_mit-b0"
-        c.model.head_channels = 64
-    else:
-        c.model.name = f"{a.head}_r18_d8"
-        c.model.backbone_kwargs = {"width": 16, "stem_width": 16}
-        c.model.head_channels = 32
-        c.model.aux_channels = 16
-        if a.head == "psanet":  # 2h - 1 for the 16x16 features shrunk to 8x8
-            c.model.head_kwargs = {"mask_size": (15, 15)}
+    c.model.name = f"{family.name}_{suffix}"
+    c.model.update({**fields, **family.quickstart})
     c.dataset.name = "context_shapes"
     c.dataset.num_classes = 9
     c.dataset.crop_size = (128, 128)
@@ -51,7 +52,7 @@ def get_config(arg: str = ""):
     # and 700, depending on seed and rounding) which far-away marker decides their class. A
     # cosine decay from step 50 lowered the rate during that window and some runs never left
     # the plateau (DANet on 8 devices, seed 0: 43.4 mIoU); holding the peak to half-way and
-    # decaying over the last half gets every run there (README, "Robustness").
+    # decaying over the last half gets every run there (docs/experiments.md).
     c.optimizer.decay_ratio = 0.5
     # shapes cover ~10% of the pixels: weight the background down so they are not ignored
     c.loss.kwargs = {"class_weight": (0.2,) + (1.0,) * 8}

@@ -96,3 +96,26 @@ def randomize_torch(model, seed=0):
             elif name.endswith("running_var"):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gen))
     return model
+
+
+def randomize_inputs(args, seed=0):
+    """``args`` (a tree of arrays) with standard normal values of the same shapes, float32."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: jax.numpy.asarray(rng.standard_normal(a.shape), np.float32),
+                        args)
+
+
+def build_block(name, size=(8, 8), **kwargs):
+    """``(module, example args of size, variables)`` of block ``name`` built with ``kwargs``,
+    inputs random and every parameter moved off its initial value (so that zero-initialised
+    gammas and convolutions take part)."""
+    from attnzoo import blocks
+
+    module = blocks.create(name, **kwargs)
+    args = randomize_inputs(blocks.get_spec(name).example(module, size))
+    variables = module.init(jax.random.key(0), *args)
+    leaves, tree = jax.tree.flatten(variables["params"])
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    return module, args, {**variables, "params": params}

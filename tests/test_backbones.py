@@ -1,4 +1,5 @@
-"""Backbone variants: feature strides and channels, attention plug-in, BN modes, bad input."""
+"""Backbone variants: output strides, attention plug-in, BN modes, bad fields (the checks every
+registered backbone passes are in test_registries.py)."""
 
 import flax
 import jax
@@ -26,9 +27,11 @@ def test_registry_has_every_variant():
         backbones.create("resnet51")
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_feature_strides_and_channels(name):
-    for output_stride in ((8, 16, 32) if name.endswith(("18_v1b", "50_v1c", "50d")) else (8,)):
+@pytest.mark.parametrize("name", ["resnet18_v1b", "resnet50_v1c", "resnest50d", "skresnet18"])
+def test_feature_strides_and_channels_at_every_output_stride(name):
+    """Output strides 8 and 16 dilate the last stages (32, every backbone's default, is in
+    test_registries.py)."""
+    for output_stride in (8, 16, 32):
         module = backbones.create(name, output_stride=output_stride)
         out = shapes(module)
         info = module.feature_info()
@@ -50,13 +53,13 @@ def test_narrow_backbone_scales_every_stage():
 
 @pytest.mark.parametrize("attn", ["se", "eca", "cbam", "gc", "coord", "scse", "ese"])
 def test_attention_in_every_block(attn):
+    """Traced: the blocks themselves run in test_registries.py."""
     module = backbones.create("resnet18_v1c", attn=attn)
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 32, 32, 3)), jnp.float32)
-    variables = module.init(jax.random.key(0), x)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(module.init, jax.random.key(0), x)
     blocks_with_attn = [k for k, v in variables["params"].items() if "attn" in v]
     assert len(blocks_with_attn) == 8  # 2 + 2 + 2 + 2 residual blocks
-    out = module.apply(variables, x)
-    assert np.isfinite(np.asarray(out["c4"])).all()
+    assert jax.eval_shape(module.apply, variables, x)["c4"].shape == (1, 1, 1, 512)
 
 
 def test_attention_kwargs_reach_the_block():
@@ -81,8 +84,9 @@ def test_frozen_bn_never_uses_or_updates_batch_statistics():
 
 def test_multi_grid_changes_last_stage_dilations_only():
     x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 64, 64, 3)), jnp.float32)
-    plain = backbones.create("resnet50_v1c", output_stride=8)
-    grid = backbones.create("resnet50_v1c", output_stride=8, multi_grid=(1, 2, 4))
+    narrow = {"width": 8, "stem_width": 8}
+    plain = backbones.create("resnet50_v1c", output_stride=8, **narrow)
+    grid = backbones.create("resnet50_v1c", output_stride=8, multi_grid=(1, 2, 4), **narrow)
     variables = plain.init(jax.random.key(0), x)
     a, b = plain.apply(variables, x), grid.apply(variables, x)
     np.testing.assert_array_equal(a["c3"], b["c3"])
@@ -91,12 +95,7 @@ def test_multi_grid_changes_last_stage_dilations_only():
         backbones.create("resnet50_v1c", multi_grid=(1, 2))
 
 
-def test_bad_input_is_refused():
-    module = backbones.create("resnet18_v1b")
-    with pytest.raises(ValueError, match="x has 1 channels .* in_channels=3"):
-        module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-    with pytest.raises(ValueError, match="rank 4"):
-        module.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
+def test_bad_fields_are_refused():
     with pytest.raises(ValueError, match="output_stride must be one of"):
         backbones.create("resnet18_v1b", output_stride=4)
     with pytest.raises(ValueError, match="name must be one of"):

@@ -345,10 +345,10 @@ def test_non_local(kwargs):
     compare("non_local", ref, image(32, 8, 10) * 0.5, channels=32, **kwargs)
 
 
-@pytest.mark.parametrize("name,sequential", [("psa_p", False), ("psa_s", True)])
-def test_polarized(name, sequential):
-    ref = randomize(OfficialPSA(32, sequential))
-    compare(name, ref, image(32, 8, 10), channels=32)
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_polarized(mode):
+    ref = randomize(OfficialPSA(32, mode == "sequential"))
+    compare("polarized", ref, image(32, 8, 10), channels=32, mode=mode)
 
 
 # -- conversion errors --------------------------------------------------------------------------

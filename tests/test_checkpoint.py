@@ -1,5 +1,6 @@
 """Checkpoints (``attnzoo.engine.checkpoint``): keep policy, restore, corrupt steps skipped, checkpoints of earlier versions."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -77,3 +78,46 @@ def test_a_checkpoint_written_before_the_restructuring_restores():
     adam = state.opt_state[0][0]  # clip -> adamw: scale_by_adam's state
     assert "attn" in adam.mu["backbone"]["layer4_1"] and "se" not in adam.mu["backbone"]["layer4_1"]
     assert np.abs(np.asarray(adam.mu["backbone"]["layer4_1"]["attn"]["fc1"]["kernel"])).sum() > 0
+
+
+FIXTURE_V1 = FIXTURE.with_name("checkpoint_v1")
+
+
+def test_a_run_written_under_an_old_model_name_restores_and_resumes_without_a_change():
+    """``fixtures/checkpoint_v1`` was written by attnzoo at 8a488a0 (before the polarized
+    family got one name): a narrow ``psas_r18_d8`` (polarized self-attention, sequential) after
+    one SGD step, with its ``config.json``. It restores as ``polarized_r18_d8`` with
+    ``mode="sequential"`` and gives the logits it gave then (1e-6: the same computation); the
+    parallel layout would not. A rerun in that workdir with the new name resumes (nothing
+    that shapes the state differs)."""
+    from attnzoo.engine.config import from_fields, migrate
+    from attnzoo.engine.workdir import shaping_differences
+
+    expected = np.load(FIXTURE_V1 / "expected.npz")
+    model, variables, config = engine.restore(FIXTURE_V1)
+    assert config.model.name == "polarized_r18_d8"
+    assert config.model.head_kwargs.mode == "sequential" and model.head.mode == "sequential"
+    assert config.conv_implementation == "auto"  # a field the old config lacks: its default
+    logits = np.asarray(model.apply(variables, jnp.asarray(expected["image"]))["out"])
+    np.testing.assert_allclose(logits, expected["logits"], rtol=1e-6, atol=1e-6)
+    parallel = model.clone(head=model.head.clone(mode="parallel"))
+    assert not np.allclose(np.asarray(parallel.apply(variables, expected["image"])["out"]),
+                           expected["logits"], rtol=1e-3, atol=1e-5)
+    saved = json.loads((FIXTURE_V1 / "config.json").read_text())
+    assert saved["model"]["name"] == "psas_r18_d8"
+    new = migrate(saved)
+    new.model.name, new.model.head_kwargs = "polarized_r18_d8", {"mode": "sequential"}
+    assert shaping_differences(migrate(saved), new) == []
+    assert shaping_differences(saved, from_fields({"model.name": "polarized_r18_d8"})) != []
+
+
+def test_old_model_and_block_names_are_read_as_their_new_ones():
+    from attnzoo.engine.config import migrate
+
+    c = migrate({"model": {"name": "segformer_mit-b3", "head_kwargs": {"channels": 64}}})
+    assert c.model.name == "segformer_mit_b3" and c.model.head_kwargs.to_dict() == {"channels": 64}
+    c = migrate({"model": {"name": "psa_r50_d16", "backbone_kwargs": {"attn": "psa_s"}}})
+    assert c.model.name == "polarized_r50_d16" and c.model.head_kwargs.to_dict() == {}
+    assert c.model.backbone_kwargs.attn == "polarized"
+    assert c.model.backbone_kwargs.attn_kwargs.to_dict() == {"mode": "sequential"}
+    assert engine.build_model(c).backbone.attn == "polarized"

@@ -1,6 +1,8 @@
 """mmsegmentation's trained segmentors in attnzoo: ``convert.from_mmseg`` against mmseg's own
 model code (built from its shipped configs by its registry, random weights and BN statistics,
-attention gammas non-zero), the PSA mask op against a loop, and the errors.
+attention gammas non-zero) for one config of every family (registry-driven), every published
+config's key layout, the published-checkpoint data file against mmseg's metafiles, the PSA
+mask op against a loop, and the errors.
 
 Tolerance: attnzoo's float32 full-resolution logits vs mmseg's ``encode_decode`` in float64,
 max |difference| <= 1e-4 x max |reference| (the parity bound of the backbone tests)."""
@@ -9,21 +11,30 @@ import numpy as np
 import pytest
 from helpers import randomize_torch
 
-from attnzoo import ops
+from attnzoo import heads, models, ops
 from attnzoo.convert import ConversionError, from_mmseg
-from attnzoo.convert.mmseg import PUBLISHED, mmseg_config, mmseg_recipe
+from attnzoo.convert.mmseg import PROTOCOLS, mmseg_recipe, published_checkpoints
+from attnzoo.engine.config import from_fields
 
 mmseg_support = pytest.importorskip("mmseg_support")
 torch = pytest.importorskip("torch")
 
-FAST = [f"{f}_r50-d8_4xb2-80k_cityscapes-512x1024"
-        for f in ("fcn", "danet", "ccnet", "nonlocal", "gcnet", "deeplabv3", "pspnet", "psanet")
-        ] + [pytest.param("segformer_mit-b0_8xb2-160k_ade20k-512x512", marks=pytest.mark.slow)]
+def representative(family):
+    """The published config of ``family`` its parity is tested on in the default run: an R-50
+    Cityscapes 512x1024 80k one where there is one (every ResNet family), else its first."""
+    stems = [c.config for c in published_checkpoints().values() if c.family == family]
+    return next((st for st in stems if "_r50-d8_4xb2-80k_cityscapes-512x1024" in st), stems[0])
+
+
+MMSEG_FAMILIES = sorted({c.family for c in published_checkpoints().values()})
+# SegFormer's parity runs in the slow set (a 3.7M-parameter Transformer: ~25 s here)
+FAST = [pytest.param(representative(f), marks=pytest.mark.slow) if f == "segformer"
+        else representative(f) for f in MMSEG_FAMILIES]
 SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k-512x512",
         "pspnet_r50-d8_4xb2-80k_cityscapes-769x769", "ccnet_r101-d8_4xb2-80k_cityscapes-769x769",
         "psanet_r101-d8_4xb2-40k_cityscapes-769x769", "deeplabv3_r101-d8_4xb4-80k_ade20k-512x512",
         "fcn_r101-d8_4xb4-160k_ade20k-512x512", "gcnet_r101-d8_4xb4-80k_ade20k-512x512",
-        "nonlocal_r101-d8_4xb2-80k_cityscapes-512x1024",
+        "nonlocal_r101-d8_4xb2-80k_cityscapes-512x1024", "fcn_r18-d8_4xb2-80k_cityscapes-769x769",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 
@@ -81,22 +92,73 @@ def test_psa_mask_equals_a_loop_over_positions():
                                    atol=1e-6)
 
 
-def test_every_published_config_has_a_recipe():
-    assert len(PUBLISHED) == 109
-    for stem in PUBLISHED:
+def test_every_family_with_mmseg_renames_has_published_checkpoints():
+    declared = [f for f in heads.list_families() if heads.get_family(f).mmseg_renames is not None]
+    assert MMSEG_FAMILIES == declared
+
+
+def test_every_published_config_has_a_recipe_matching_its_row():
+    published = published_checkpoints()
+    assert len(published) == 115
+    for stem, row in published.items():
         recipe = mmseg_recipe(stem)
-        assert recipe.model.split("_")[0] in stem
-    c = mmseg_config("psanet_r50-d8_4xb4-80k_ade20k-512x512")
+        assert (recipe.family, recipe.dataset, recipe.crop, recipe.schedule) == (
+            row.family, row.dataset, row.crop, row.schedule)
+        assert recipe.model in models.list_models() and row.checkpoint.endswith(".pth")
+        assert 20 < row.miou < 90 and (row.miou_ms is None or row.miou_ms > row.miou - 1)
+    c = from_fields(mmseg_recipe("psanet_r50-d8_4xb4-80k_ade20k-512x512").config_fields())
     assert c.model.name == "psanet_r50_d8" and tuple(c.model.head_kwargs.mask_size) == (66, 66)
     assert c.dataset.num_classes == 150 and tuple(c.dataset.eval_scale) == (2048, 512)
     assert c.dataset.eval_canvas is None and tuple(c.dataset.eval_label_canvas) == (2048, 2048)
-    c = mmseg_config("ccnet_r101-d8_4xb2-80k_cityscapes-769x769")
+    assert (c.num_steps, c.batch_size) == (80_000, 16)
+    c = from_fields(mmseg_recipe("ccnet_r101-d8_4xb2-80k_cityscapes-769x769").config_fields())
     assert c.eval.mode == "slide" and c.model.align_corners and c.dataset.num_classes == 19
+    c = from_fields(mmseg_recipe("segformer_mit-b0_8xb2-160k_ade20k-512x512").config_fields())
+    assert c.model.name == "segformer_mit_b0" and c.model.head_kwargs.to_dict() == {
+        "channels": 256, "stage_norm": True}
+
+
+def test_the_published_checkpoints_file_is_mmsegs_metafiles():
+    """``attnzoo/convert/mmseg_checkpoints.csv`` is what ``tools/mmseg_checkpoints.py`` reads
+    from the installed mmseg's ``configs/*/metafile.yaml``: every published model of a supported
+    family, with its checkpoint file and mIoU."""
+    from tools import mmseg_checkpoints
+
+    table = mmseg_checkpoints.rows(mmseg_checkpoints.mmseg_configs())
+    assert mmseg_checkpoints.render(table) == mmseg_checkpoints.TARGET.read_text()
+
+
+def architectures():
+    """The published configs grouped by architecture: configs that differ only in their
+    schedule build the same model (checked on mmseg's config) and are converted once."""
+    groups = {}
+    for stem in published_checkpoints():
+        recipe = mmseg_recipe(stem)
+        groups.setdefault((recipe.model, recipe.protocol), []).append(stem)
+    return list(groups.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stems", architectures(), ids=lambda stems: stems[0])
+def test_every_published_config_converts_from_mmsegs_own_model(stems):
+    """Key names and shapes (no forward pass): mmseg's model of the config, built by its
+    registry, converts into attnzoo's model of the stem with every key used."""
+    from mmengine.config import Config
+
+    models_of = [Config.fromfile(str(mmseg_support.config_path(st))).model for st in stems]
+    assert all(m == models_of[0] for m in models_of), stems
+    model, _ = mmseg_support.build(stems[0])
+    from_mmseg(stems[0], {k: v.numpy() for k, v in model.state_dict().items()})
 
 
 def test_bad_config_other_architecture_and_truncated_file_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="not an mmseg config attnzoo rebuilds"):
+    with pytest.raises(ValueError, match="not an mmseg config attnzoo rebuilds.*family 'upernet'"):
         from_mmseg("upernet_r50_4xb2-80k_cityscapes-512x1024", {})
+    with pytest.raises(ValueError, match="backbone 'r50-d16-mg124'"):
+        from_mmseg("deeplabv3_r50-d16-mg124_4xb2-40k_cityscapes-512x1024", {})
+    with pytest.raises(ValueError, match="dataset 'voc12aug-512x512'"):
+        from_mmseg("danet_r50-d8_4xb4-20k_voc12aug-512x512", {})
+    assert set(PROTOCOLS) >= {"cityscapes-512x1024", "ade20k-512x512"}
     model, _ = mmseg_support.build("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     with pytest.raises(ConversionError, match=r"missing \(32\): .*params/head/pam/gamma.*"
@@ -142,14 +204,3 @@ def test_convert_command_writes_a_run_that_restores_predicts_and_initialises(tmp
     np.testing.assert_array_equal(
         np.asarray(loaded.params["head"]["cls"]["conv_seg"]["kernel"]),
         np.asarray(variables["params"]["head"]["cls"]["conv_seg"]["kernel"]))
-
-
-def test_the_docs_table_lists_every_published_checkpoint():
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "pretrained.md").read_text()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for stem, (checkpoint, miou, _) in PUBLISHED.items():
-        assert f"| `{stem}` | `{mmseg_recipe(stem).model}` | `{checkpoint}` | {miou:.2f} |" in text
-        if "80k_cityscapes-512x1024" in stem or "160k_ade20k" in stem:
-            assert f"| `{stem}` | `{checkpoint}` | {miou:.2f} |" in readme

@@ -18,8 +18,9 @@ from helpers import randomize_torch
 
 from attnzoo import backbones, blocks, engine, models, sharding
 from attnzoo.blocks.common import DropPath
-from attnzoo.convert import ConversionError, from_transformers, transformers_config
+from attnzoo.convert import ConversionError, from_transformers, transformers_config_fields
 from attnzoo.engine import optim
+from attnzoo.engine.config import from_fields
 from attnzoo.models.specs import EncoderDecoderSpec
 
 TINY = dict(num_labels=5, hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 2, 2, 4],
@@ -167,25 +168,26 @@ def test_from_transformers_equals_hugging_face_in_both_key_layouts(tmp_path, siz
 
 
 def test_a_hub_sized_config_maps_to_its_registered_model():
-    """The hub's nvidia/segformer-b2 sizes name segformer_mit-b2 (768-wide decoder); the model
+    """The hub's nvidia/segformer-b2 sizes name segformer_mit_b2 (768-wide decoder); the model
     is the registered one with Hugging Face's LayerNorm epsilon."""
     config = dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768,
                   id2label={str(i): f"c{i}" for i in range(150)})
-    c = transformers_config(config)
-    assert c.model.name == "segformer_mit-b2" and c.dataset.num_classes == 150
+    c = from_fields(transformers_config_fields(config))
+    assert c.model.name == "segformer_mit_b2" and c.dataset.num_classes == 150
     assert c.dataset.name == "ade20k" and tuple(c.dataset.eval_scale) == (2048, 512)
     model = engine.build_model(c)
     assert isinstance(model.backbone, backbones.MixVisionTransformer)
     assert model.backbone.depths == (3, 4, 6, 3) and model.head.channels == 768
-    registered = models.create("segformer_mit-b2", num_classes=150)
+    registered = models.create("segformer_mit_b2", num_classes=150)
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     assert (jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0), x))
             == jax.tree.map(lambda a: a.shape,
                             jax.eval_shape(registered.init, jax.random.key(0), x)))
-    city = transformers_config({**config, "id2label": {str(i): "c" for i in range(19)}})
+    city = from_fields(transformers_config_fields(
+        {**config, "id2label": {str(i): "c" for i in range(19)}}))
     assert city.eval.mode == "slide" and tuple(city.eval.crop_size) == (1024, 1024)
     with pytest.raises(ValueError, match="protocol 'ade20k-640x640' has 150 classes"):
-        transformers_config({**config, "id2label": {"0": "a"}}, "ade20k-640x640")
+        transformers_config_fields({**config, "id2label": {"0": "a"}}, "ade20k-640x640")
 
 
 def test_from_transformers_refuses_what_it_cannot_rebuild(tmp_path):
@@ -219,7 +221,7 @@ def test_convert_command_writes_a_run_that_restores_and_predicts(tmp_path, capsy
                  "--out", str(tmp_path / "run")]) == 0
     assert "transformers:segformer" in capsys.readouterr().out
     restored_model, restored, config = engine.restore(str(tmp_path / "run"))
-    assert config.model.name == "segformer_mit-b0" and config.dataset.num_classes == 5
+    assert config.model.name == "segformer_mit_b0" and config.dataset.num_classes == 5
     x = np.random.default_rng(0).standard_normal((1, 40, 56, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(restored_model.apply(restored, x)["out"]),
                                   np.asarray(model.apply(variables, x)["out"]))
@@ -236,7 +238,7 @@ def _train_step(model, config, devices):
 
 def _config(**overrides):
     c = engine.default_config()
-    c.model.name = "segformer_mit-b0"
+    c.model.name = "segformer_mit_b0"
     c.dataset.num_classes = 5
     c.dataset.crop_size = (64, 64)
     c.optimizer.update(dict(name="adamw", learning_rate=1e-3, schedule="constant",

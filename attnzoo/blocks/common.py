@@ -101,7 +101,7 @@ class ConvParameters(nn.Module):
 
 class PointwiseConv(ConvParameters):
     """A 1x1, stride-1 convolution computed as a matrix product over the channel axis
-    (:func:`attnzoo.ops.pointwise`; ``gradients`` as for :class:`Conv`).
+    (:func:`attnzoo.ops.pointwise`, as ``ops.conv_implementation`` says).
 
     Same parameters as ``nn.Conv`` with a 1x1 kernel (``kernel`` ``(1, 1, Cin, Cout)``,
     ``bias``; same initialisation), so checkpoints and converted weights are unchanged. Why:
@@ -110,19 +110,17 @@ class PointwiseConv(ConvParameters):
     and ResNet bottlenecks are two-thirds 1x1 convolutions.
     """
 
-    gradients: str = "auto"
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x, kernel, bias = self.parameters(x, 1)
-        y = ops.pointwise(x, kernel[0, 0], gradients=self.gradients)
+        y = ops.pointwise(x, kernel[0, 0])
         return y if bias is None else y + bias
 
 
 class Conv(ConvParameters):
-    """An ungrouped 2-D convolution through :func:`attnzoo.ops.conv2d`, whose gradients XLA:CPU
-    computes as matrix products (``gradients="auto"``: on CPU, for kernels of at least 64 x 64
-    channels; ``"xla"`` keeps XLA's own).
+    """An ungrouped 2-D convolution through :func:`attnzoo.ops.conv2d`, computed as
+    ``ops.conv_implementation`` says (by default on CPU with matrix-product gradients for
+    kernels of at least 64 x 64 channels, XLA's own elsewhere).
 
     The same parameters as ``nn.Conv`` (``kernel (k, k, Cin, Cout)``, ``bias``, the same
     initialisation) and the same values: checkpoints and converted weights are unchanged.
@@ -134,13 +132,12 @@ class Conv(ConvParameters):
     stride: int = 1
     dilation: int = 1
     padding: int = 0
-    gradients: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x, kernel, bias = self.parameters(x, self.kernel_size)
         y = ops.conv2d(x, kernel, stride=self.stride, dilation=self.dilation,
-                       padding=self.padding, gradients=self.gradients)
+                       padding=self.padding)
         return y if bias is None else y + bias
 
 
@@ -291,10 +288,11 @@ class DropPath(nn.Module):
 
 
 class DepthwiseConv(nn.Module):
-    """A depthwise ``k x k`` convolution (stride 1, PyTorch's symmetric padding, with bias) as the
-    sum of ``k^2`` shifted per-channel products on CPU, where XLA's grouped convolution is 2.5x
-    (forward) to 4x (gradient) slower; ``lax.conv_general_dilated`` on other backends. The
-    same parameters as ``nn.Conv(feature_group_count=C)``: ``kernel (k, k, 1, C)``, ``bias``.
+    """A depthwise ``k x k`` convolution (stride 1, PyTorch's symmetric padding, with bias)
+    through :func:`attnzoo.ops.depthwise_conv2d` (on CPU by default the sum of ``k^2`` shifted
+    per-channel products, where XLA's grouped convolution is 2.5x (forward) to 4x (gradient)
+    slower). The same parameters as ``nn.Conv(feature_group_count=C)``: ``kernel (k, k, 1, C)``,
+    ``bias``.
     """
 
     kernel_size: int = 3
@@ -310,16 +308,7 @@ class DepthwiseConv(nn.Module):
         bias = (self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        lo, hi = (k - 1) // 2, k // 2
-        if jax.default_backend() == "cpu":
-            h, w = x.shape[1:3]
-            xp = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-            y = sum(xp[:, i:i + h, j:j + w] * kernel[i, j, 0]
-                    for i in range(k) for j in range(k))
-        else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((lo, hi), (lo, hi)),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                             feature_group_count=c)
+        y = ops.depthwise_conv2d(x, kernel)
         return y if bias is None else y + bias
 
 

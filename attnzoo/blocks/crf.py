@@ -35,8 +35,8 @@ class DenseCRF(nn.Module):
     ``__call__(logits, image)``: ``logits`` ``(B, H, W, num_classes)``, ``image``
     ``(B, H, W, 3)`` RGB in 0-255; returns refined logits of the same shape in ``dtype`` (the
     mean-field updates run in float32 whatever ``dtype``; parameters in ``param_dtype``). It takes
-    no ``train`` flag: nothing in it (no dropout, no normalisation statistics) behaves
-    differently in training.
+    ``train`` as every block does, and ignores it: nothing in it (no dropout, no normalisation
+    statistics) behaves differently in training.
     """
 
     num_classes: int
@@ -54,7 +54,7 @@ class DenseCRF(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, logits: Array, image: Array) -> Array:
+    def __call__(self, logits: Array, image: Array, *, train: bool = False) -> Array:
         check_positive(self.num_classes, "num_classes")
         check_rank(logits, 4, "logits", "B, H, W, num_classes")
         check_channels(logits, self.num_classes, "logits", "num_classes")
@@ -81,9 +81,9 @@ class DenseCRF(nn.Module):
         return refined.astype(self.dtype)
 
 
-def _crf_example(module: DenseCRF) -> tuple[Array, Array]:
-    return (jnp.zeros((1, 8, 8, module.num_classes), jnp.float32),
-            jnp.zeros((1, 8, 8, 3), jnp.float32))
+def _crf_example(module: DenseCRF, size: tuple[int, int] = (8, 8)) -> tuple[Array, Array]:
+    return (jnp.zeros((1, *size, module.num_classes), jnp.float32),
+            jnp.zeros((1, *size, 3), jnp.float32))
 
 
 register("crf", DenseCRF, example=_crf_example)

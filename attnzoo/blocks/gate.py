@@ -73,9 +73,10 @@ class AttentionGate(nn.Module):
         return y
 
 
-def _gate_example(module: AttentionGate) -> tuple[Array, Array]:
-    c = module.channels
-    return jnp.zeros((1, 8, 8, c), jnp.float32), jnp.zeros((1, 4, 4, 2 * c), jnp.float32)
+def _gate_example(module: AttentionGate, size: tuple[int, int] = (8, 8)) -> tuple[Array, Array]:
+    c, (h, w) = module.channels, size
+    return (jnp.zeros((1, h, w, c), jnp.float32),
+            jnp.zeros((1, (h + 1) // 2, (w + 1) // 2, 2 * c), jnp.float32))
 
 
 register("attention_gate", AttentionGate, example=_gate_example)

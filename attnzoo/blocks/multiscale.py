@@ -69,8 +69,10 @@ class MultiScaleAttention(nn.Module):
         return (resized * weights[:, :, :, None, :].astype(resized.dtype)).sum(axis=-1)
 
 
-def _scales_example(module: MultiScaleAttention) -> tuple[list[Array]]:
-    return ([jnp.zeros((1, 8 // 2**i + 1, 8 // 2**i + 1, module.channels), jnp.float32)
+def _scales_example(module: MultiScaleAttention, size: tuple[int, int] = (8, 8)
+                    ) -> tuple[list[Array]]:
+    (h, w), c = size, module.channels
+    return ([jnp.zeros((1, h // 2**i + 1, w // 2**i + 1, c), jnp.float32)
              for i in range(module.num_scales)],)
 
 

@@ -1,4 +1,4 @@
-"""Polarized self-attention (PSA)."""
+"""Polarized self-attention (PSA; Liu et al., 2021)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ Array = jax.Array
 
 
 class PolarizedSelfAttention(nn.Module):
-    """Polarized self-attention, parallel (PSA_p) or sequential (PSA_s).
+    """Polarized self-attention, parallel (PSA_p, ``mode="parallel"``) or sequential (PSA_s).
 
     Liu et al., "Polarized Self-Attention: Towards High-quality Pixel-wise
     Regression", 2021, eq. (1)-(6), as the official DeLightCMU/PSA code
@@ -69,13 +69,4 @@ class PolarizedSelfAttention(nn.Module):
         return self._spatial_only(self._channel_only(x, inter), inter)
 
 
-def _psa(mode: str):
-    def factory(**kwargs) -> PolarizedSelfAttention:
-        return PolarizedSelfAttention(mode=mode, **kwargs)
-
-    factory.__doc__ = f"PolarizedSelfAttention(mode={mode!r})"
-    return factory
-
-
-register("psa_p", _psa("parallel"))
-register("psa_s", _psa("sequential"))
+register("polarized", PolarizedSelfAttention)

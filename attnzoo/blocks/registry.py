@@ -20,19 +20,21 @@ from attnzoo._registry import Registry
 Array = jax.Array
 
 
-def image_example(module: nn.Module) -> tuple[Array, ...]:
-    """One ``(1, 8, 8, channels)`` input, the common case (or the size a block is built for)."""
-    h, w = getattr(module, "relative_position", None) or (8, 8)
+def image_example(module: nn.Module, size: tuple[int, int] = (8, 8)) -> tuple[Array, ...]:
+    """One ``(1, h, w, channels)`` input of ``size``, the common case (or of the size a block
+    is built for)."""
+    h, w = getattr(module, "relative_position", None) or size
     return (jnp.zeros((1, h, w, module.channels), jnp.float32),)
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-    """A registered block: its factory, an example-input maker and torch key renames."""
+    """A registered block: its factory, an example-input maker (``example(module, size=(h,
+    w))``: the arguments of a call on a ``h x w`` map) and torch key renames."""
 
     name: str
     factory: Callable[..., nn.Module]
-    example: Callable[[nn.Module], tuple[Any, ...]] = image_example
+    example: Callable[..., tuple[Any, ...]] = image_example
     # Reference-key prefix -> attnzoo path prefix (dotted), applied before the generic mapping.
     torch_renames: tuple[tuple[str, str], ...] = ()
 
@@ -44,7 +46,7 @@ def register(
     name: str,
     factory: Callable[..., nn.Module],
     *,
-    example: Callable[[nn.Module], tuple[Any, ...]] = image_example,
+    example: Callable[..., tuple[Any, ...]] = image_example,
     torch_renames: dict[str, str] | None = None,
 ) -> None:
     """Register ``factory`` (a module class or a function returning a module) as ``name``."""

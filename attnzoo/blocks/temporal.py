@@ -55,8 +55,8 @@ class TemporalAttention(nn.Module):
         return x + zero_gamma(self, self.param_dtype).astype(out.dtype) * out
 
 
-def _clip_example(module: TemporalAttention) -> tuple[Array]:
-    return (jnp.zeros((1, 3, 8, 8, module.channels), jnp.float32),)
+def _clip_example(module: TemporalAttention, size: tuple[int, int] = (8, 8)) -> tuple[Array]:
+    return (jnp.zeros((1, 3, *size, module.channels), jnp.float32),)
 
 
 register("temporal", TemporalAttention, example=_clip_example)

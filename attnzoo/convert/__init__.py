@@ -2,7 +2,10 @@
 transformers, the official DANet code, mmcv) into attnzoo.
 
 No PyTorch import is needed to convert: state dicts may hold torch tensors
-or numpy arrays.
+or numpy arrays. The library never imports the engine: a converted run on disk is written by
+the ``python -m attnzoo.convert`` command (``__main__``), which builds the run's config from
+the fields the converters give (``mmseg_recipe(stem).config_fields()``,
+``transformers_config_fields(config)``).
 """
 
 from attnzoo.convert.backbones import (
@@ -13,8 +16,8 @@ from attnzoo.convert.backbones import (
     save_backbone,
 )
 from attnzoo.convert.blocks import block_from_torch
-from attnzoo.convert.mmseg import from_mmseg, mmseg_config
-from attnzoo.convert.segformer import from_transformers, transformers_config
+from attnzoo.convert.mmseg import from_mmseg, mmseg_recipe, published_checkpoints
+from attnzoo.convert.segformer import from_transformers, transformers_config_fields
 from attnzoo.convert.torch_weights import (
     ConversionError,
     convert_state_dict,
@@ -32,9 +35,10 @@ __all__ = [
     "from_transformers",
     "load_backbone",
     "load_state_dict",
-    "mmseg_config",
+    "mmseg_recipe",
+    "published_checkpoints",
     "save_backbone",
     "target_shapes",
     "to_numpy",
-    "transformers_config",
+    "transformers_config_fields",
 ]

@@ -26,6 +26,7 @@ import argparse
 from pathlib import Path
 
 from attnzoo.convert.backbones import from_timm, from_torchvision, load_state_dict, save_backbone
+from attnzoo.convert.segformer import PROTOCOLS_OF_SEGFORMER
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,27 +41,27 @@ def main(argv: list[str] | None = None) -> int:
                              "model.safetensors)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
-    parser.add_argument("--protocol", default=None,
-                        choices=("ade20k-512x512", "ade20k-640x640", "cityscapes-1024x1024"),
+    parser.add_argument("--protocol", default=None, choices=PROTOCOLS_OF_SEGFORMER,
                         help="transformers:segformer: the evaluation protocol to record "
                              "(default from the classes: 150 -> ADE20K 512, 19 -> Cityscapes)")
     args = parser.parse_args(argv)
     library, _, model = args.source.partition(":")
     if library in ("mmseg", "transformers") and model:
         from attnzoo.engine.checkpoint import save_pretrained
+        from attnzoo.engine.config import from_fields
 
         if library == "mmseg":
-            from attnzoo.convert.mmseg import from_mmseg, mmseg_config
+            from attnzoo.convert.mmseg import from_mmseg, mmseg_recipe
 
             _, variables = from_mmseg(model, load_state_dict(args.checkpoint))
-            config = mmseg_config(model)
+            config = from_fields(mmseg_recipe(model).config_fields())
         elif model == "segformer":
-            from attnzoo.convert.segformer import from_transformers, transformers_config
+            from attnzoo.convert.segformer import from_transformers, transformers_config_fields
 
             folder = Path(args.checkpoint)
             config_path = (folder if folder.is_dir() else folder.parent) / "config.json"
             _, variables = from_transformers(folder, config_path)
-            config = transformers_config(config_path, args.protocol)
+            config = from_fields(transformers_config_fields(config_path, args.protocol))
         else:
             parser.error(f"--source transformers:MODEL converts segformer; got {args.source!r}")
         out = save_pretrained(args.out, variables, config)

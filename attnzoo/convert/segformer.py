@@ -1,5 +1,5 @@
-"""SegFormer weights: Hugging Face ``SegformerForSemanticSegmentation`` checkpoints and the
-key handling mmsegmentation's segformer checkpoints need.
+"""SegFormer weights from Hugging Face ``SegformerForSemanticSegmentation`` checkpoints
+(mmsegmentation's segformer checkpoints convert like every mmseg family: ``convert.mmseg``).
 
 ``from_transformers(state_dict, config)`` takes the hub's two files as downloaded
 (``model.safetensors`` + ``config.json``, read without torch) or a loaded state dict and
@@ -21,7 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import models
-from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
+from attnzoo.convert.mmseg import PROTOCOLS, protocol_fields
+from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+
+# the mmseg protocols of SegFormer's recipes, a hub model may be evaluated with
+PROTOCOLS_OF_SEGFORMER = ("ade20k-512x512", "ade20k-640x640", "cityscapes-1024x1024")
 
 # transformers key -> attnzoo key (re.sub, in order); 4.x and 5.x layouts
 TRANSFORMERS_RENAMES = (
@@ -58,49 +62,6 @@ TRANSFORMERS_RENAMES = (
     (r"^decode_head\.classifier\.", "head.cls.conv_seg."),
 )
 
-# mmseg's MixVisionTransformer + SegformerHead key -> attnzoo key (after split_in_proj)
-MMSEG_RENAMES = (
-    (r"^backbone\.layers\.(\d+)\.0\.projection\.", r"backbone.patch_embed_\1.proj."),
-    (r"^backbone\.layers\.(\d+)\.0\.norm\.", r"backbone.patch_embed_\1.norm."),
-    (r"^backbone\.layers\.(\d+)\.1\.(\d+)\.", r"backbone.block_\1_\2."),
-    (r"^backbone\.layers\.(\d+)\.2\.", r"backbone.norm_\1."),
-    (r"\.attn\.attn\.out_proj\.", ".attn.proj."),
-    (r"\.attn\.attn\.(query|key|value)\.", r".attn.\1."),
-    (r"\.ffn\.layers\.0\.", ".mlp.fc1."),
-    (r"\.ffn\.layers\.1\.", ".mlp.dwconv."),
-    (r"\.ffn\.layers\.4\.", ".mlp.fc2."),
-    (r"^decode_head\.convs\.(\d+)\.", r"head.proj_\1."),
-    (r"^decode_head\.fusion_conv\.", "head.fuse."),
-    (r"^decode_head\.conv_seg\.", "head.cls.conv_seg."),
-)
-
-
-def split_in_proj(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """``nn.MultiheadAttention``'s stacked ``in_proj_weight`` / ``in_proj_bias`` (rows: query,
-    key, value) as three ``query`` / ``key`` / ``value`` linear layers; other keys unchanged."""
-    out: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        prefix, _, leaf = key.rpartition(".")
-        if leaf in ("in_proj_weight", "in_proj_bias"):
-            parts = np.split(to_numpy(value), 3, axis=0)
-            for name, part in zip(("query", "key", "value"), parts):
-                out[f"{prefix}.{name}.{leaf.removeprefix('in_proj_')}"] = part
-        else:
-            out[key] = value
-    return out
-
-
-def reverse_fusion_inputs(state_dict: Mapping[str, Any], key: str, num_inputs: int = 4
-                          ) -> dict[str, Any]:
-    """The fusion conv ``key`` (``(C, n C, 1, 1)``) of a head that concatenates its inputs finest
-    first (mmseg's ``SegformerHead``) rewritten for attnzoo's deepest-first concatenation."""
-    out = dict(state_dict)
-    if key in out:
-        blocks = np.split(to_numpy(out[key]), num_inputs, axis=1)
-        out[key] = np.concatenate(blocks[::-1], axis=1)
-    return out
-
-
 def _config_from(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(config, (str, Path)):
         path = Path(config)
@@ -115,8 +76,8 @@ def _config_from(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 def transformers_model_kwargs(config: Mapping[str, Any] | str | Path
                               ) -> tuple[str, dict[str, Any]]:
     """``(model name, models.create overrides)`` for a Hugging Face SegFormer ``config.json``
-    (a dict or its path): the registered ``segformer_mit-b<k>`` whose encoder has these sizes
-    (``segformer_mit-b0`` otherwise), with every encoder field, the decoder width, the classes
+    (a dict or its path): the registered ``segformer_mit_b<k>`` whose encoder has these sizes
+    (``segformer_mit_b0`` otherwise), with every encoder field, the decoder width, the classes
     and LayerNorm epsilon 1e-5 (``nn.LayerNorm``'s default, which Hugging Face's port uses
     everywhere) given explicitly.
 
@@ -149,8 +110,8 @@ def transformers_model_kwargs(config: Mapping[str, Any] | str | Path
                     patch_sizes=tuple(c["patch_sizes"]), strides=tuple(c["strides"]),
                     mlp_ratio=int(c["mlp_ratios"][0]), in_channels=int(c["num_channels"]),
                     norm_eps=1e-5)
-    name = next((m for m in models.list_models() if m.startswith("segformer_mit-")
-                 and _encoder_matches(m, backbone)), "segformer_mit-b0")
+    name = next((m for m in models.list_models() if m.startswith("segformer_mit_")
+                 and _encoder_matches(m, backbone)), "segformer_mit_b0")
     return name, dict(num_classes=int(num_classes), backbone_kwargs=backbone,
                       head_kwargs={"channels": int(c["decoder_hidden_size"])})
 
@@ -206,10 +167,10 @@ def from_transformers(state_dict: Mapping[str, Any] | str | Path,
                                      regex_renames=TRANSFORMERS_RENAMES)
 
 
-def transformers_config(config: Mapping[str, Any] | str | Path, protocol: str | None = None
-                        ) -> Any:
-    """The attnzoo engine config of a converted Hugging Face SegFormer: its model (name and
-    overrides), classes and evaluation protocol.
+def transformers_config_fields(config: Mapping[str, Any] | str | Path,
+                               protocol: str | None = None) -> dict[str, Any]:
+    """The engine config fields (dotted names) of a converted Hugging Face SegFormer: its model
+    (name and overrides), classes and evaluation protocol.
 
     Args:
       config: the hub's ``config.json`` (dict or path).
@@ -221,23 +182,20 @@ def transformers_config(config: Mapping[str, Any] | str | Path, protocol: str | 
     Raises:
       ValueError for an unknown protocol or one whose class count differs from the config's.
     """
-    from attnzoo.convert.mmseg import _PROTOCOLS, set_protocol
-    from attnzoo.engine import default_config
-
     name, kwargs = transformers_model_kwargs(config)
-    c = default_config()
-    c.model.name = name
-    c.model.backbone_kwargs = dict(kwargs["backbone_kwargs"])
-    c.model.head_kwargs = kwargs["head_kwargs"]
-    c.dataset.num_classes = kwargs["num_classes"]
-    choices = ("ade20k-512x512", "ade20k-640x640", "cityscapes-1024x1024")
+    fields: dict[str, Any] = {"model.name": name,
+                              "model.backbone_kwargs": dict(kwargs["backbone_kwargs"]),
+                              "model.head_kwargs": dict(kwargs["head_kwargs"]),
+                              "dataset.num_classes": kwargs["num_classes"]}
     if protocol is None:
-        protocol = {150: choices[0], 19: choices[2]}.get(kwargs["num_classes"])
-    if protocol is not None:
-        if protocol not in choices:
-            raise ValueError(f"protocol must be one of {list(choices)}; got {protocol!r}")
-        if _PROTOCOLS[protocol]["num_classes"] != kwargs["num_classes"]:
-            raise ValueError(f"protocol {protocol!r} has {_PROTOCOLS[protocol]['num_classes']} "
-                             f"classes but the config {kwargs['num_classes']}")
-        set_protocol(c, _PROTOCOLS[protocol])
-    return c
+        protocol = {150: PROTOCOLS_OF_SEGFORMER[0], 19: PROTOCOLS_OF_SEGFORMER[2]}.get(
+            kwargs["num_classes"])
+    if protocol is None:
+        return fields
+    if protocol not in PROTOCOLS_OF_SEGFORMER:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS_OF_SEGFORMER)}; got "
+                         f"{protocol!r}")
+    if PROTOCOLS[protocol]["num_classes"] != kwargs["num_classes"]:
+        raise ValueError(f"protocol {protocol!r} has {PROTOCOLS[protocol]['num_classes']} "
+                         f"classes but the config {kwargs['num_classes']}")
+    return {**fields, **protocol_fields(protocol)}

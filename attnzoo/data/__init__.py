@@ -14,8 +14,9 @@ from typing import Any
 
 from attnzoo.data.datasets import DATASETS, DatasetSpec, spec
 
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
+
 log = logging.getLogger("attnzoo")
-from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
 
 
 def builder(name: str, data_dir: str | Path | None = None, *, manual_dir: str | Path | None = None,

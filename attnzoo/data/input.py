@@ -7,19 +7,21 @@
 ``shuffle_buffer``, ``eval_scale``, ``eval_canvas`` and ``eval_label_canvas``
 (see ``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every
 process reads its own shard; batches come back as global ``jax.Array``s
-sharded over the mesh's ``data`` axis.
+sharded over the mesh's ``data`` axis, images normalised with the model's ``pixel_mean`` /
+``pixel_std`` (``config.model``'s, which the engine passes).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
 from attnzoo.sharding import local_batch_size, prefetch_to_mesh
 
 
@@ -67,7 +69,9 @@ def _features(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, seed: int,
-                  start_step: int = 0, builder: Any = None) -> Iterator[dict[str, jax.Array]]:
+                  start_step: int = 0, builder: Any = None,
+                  pixel_mean: Sequence[float] = IMAGENET_MEAN,
+                  pixel_std: Sequence[float] = IMAGENET_STD) -> Iterator[dict[str, jax.Array]]:
     """Endless augmented global batches; ``start_step`` resumes the exact stream of a run."""
     from attnzoo.data import pipeline
 
@@ -83,6 +87,7 @@ def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, see
         photometric=config["photometric"], process_index=jax.process_index(),
         process_count=jax.process_count(), **_features(config),
         shuffle_buffer=config["shuffle_buffer"], skip=start_step * local,
+        mean=tuple(pixel_mean), std=tuple(pixel_std),
     )
     return prefetch_to_mesh(pipeline.as_numpy(ds), mesh)
 
@@ -95,7 +100,9 @@ def num_eval_batches(builder: Any, split: str, batch_size: int) -> int:
 
 
 def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
-                 split: str | None = None, builder: Any = None) -> Iterator[dict[str, jax.Array]]:
+                 split: str | None = None, builder: Any = None,
+                 pixel_mean: Sequence[float] = IMAGENET_MEAN,
+                 pixel_std: Sequence[float] = IMAGENET_STD) -> Iterator[dict[str, jax.Array]]:
     """One pass over the evaluation split in global batches of ``batch_size``.
 
     The last batches are padded with images of zeros whose labels are all
@@ -113,6 +120,7 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
         label_canvas=_pair(config.get("eval_label_canvas")),
         ignore_index=config["ignore_index"], process_index=jax.process_index(),
         process_count=jax.process_count(), **_features(config),
+        mean=tuple(pixel_mean), std=tuple(pixel_std),
     )
     steps = num_eval_batches(builder, split, batch_size)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _uniform(seed: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
@@ -109,8 +109,10 @@ def photometric_distortion(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
-def normalize(image: tf.Tensor) -> tf.Tensor:
-    return (tf.cast(image, tf.float32) - IMAGENET_MEAN) / IMAGENET_STD
+def normalize(image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> tf.Tensor:
+    """``(image - mean) / std`` in float32 (the model's ``pixel_mean`` / ``pixel_std``)."""
+    return (tf.cast(image, tf.float32) - tuple(mean)) / tuple(std)
 
 
 def lookup(table: Sequence[int]) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -166,6 +168,8 @@ def train_dataset(
     process_count: int = 1,
     shuffle_buffer: int = 1000,
     skip: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> tf.data.Dataset:
     """Infinite, shuffled, augmented batches ``{"image": (b, h, w, 3) float32, "label": (b, h, w) int32}``.
 
@@ -174,7 +178,8 @@ def train_dataset(
     :func:`lookup`); ``image_key`` / ``mask_key`` name the example's features.
     ``skip`` drops that many of this process's examples before they are
     augmented (resuming at step ``s`` skips ``s * batch_size``): the stream
-    then continues exactly as an uninterrupted one would.
+    then continues exactly as an uninterrupted one would. Images are normalised with
+    ``mean`` / ``std`` (:func:`normalize`).
     """
     crop = (int(crop_size[0]), int(crop_size[1]))
     ds = ds.shard(process_count, process_index)
@@ -193,7 +198,7 @@ def train_dataset(
         label = tf.where(flip, label[:, ::-1], label)
         if photometric:
             image = photometric_distortion(image, s[3])
-        image = tf.ensure_shape(normalize(image), crop + (3,))
+        image = tf.ensure_shape(normalize(image, mean, std), crop + (3,))
         return {"image": image, "label": tf.ensure_shape(label, crop)}
 
     ds = tf.data.Dataset.zip((ds, seeds)).skip(skip)
@@ -214,8 +219,11 @@ def eval_dataset(
     ignore_index: int = 255,
     process_index: int = 0,
     process_count: int = 1,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> tf.data.Dataset:
-    """Normalised images and labels, one pass in order (this process's shard).
+    """Images normalised with ``mean`` / ``std`` and labels, one pass in order (this process's
+    shard).
 
     Without ``scale`` and ``canvas`` images keep their size (every image of
     the split must then have the same size, as Cityscapes'). Datasets of
@@ -251,7 +259,7 @@ def eval_dataset(
             image = tf.image.resize(image, size, "bilinear")
             label = tf.ensure_shape(_pad(label, label_canvas, ignore_index), label_canvas)
             out = {"size": size, "label_size": label_size}
-        image = normalize(image)
+        image = normalize(image, mean, std)
         if canvas is not None:
             image = tf.ensure_shape(_pad(image, canvas, 0.0), (*canvas, 3))
             if label_canvas is None:

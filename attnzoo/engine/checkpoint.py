@@ -29,6 +29,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from attnzoo.engine.config import migrate
 from attnzoo.sharding import make_mesh
 
 log = logging.getLogger("attnzoo")
@@ -106,10 +107,11 @@ class Checkpoints:
                                on_unreadable=move if set_aside is not None else None)
 
     def config(self, step: int | None = None) -> ml_collections.ConfigDict:
-        """The config saved with ``step`` (default: the newest)."""
+        """The config saved with ``step`` (default: the newest), brought up to date
+        (:func:`attnzoo.engine.config.migrate`)."""
         step = self.steps()[-1] if step is None else step
         restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        return ml_collections.ConfigDict(restored["config"])
+        return migrate(restored["config"])
 
     def close(self) -> None:
         self.manager.close()

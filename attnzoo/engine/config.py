@@ -10,13 +10,17 @@ Fields (defaults in :func:`default_config`):
 
 * ``seed``; ``num_steps`` (train-step calls); ``batch_size`` (global, over
   all devices and processes); ``eval_batch_size``; ``compute_dtype``
-  (``"float32"`` or ``"bfloat16"``; parameters stay float32).
+  (``"float32"`` or ``"bfloat16"``; parameters stay float32); ``conv_implementation``
+  (``"auto"`` | ``"products"`` | ``"xla"``: how the convolutions are computed,
+  :mod:`attnzoo.ops.conv`; the jitted steps trace under it).
 * ``model``: ``name`` (``attnzoo.models.list_models()``), ``backbone_kwargs``,
   ``head_kwargs``, ``head_channels``, ``aux_channels``, ``memory_efficient``,
   ``align_corners`` (bilinear resizing of the logits and in the heads, as
   mmsegmentation's 769x769 Cityscapes recipes), ``crf`` (a trainable CRF-as-RNN layer
   after the head, ``attnzoo.blocks.DenseCRF``) and its fields ``crf_kwargs``
-  (e.g. ``{"iterations": 5, "learn_bandwidths": True}``).
+  (e.g. ``{"iterations": 5, "learn_bandwidths": True}``), ``pixel_mean`` / ``pixel_std``
+  (the normalisation the model expects of its input: the data pipelines, ``predict`` and the
+  CRF use it; ImageNet's, as mmsegmentation).
 * ``dataset``: see ``attnzoo.data.input``.
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``
@@ -39,15 +43,39 @@ Fields (defaults in :func:`default_config`):
 * ``force_resume``: resume a workdir even though a field that shapes the model or
   the optimizer state changed (``attnzoo.engine.workdir.SHAPING``; refused otherwise).
 * ``distributed``: call ``jax.distributed.initialize()`` (multi-host).
+
+Configs written by earlier versions (a run's ``config.json``, a checkpoint's config, a recipe
+naming an old model) are brought up to date by :func:`migrate`: missing fields take their
+defaults and renamed models and blocks (:data:`RENAMED_MODELS`, :data:`RENAMED_BLOCKS`) their
+new names.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ml_collections import ConfigDict, config_dict
+
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger("attnzoo")
+
+# Names that changed (attnzoo 0.1 -> 0.2): model name pattern -> (new name, head fields it
+# implied), block name -> (new name, block fields it implied).
+RENAMED_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (r"psa_(r\d+_d\d+)", r"polarized_\1", {}),
+    (r"psas_(r\d+_d\d+)", r"polarized_\1", {"mode": "sequential"}),
+    (r"segformer_mit-b(\d)", r"segformer_mit_b\1", {}),
+)
+RENAMED_BLOCKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "psa_p": ("polarized", {}), "psa_s": ("polarized", {"mode": "sequential"})}
 
 
 def default_config() -> ConfigDict:
@@ -58,10 +86,12 @@ def default_config() -> ConfigDict:
     c.batch_size = 8
     c.eval_batch_size = 8
     c.compute_dtype = "float32"
+    c.conv_implementation = "auto"
     c.model = ConfigDict(dict(
         name="danet_r50_d8", backbone_kwargs={}, head_kwargs={},
         head_channels=config_dict.placeholder(int), aux_channels=config_dict.placeholder(int),
         memory_efficient=False, align_corners=False, crf=False, crf_kwargs={},
+        pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
     ))
     c.dataset = ConfigDict(dict(
         name="context_shapes", data_dir=config_dict.placeholder(str),
@@ -107,3 +137,51 @@ def load_config_file(spec: str) -> ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+def from_fields(fields: Mapping[str, Any]) -> ConfigDict:
+    """:func:`default_config` with ``fields`` (dotted names, e.g. ``{"dataset.num_classes": 19}``:
+    what the converters give) set; ValueError naming a field the config does not have."""
+    c = default_config()
+    for name, value in fields.items():
+        *parents, leaf = name.split(".")
+        node = c
+        for part in parents:
+            node = node.get(part) if isinstance(node, ConfigDict) else None
+        if not isinstance(node, ConfigDict) or leaf not in node:
+            raise ValueError(f"config field {name!r} does not exist (attnzoo.engine.config)")
+        setattr(node, leaf, value)
+    return c
+
+
+def migrate(config: Mapping[str, Any]) -> ConfigDict:
+    """``config`` (a ConfigDict or its dict, as saved) brought up to date: fields it lacks take
+    their defaults, a renamed model or residual-block attention its new name (and the head or
+    block fields the old name implied), each rename logged once. Values it has are kept."""
+    saved = json.loads(config.to_json_best_effort()) if isinstance(config, ConfigDict) \
+        else json.loads(json.dumps(dict(config), default=list))
+    c = default_config()
+    _merge(c, saved)
+    m = c.model
+    for pattern, replacement, head_fields in RENAMED_MODELS:
+        if re.fullmatch(pattern, m.name):
+            new = re.sub(pattern, replacement, m.name)
+            log.info("model %r is called %r since attnzoo 0.2; read as it", m.name, new)
+            m.name = new
+            m.head_kwargs = {**head_fields, **m.head_kwargs}
+    attn = m.backbone_kwargs.get("attn")
+    if attn in RENAMED_BLOCKS:
+        new, block_fields = RENAMED_BLOCKS[attn]
+        log.info("block %r is called %r since attnzoo 0.2; read as it", attn, new)
+        m.backbone_kwargs.attn = new
+        m.backbone_kwargs.attn_kwargs = {**block_fields, **m.backbone_kwargs.get("attn_kwargs", {})}
+    return c
+
+
+def _merge(into: ConfigDict, values: Mapping[str, Any]) -> None:
+    """Set ``values`` (nested dicts) on ``into``: sub-configs merged, other values replaced."""
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), ConfigDict) and into[key]:
+            _merge(into[key], value)
+        else:
+            setattr(into, key, value)

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from attnzoo import losses, models
 from attnzoo._checks import check_choice
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
 from attnzoo.sharding import replicated
 
 Array = jax.Array
@@ -44,16 +45,19 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
 
     The model fields that are set (non-empty ``backbone_kwargs`` / ``head_kwargs``,
     ``head_channels`` / ``aux_channels`` not None, ``memory_efficient`` / ``align_corners``
-    true, ``crf`` true with its ``crf_kwargs``) go to
-    ``models.create`` as overrides; a model they do not apply to refuses them."""
+    true, ``crf`` true with its ``crf_kwargs``, ``pixel_mean`` / ``pixel_std`` other than
+    ImageNet's) go to ``models.create`` as overrides; a model they do not apply to refuses
+    them. ``config`` is a current one (:func:`attnzoo.engine.config.migrate`)."""
     check_choice(config["compute_dtype"], tuple(DTYPES), "compute_dtype")
     m = config["model"]
+    normalisation = {k: tuple(m[k]) for k in ("pixel_mean", "pixel_std")}
     overrides = {
         "backbone_kwargs": dict(m["backbone_kwargs"]), "head_kwargs": dict(m["head_kwargs"]),
-        "head_channels": m.get("head_channels"), "aux_channels": m.get("aux_channels"),
-        "memory_efficient": bool(m["memory_efficient"]),
-        "align_corners": bool(m.get("align_corners", False)),  # absent in configs before 0.2
-        "crf": dict(m.get("crf_kwargs", {})) if m.get("crf", False) else None,
+        "head_channels": m["head_channels"], "aux_channels": m["aux_channels"],
+        "memory_efficient": bool(m["memory_efficient"]), "align_corners": bool(m["align_corners"]),
+        "crf": dict(m["crf_kwargs"]) if m["crf"] else None,
+        **({} if normalisation == {"pixel_mean": IMAGENET_MEAN, "pixel_std": IMAGENET_STD}
+           else normalisation),
     }
     return models.create(m["name"], num_classes=int(config["dataset"]["num_classes"]),
                          dtype=DTYPES[config["compute_dtype"]],

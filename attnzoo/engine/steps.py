@@ -13,7 +13,6 @@ import optax
 from jax.sharding import Mesh
 
 from attnzoo import inference, losses, metrics, ops
-from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from attnzoo.engine.state import DTYPES, TrainState, loss_terms
 from attnzoo.sharding import batch_sharding, replicated
 
@@ -32,6 +31,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     dtype = DTYPES[config["compute_dtype"]]
     k = int(config["optimizer"]["accumulate_steps"])
 
+    @ops.conv_implementation(config["conv_implementation"])
     def step_fn(state: TrainState, batch: dict[str, Array]) -> tuple[TrainState, dict[str, Array]]:
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -75,8 +75,10 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
     flip = bool(e["flip"]) if flip is None else flip
 
     crop, stride = tuple(e["crop_size"]), tuple(e["stride"])
-    align_corners = bool(config["model"].get("align_corners", False))
+    align_corners = bool(config["model"]["align_corners"])
+    mean, std = (jnp.asarray(config["model"][k]) for k in ("pixel_mean", "pixel_std"))
 
+    @ops.conv_implementation(config["conv_implementation"])
     def step_fn(variables: dict[str, Any], batch: dict[str, Array]) -> Array:
         def fn(images: Array) -> Array:
             return model.apply(variables, images.astype(dtype))["out"].astype(jnp.float32)
@@ -90,8 +92,7 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
             scores = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
                                          stride=stride, scales=scales, flip=flip)
         if crf is not None:
-            rgb = batch["image"].astype(jnp.float32) * jnp.asarray(IMAGENET_STD) \
-                + jnp.asarray(IMAGENET_MEAN)
+            rgb = batch["image"].astype(jnp.float32) * std + mean
             unary = scores if single else jnp.log(jnp.maximum(scores, jnp.finfo(jnp.float32).tiny))
             scores = ops.dense_crf(unary, rgb, **crf)
         predicted = inference.labels_at_original_size(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,11 @@ from attnzoo._checks import check_positive, mismatch_report
 from attnzoo.engine import optim, steps
 from attnzoo.engine import state as state_lib
 from attnzoo.engine.checkpoint import Checkpoints, newest_readable
+from attnzoo.engine.config import migrate
 from attnzoo.engine.logging import RunLogger, class_table
 from attnzoo.engine.workdir import WorkdirLock, check_resume
+from attnzoo.ops.conv import describe_implementation
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD, denormalize_image
 from attnzoo.sharding import local_batch_size, make_mesh
 
 
@@ -79,16 +82,18 @@ def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainSt
 
 def prediction_picture(model: Any, variables: Any, batch: Mapping[str, np.ndarray],
                        num_classes: int, ignore_index: int, count: int = 4, *,
-                       colours: np.ndarray | None = None) -> np.ndarray:
-    """Rows of image | ground truth | prediction for the first ``count`` examples, classes in
-    ``colours`` (:func:`attnzoo.viz.colorize`)."""
+                       colours: np.ndarray | None = None,
+                       pixel_mean: Sequence[float] = IMAGENET_MEAN,
+                       pixel_std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Rows of image (normalised with ``pixel_mean`` / ``pixel_std``, shown as RGB) | ground
+    truth | prediction for the first ``count`` examples, classes in ``colours``
+    (:func:`attnzoo.viz.colorize`)."""
     from attnzoo import viz
-    from attnzoo.data import denormalize_image
 
     images = np.asarray(batch["image"][:count])
     labels = np.asarray(batch["label"][:count])
     pred = np.asarray(jax.jit(lambda v, x: model.apply(v, x)["out"].argmax(-1))(variables, images))
-    rows = [[denormalize_image(im), viz.colorize(lb, num_classes, ignore_index, colours=colours),
+    rows = [[denormalize_image(im, pixel_mean, pixel_std), viz.colorize(lb, num_classes, ignore_index, colours=colours),
              viz.colorize(p, num_classes, ignore_index, colours=colours)]
             for im, lb, p in zip(images, labels, pred) if (lb != ignore_index).any()]
     return viz.grid(rows)
@@ -104,7 +109,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     that differs from its checkpoints' in a field that shapes the model or optimizer
     (:mod:`attnzoo.engine.workdir`), batch sizes that do not divide over the devices,
     missing splits, class weights of the wrong length. An unreadable newest checkpoint is
-    moved to ``checkpoints.unreadable/`` and training resumes from the one before."""
+    moved to ``checkpoints.unreadable/`` and training resumes from the one before. A config of
+    an earlier version is brought up to date first (:func:`attnzoo.engine.config.migrate`)."""
+    config = migrate(config)
     check_config(config)
     workdir = Path(workdir).absolute()
     with WorkdirLock(workdir, jax.process_index()):
@@ -130,6 +137,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     builder = data_input.prepared_builder(config.dataset)
     data_input.check_splits(config.dataset, builder)
     names = data_input.class_names(config.dataset, builder)
+    normalisation = {k: tuple(config.model[k]) for k in ("pixel_mean", "pixel_std")}
     ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep, keep_best=config.keep_best,
                         async_save=config.async_checkpoints)
     logger = None
@@ -161,7 +169,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
             def batches():  # keeps the first batch for the predictions picture
                 for i, batch in enumerate(data_input.eval_batches(
                         config.dataset, batch_size=config.eval_batch_size, mesh=mesh,
-                        builder=builder)):
+                        builder=builder, **normalisation)):
                     if i == 0:
                         first_eval_batch.update(batch)
                     yield batch
@@ -176,9 +184,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         logger.message(f"{config.model.name}: {n_params:,} parameters; {config.num_steps} steps "
                        f"of global batch {config.batch_size} on {len(jax.devices())} "
                        f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+        logger.message(describe_implementation(config.conv_implementation))
         result: dict[str, Any] | None = None
         batches = data_input.train_batches(config.dataset, batch_size=config.batch_size, mesh=mesh,
-                                           seed=config.seed, start_step=start, builder=builder)
+                                           seed=config.seed, start_step=start, builder=builder,
+                                           **normalisation)
         pending: tuple[int, dict[str, jax.Array]] | None = None  # last step's metrics, unchecked
         logger.progress(start, {})
         for step in range(start + 1, config.num_steps + 1):
@@ -215,7 +225,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
             picture = prediction_picture(
                 model, jax.device_get(state.variables()), _local_part(first_eval_batch),
                 config.dataset.num_classes, config.dataset.ignore_index,
-                colours=spec(config.dataset.name).class_colours(config.dataset.num_classes))
+                colours=spec(config.dataset.name).class_colours(config.dataset.num_classes),
+                **normalisation)
             viz.save_png(workdir / "predictions.png", picture)
             logger.image(config.num_steps, "eval/predictions", picture)
             logger.message(f"checkpoints in {ckpts.directory}; predictions (image | ground truth "

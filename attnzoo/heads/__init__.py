@@ -1,22 +1,36 @@
-"""Decode heads, one file per family on a shared base (mmsegmentation's ``decode_heads/``).
+"""Decode heads, one module per family on a shared base (mmsegmentation's ``decode_heads/``).
 
-``create("danet", num_classes=19)``, ``list_heads()``. Registered: ``fcn``,
-``danet``, ``ccnet``, ``nonlocal``, ``gcnet``, ``psa`` / ``psas`` (polarized
-self-attention, parallel / sequential), ``aspp`` (DeepLabV3), ``psp`` (PSPNet)
-``psanet`` (point-wise spatial attention) and ``segformer`` (SegFormer's all-MLP
-decoder over four stages). A new head is
-a :class:`DecodeHead` subclass in its own file, decorated with ``@register``.
+``create("danet", num_classes=19)``, ``list_heads()``; the families (a head with the models,
+settings and mmseg key renames particular to it, :class:`Family`): ``get_family("danet")``,
+``list_families()``. A new family is one module here: a :class:`DecodeHead` subclass
+decorated with ``@register`` and a ``register_family(Family(...))`` beside it, imported below.
 """
 
-from attnzoo.heads.aspp import ASPPHead
-from attnzoo.heads.base import HEADS, Classifier, DecodeHead, create, list_heads, register
+from attnzoo.heads.base import (
+    FAMILIES,
+    HEADS,
+    Classifier,
+    DecodeHead,
+    Family,
+    create,
+    get_family,
+    list_families,
+    list_heads,
+    register,
+    register_family,
+)
+from attnzoo.heads.ccnet import CCHead
 from attnzoo.heads.danet import DANetHead
-from attnzoo.heads.fcn import CCHead, FCNHead, GCHead, NLHead, PolarizedHead
+from attnzoo.heads.deeplabv3 import ASPPHead
+from attnzoo.heads.fcn import FCNHead
+from attnzoo.heads.gcnet import GCHead
+from attnzoo.heads.non_local import NLHead
+from attnzoo.heads.polarized import PolarizedHead
 from attnzoo.heads.psanet import PSANetHead
-from attnzoo.heads.psp import PSPHead
+from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 
-__all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DecodeHead", "FCNHead", "GCHead",
-           "HEADS", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead", "SegFormerHead",
-           "create", "list_heads",
-           "register"]
+__all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DecodeHead", "FAMILIES", "FCNHead",
+           "Family", "GCHead", "HEADS", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead",
+           "SegFormerHead", "create", "get_family", "list_families", "list_heads", "register",
+           "register_family"]

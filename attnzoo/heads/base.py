@@ -1,4 +1,5 @@
-"""What every decode head shares: the classifier, the fields, the input check and the registry.
+"""What every decode head shares: the classifier, the fields, the input check, the registry, and
+the family record each head's module declares.
 
 A head maps backbone features ``(B, h, w, C)`` to class logits at the feature
 resolution and returns a dict: ``{"out": logits}``, plus, in training, the
@@ -6,10 +7,16 @@ outputs its :attr:`DecodeHead.branches` declare (DANet's ``"pam"``, ``"cam"``),
 each with its loss weight. Convolutions are 3x3 conv + BN + ReLU
 (``ConvNormAct``); the classifier is channel dropout (0.1, as the references)
 and a 1x1 conv with bias (mmsegmentation's ``BaseDecodeHead.cls_seg``).
+
+A head *family* (:class:`Family`) is everything particular to one head, declared in the head's
+module beside it: the models it is registered as, its recipe and quickstart settings and its
+mmseg key renames. The rest of attnzoo reads them from :func:`list_families`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -107,3 +114,74 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
 def list_heads() -> list[str]:
     """All registered head names, sorted."""
     return HEADS.names()
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A decode-head family: what is particular to it, declared in its head's module.
+
+    The models layer registers its models (:attr:`model_sets`), the mmseg converter reads its
+    key renames and the head fields mmseg's configs fix, ``configs/mmseg.py`` its recipe and
+    ``configs/quickstart.py`` its quickstart settings, the docs its summary. Nothing else lists
+    the families: they are :func:`list_families`.
+
+    Attributes:
+      name: the family's name; its models are ``<name>_<backbone>`` (``danet_r50_d8``), as
+        mmseg's config stems (``danet_r50-d8_4xb2-80k_cityscapes-512x1024``).
+      head: the registered head its models use.
+      summary: the head and its paper, one line (the generated tables).
+      model_sets: the backbones it is registered on, by name of a model set of
+        :mod:`attnzoo.models.zoo` (``"resnet"``: ``<name>_r{18,50,101}_d{8,16}``; ``"mit"``:
+        ``<name>_mit_b{0..5}``); the first is the quickstart's.
+      recipe: engine config fields its recipe sets beyond mmseg's schedule (dotted names,
+        e.g. ``{"optimizer.name": "adamw"}``).
+      quickstart: ``config.model`` fields the quickstart sets for it (e.g. PSANet's mask
+        size for the quickstart's 16 x 16 features).
+      mmseg_renames: ``(pattern, replacement)`` pairs (``re.sub``, in order, each pattern
+        anchored with ``^``) for its decode head's mmseg keys without their
+        ``decode_head.`` prefix, applied before the renames every head shares; None when
+        mmseg publishes no checkpoint of it.
+      mmseg_head_kwargs: head fields an mmseg config fixes, by dataset (``"cityscapes"``,
+        ``"ade20k"``; ``"*"``: every dataset).
+      mmseg_state_dict: a rewrite of the whole mmseg state dict (numpy arrays) for a weight
+        laid out otherwise than attnzoo's, applied before the renames; None for none.
+    """
+
+    name: str
+    head: str
+    summary: str
+    model_sets: tuple[str, ...] = ("resnet",)
+    recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    quickstart: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    mmseg_renames: tuple[tuple[str, str], ...] | None = None
+    mmseg_head_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    mmseg_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        unanchored = [p for p, _ in self.mmseg_renames or () if not p.startswith("^")]
+        if unanchored:
+            raise ValueError(f"family {self.name!r}: mmseg_renames patterns must start with '^' "
+                             f"(they are scoped to the decode head's keys); got {unanchored}")
+
+    def mmseg_head_fields(self, dataset: str) -> dict[str, Any]:
+        """The head fields an mmseg config on ``dataset`` fixes (:attr:`mmseg_head_kwargs`)."""
+        return {**self.mmseg_head_kwargs.get("*", {}), **self.mmseg_head_kwargs.get(dataset, {})}
+
+
+FAMILIES: Registry[Family] = Registry("family")
+
+
+def register_family(family: Family) -> Family:
+    """Register ``family`` (its head must be registered first)."""
+    HEADS.get(family.head)
+    return FAMILIES.add(family.name, family)
+
+
+def get_family(name: str) -> Family:
+    """The family registered as ``name``; ValueError listing the families if unknown."""
+    return FAMILIES.get(name)
+
+
+def list_families() -> list[str]:
+    """All registered family names, sorted."""
+    return FAMILIES.names()

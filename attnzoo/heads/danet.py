@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from attnzoo import blocks
-from attnzoo.heads.base import DecodeHead, register
+from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
 Array = jax.Array
 
@@ -56,3 +56,10 @@ class DANetHead(DecodeHead):
             out["pam"] = pam_cls(p, train=train)
             out["cam"] = cam_cls(c, train=train)
         return out
+
+
+register_family(Family(
+    name="danet", head="danet",
+    summary="position and channel attention, summed (Fu et al., CVPR 2019)",
+    mmseg_renames=((r"^(pam|cam)_conv_seg\.", r"\1_cls.conv_seg."),
+                   (r"^pam\.(query|key|value)_project\.", r"pam.\1_conv."))))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnzoo import ops
 from attnzoo._checks import check_rank
 from attnzoo.blocks.common import ConvNormAct
-from attnzoo.heads.base import DecodeHead, register
+from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
 Array = jax.Array
 
@@ -62,3 +64,32 @@ class SegFormerHead(DecodeHead):
         fused = self.conv_block(1, "fuse")(jnp.concatenate(projected[::-1], axis=-1),
                                            train=train)
         return {"out": self.classifier()(fused, train=train)}
+
+
+def _fusion_inputs_deepest_first(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """mmseg's ``SegformerHead`` concatenates the four stages finest first, attnzoo's (the
+    paper's code and Hugging Face's) deepest first: its fusion kernel ``(C, 4 C, 1, 1)`` with
+    the four input blocks in reverse order."""
+    key = "decode_head.fusion_conv.conv.weight"
+    out = dict(state_dict)
+    if key in out:
+        out[key] = np.concatenate(np.split(np.asarray(out[key]), 4, axis=1)[::-1], axis=1)
+    return out
+
+
+# The paper's recipe (as mmseg's segformer configs): 160k steps of AdamW (lr 6e-5, betas
+# 0.9 / 0.999, weight decay 0.01), linear warm-up over 1500 steps, poly decay (power 1) to 0, the
+# head at 10x the rate (mmseg's paramwise_cfg), evaluated one image at a time. mmseg's head is
+# 256 wide at every size with BN + ReLU per stage (``stage_norm``).
+register_family(Family(
+    name="segformer", head="segformer",
+    summary="Mix Transformer encoder and all-MLP decoder (Xie et al., NeurIPS 2021)",
+    model_sets=("mit",),
+    recipe={"optimizer.name": "adamw", "optimizer.learning_rate": 6e-5, "optimizer.b1": 0.9,
+            "optimizer.b2": 0.999, "optimizer.weight_decay": 0.01, "optimizer.schedule": "poly",
+            "optimizer.power": 1.0, "optimizer.min_lr": 0.0, "optimizer.warmup_steps": 1500,
+            "optimizer.lr_mult": {"head": 10.0}, "eval_batch_size": 1},
+    quickstart={"head_channels": 64},
+    mmseg_renames=((r"^convs\.(\d+)\.", r"proj_\1."), (r"^fusion_conv\.", "fuse.")),
+    mmseg_head_kwargs={"*": {"channels": 256, "stage_norm": True}},
+    mmseg_state_dict=_fusion_inputs_deepest_first))

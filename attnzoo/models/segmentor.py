@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from attnzoo import blocks, ops
 from attnzoo._checks import check_image
 from attnzoo.blocks.common import ConvNormAct, Dtype, conv
-from attnzoo.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 Array = jax.Array
 
@@ -42,8 +42,11 @@ class EncoderDecoder(nn.Module):
       aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
       align_corners: of the bilinear upsampling to the input size (mmseg's flag).
       crf: a CRF-as-RNN layer (``blocks.create("crf", ...)``) refining ``"out"`` at input
-        size on the image (the normalised input mapped back to RGB 0-255), trained end to end
-        with the rest; None for none.
+        size on the image (the normalised input mapped back to RGB 0-255 with ``pixel_mean`` /
+        ``pixel_std``), trained end to end with the rest; None for none.
+      pixel_mean: the per-channel RGB mean the input was normalised with (ImageNet's, as
+        mmsegmentation's ``data_preprocessor``; the data pipelines read the run's config).
+      pixel_std: the per-channel RGB standard deviation, likewise.
     """
 
     backbone: nn.Module
@@ -54,6 +57,8 @@ class EncoderDecoder(nn.Module):
     aux_weight: float = 0.4
     align_corners: bool = False
     crf: nn.Module | None = None
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
 
     def loss_terms(self) -> list[dict[str, Any]]:
         """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`: the main output
@@ -77,7 +82,8 @@ class EncoderDecoder(nn.Module):
             outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
         outputs = {k: resize_logits(v, size, self.align_corners) for k, v in outputs.items()}
         if self.crf is not None:
-            rgb = images.astype(jnp.float32) * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN)
+            rgb = (images.astype(jnp.float32) * jnp.asarray(self.pixel_std)
+                   + jnp.asarray(self.pixel_mean))
             outputs["out"] = self.crf(outputs["out"], rgb)
         return outputs
 

@@ -36,6 +36,7 @@ class EncoderDecoderSpec:
       aux_weight: its loss weight.
       in_feature: the feature the head reads (``"c4"``), or a tuple of them
         (SegFormer's head reads ``("c1", "c2", "c3", "c4")``).
+      family: the head family (``heads.list_families()``) it was registered from, or None.
     """
 
     backbone: str
@@ -48,6 +49,7 @@ class EncoderDecoderSpec:
         default_factory=lambda: {"channels": 256, "num_convs": 1, "concat_input": False})
     aux_weight: float = 0.4
     in_feature: str | tuple[str, ...] = "c4"
+    family: str | None = None
 
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
               backbone_kwargs: Mapping[str, Any] | None = None,

@@ -1,43 +1,64 @@
-"""The registered models: mmsegmentation's recipe names, each a description (see ``specs``).
+"""The registered models: every head family (``heads.list_families()``) on each of its model
+sets, and the Attention U-Nets.
 
-``<family>_r<depth>_d<stride>``: an :class:`EncoderDecoderSpec` on ResNet-v1c
-(deep stem, as mmsegmentation's ``ResNetV1c``) at output stride 8 or 16, the
-family's decode head of 512 channels reading stage 4 and an auxiliary FCN head
-(one conv of 256 channels, loss weight 0.4) reading stage 3, as
-mmsegmentation's ``<family>_r50-d8.py`` model files. r18 models use the
-narrower heads of mmsegmentation's r18 recipes (128 channels, auxiliary 64).
+Model names are lowercase words joined by ``_``: the family, then the backbone
+(``danet_r50_d8``, ``segformer_mit_b2``, ``attention_unet_small``). A model set turns a family
+into descriptions (:class:`EncoderDecoderSpec`):
 
-``segformer_mit-b<k>`` (k = 0..5): SegFormer, a :class:`MixVisionTransformer`
-``mit_b<k>`` and the all-MLP head reading all four stages (256 channels for B0/B1,
-768 for B2-B5, as the paper and the Hugging Face hub; no auxiliary head).
+* ``resnet``: ``<family>_r<depth>_d<stride>`` (depth 18, 50, 101; output stride 8, 16) on
+  ResNet-v1c (deep stem, as mmsegmentation's ``ResNetV1c``), the family's head of 512
+  channels reading stage 4 and an auxiliary FCN head (one conv of 256 channels, loss weight
+  0.4) reading stage 3, as mmsegmentation's ``<family>_r50-d8.py`` model files; r18 models
+  use the narrower heads of mmsegmentation's r18 recipes (128 channels, auxiliary 64).
+* ``mit``: ``<family>_mit_b<k>`` (k = 0..5) on a :class:`MixVisionTransformer` ``mit_b<k>``,
+  the head reading all four stages (256 channels for B0/B1, 768 for B2-B5, as the SegFormer
+  paper and the Hugging Face hub; no auxiliary head).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from attnzoo import heads
+from attnzoo._checks import check_choice
 from attnzoo.models.registry import register
 from attnzoo.models.specs import EncoderDecoderSpec, UNetSpec
 
-# model family -> decode head (``heads.list_heads()``)
-FAMILIES = {"fcn": "fcn", "danet": "danet", "ccnet": "ccnet", "nonlocal": "nonlocal",
-            "psa": "psa", "psas": "psas", "gcnet": "gcnet", "deeplabv3": "aspp", "pspnet": "psp",
-            "psanet": "psanet"}
 DEPTHS = (18, 50, 101)
 STRIDES = (8, 16)
 
-for _family, _head in FAMILIES.items():
-    for _depth in DEPTHS:
-        _channels, _aux = (128, 64) if _depth == 18 else (512, 256)
-        for _stride in STRIDES:
-            register(f"{_family}_r{_depth}_d{_stride}", EncoderDecoderSpec(
-                backbone=f"resnet{_depth}_v1c", head=_head, output_stride=_stride,
-                head_kwargs={"channels": _channels},
-                aux_kwargs={"channels": _aux, "num_convs": 1, "concat_input": False}))
 
-for _k in range(6):
-    register(f"segformer_mit-b{_k}", EncoderDecoderSpec(
-        backbone=f"mit_b{_k}", head="segformer", output_stride=None,
-        head_kwargs={"channels": 256 if _k < 2 else 768}, aux_head=None,
-        in_feature=("c1", "c2", "c3", "c4")))
+def resnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``resnet`` model set of ``family``."""
+    out = {}
+    for depth in DEPTHS:
+        channels, aux = (128, 64) if depth == 18 else (512, 256)
+        for stride in STRIDES:
+            out[f"{family.name}_r{depth}_d{stride}"] = EncoderDecoderSpec(
+                backbone=f"resnet{depth}_v1c", head=family.head, output_stride=stride,
+                head_kwargs={"channels": channels},
+                aux_kwargs={"channels": aux, "num_convs": 1, "concat_input": False},
+                family=family.name)
+    return out
+
+
+def mit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``mit`` model set of ``family``."""
+    return {f"{family.name}_mit_b{k}": EncoderDecoderSpec(
+        backbone=f"mit_b{k}", head=family.head, output_stride=None,
+        head_kwargs={"channels": 256 if k < 2 else 768}, aux_head=None,
+        in_feature=("c1", "c2", "c3", "c4"), family=family.name) for k in range(6)}
+
+
+MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
+    "resnet": resnet_models, "mit": mit_models}
+
+for _name in heads.list_families():
+    _family = heads.get_family(_name)
+    for _set in _family.model_sets:
+        check_choice(_set, tuple(MODEL_SETS), f"family {_name!r}: model set")
+        for _model, _spec in MODEL_SETS[_set](_family).items():
+            register(_model, _spec)
 
 register("attention_unet", UNetSpec((64, 128, 256, 512, 1024)))
 register("attention_unet_small", UNetSpec((16, 32, 64, 128)))

@@ -1,6 +1,6 @@
 """Pure attention functions (jax.numpy only: no parameters, no state, no Flax), and the
-convolutions the blocks build on (:func:`conv2d` and the 1x1 :func:`pointwise`, whose gradients
-run faster on CPU).
+convolutions the blocks build on (:func:`conv2d`, the 1x1 :func:`pointwise` and
+:func:`depthwise_conv2d`, computed as :func:`conv_implementation` says: ``attnzoo.ops.conv``).
 
 Layout is NHWC. Softmaxes run in float32 whatever the input dtype. Where an
 ``N x N`` map can be large, a ``memory_efficient=True`` path computes the same
@@ -8,7 +8,13 @@ result exactly without forming it.
 """
 
 from attnzoo.ops.channel import channel_attention, channel_attention_map
-from attnzoo.ops.conv import conv2d, conv_gradients, pointwise
+from attnzoo.ops.conv import (
+    conv2d,
+    conv_implementation,
+    depthwise_conv2d,
+    pointwise,
+    resolve_implementation,
+)
 from attnzoo.ops.crf import (
     DEEPLAB_CRF,
     CRFParams,
@@ -34,7 +40,7 @@ from attnzoo.ops.hard import hard_attention, hard_attention_weights
 from attnzoo.ops.non_local import non_local_attention, non_local_concatenation
 from attnzoo.ops.polarized import polarized_channel_context, polarized_spatial_weights
 from attnzoo.ops.position import position_attention, position_attention_map
-from attnzoo.ops.psa import point_wise_spatial_attention, psa_mask
+from attnzoo.ops.psanet import point_wise_spatial_attention, psa_mask
 from attnzoo.ops.resize import (
     adaptive_avg_pool,
     interpolate,
@@ -62,11 +68,12 @@ __all__ = [
     "channel_attention_map",
     "chunked_dot_product_attention",
     "conv2d",
-    "conv_gradients",
+    "conv_implementation",
     "criss_cross_attention",
     "crf_features",
     "criss_cross_weights",
     "dense_crf",
+    "depthwise_conv2d",
     "dot_product_attention",
     "gaussian_filter",
     "gaussian_filter_dense",
@@ -91,6 +98,7 @@ __all__ = [
     "psa_mask",
     "relative_position_index",
     "resize_bilinear",
+    "resolve_implementation",
     "shifted_window_mask",
     "temporal_attention",
     "window_attention",

@@ -1,4 +1,13 @@
-"""A 2-D convolution whose kernel gradient XLA:CPU computes as matrix products.
+"""The convolutions every block runs on, and the one setting that picks how they are computed.
+
+Three convolutions: :func:`conv2d` (any ungrouped one), :func:`pointwise` (1x1, stride 1) and
+:func:`depthwise_conv2d` (one filter per channel, stride 1). Each has two implementations of
+the same values (float32 rounding differs, nothing else): ``"xla"``, XLA's own convolution and
+JAX's differentiation of it, and ``"products"``, the forms below, written for XLA:CPU, where
+they are faster. The setting (:data:`IMPLEMENTATIONS`) is ``"auto"`` (products on CPU where
+they gain, XLA's elsewhere: :func:`resolve_implementation`), ``"products"`` or ``"xla"``; a run
+records it as ``config.conv_implementation``, the engine's jitted steps trace under it
+(:func:`conv_implementation`), and ``evaluate`` / ``predict`` print it.
 
 The convolution itself is ``lax.conv_general_dilated`` (NHWC input, HWIO kernel). With stride
 ``s``, dilation ``d`` and the input zero-padded by ``p`` to ``x_pad``:
@@ -12,33 +21,36 @@ Its two gradients, for an upstream gradient ``dy``:
 
 XLA:CPU lowers ``dK`` (its transpose of the convolution with respect to the kernel) to a
 convolution with batch and feature axes swapped, which runs at 0.25-0.45 of the forward's speed
-(``benchmarks/cpu_profile.py``). Here ``dK`` is ``k_h * k_w`` matrix products instead, one per
-tap: the ``(N, O)`` gradient times the ``(N, C)`` window of ``x_pad`` the tap reads, with
-``N = B H_out W_out``. At stride 1, ``dx`` is a forward convolution of ``dy`` with the kernel
-flipped in space and its in/out axes swapped (dilation ``d``, padding ``d (k - 1) - p`` per
-side); at larger strides it stays XLA's own transpose. The values are the same sums in another
-order (float32 rounding differs, nothing else).
+(``benchmarks/cpu_profile.py``). The products path computes ``dK`` as ``k_h * k_w`` matrix
+products instead, one per tap: the ``(N, O)`` gradient times the ``(N, C)`` window of ``x_pad``
+the tap reads, with ``N = B H_out W_out``. At stride 1, ``dx`` is a forward convolution of
+``dy`` with the kernel flipped in space and its in/out axes swapped (dilation ``d``, padding
+``d (k - 1) - p`` per side); at larger strides it stays XLA's own transpose.
 
 Under bfloat16 (``compute_dtype="bfloat16"``) XLA:CPU's convolution runs at its float32 speed,
 while its bfloat16 x bfloat16 -> float32 matrix products run up to 2x faster on a CPU with
-AVX512_BF16 or AMX (and slower than float32 on an AVX2 CPU). On such a CPU the forward
-convolution (and ``dx`` at stride 1) is ``y = sum_{i, j} window_ij(x_pad) K[i, j]``, one channel
-product per tap summed in float32 and rounded to bfloat16 once (DANet-R50-D8 bfloat16 inference
-1.83 s -> 1.00 s, docs/benchmarks.md).
+AVX512_BF16 or AMX (and slower than float32 on an AVX2 CPU). On such a CPU the products path's
+forward convolution (and ``dx`` at stride 1) is ``y = sum_{i, j} window_ij(x_pad) K[i, j]``,
+one channel product per tap summed in float32 and rounded to bfloat16 once (DANet-R50-D8
+bfloat16 inference 1.83 s -> 1.00 s, docs/benchmarks.md).
 
 A 1x1, stride-1 convolution is the product ``y = x K`` over the channel axis (:func:`pointwise`).
 Its kernel gradient ``dK = x^T dy`` contracts the ``N`` positions of two ``(N, C)`` and ``(N, O)``
 operands, and XLA:CPU's matrix-product kernels take their left operand with the contracted axis
 last: one operand is transposed in memory first, a strided pass fused into whatever elementwise
 work produced it (in a ResNet the BatchNorm gradient). JAX's own gradient always transposes
-``dy``; :func:`pointwise` transposes the narrower of ``x`` and ``dy`` (measured: the
+``dy``; the products path transposes the narrower of ``x`` and ``dy`` (measured: the
 DANet-R50-D8 train step's transposing fusions 1.13 s -> 0.46 s, ``benchmarks/step_profile.py``).
+
+A depthwise ``k x k`` convolution's products path is the sum of ``k^2`` shifted per-channel
+products: XLA:CPU's grouped convolution runs 2.5x (forward) to 4x (gradient) slower.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -51,32 +63,77 @@ Pair = tuple[int, int]
 Padding = tuple[Pair, Pair]
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-GRADIENTS = ("auto", "products", "xla")
-GRADIENTS_ENV = "ATTNZOO_CONV_GRADIENTS"
-
-
+IMPLEMENTATIONS = ("auto", "products", "xla")
 # "auto" takes the products for kernels with at least this many (input, output) channel pairs
 MIN_CHANNEL_PAIRS = 64 * 64
 
+_IMPLEMENTATION: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "attnzoo_conv_implementation", default="auto")
 
-def conv_gradients(choice: str = "auto", channel_pairs: int = MIN_CHANNEL_PAIRS) -> str:
-    """The gradient path a convolution takes: ``"products"`` (this module's) or ``"xla"``.
 
-    ``"auto"`` reads the environment variable ``ATTNZOO_CONV_GRADIENTS`` (``products`` or
-    ``xla``) and otherwise picks by backend and size: products on CPU for kernels with at least
-    ``MIN_CHANNEL_PAIRS`` ``C x O`` (64 x 64), where they are faster (1.2-3.7x for the kernel
-    gradient; ``benchmarks/cpu_profile.py``); XLA's own for narrower kernels, whose per-tap
-    products are too small to gain (the quickstart's step: 8% slower with them), and on GPU and
-    TPU, whose convolution libraries compute both gradients at full speed.
+class conv_implementation(contextlib.ContextDecorator):  # noqa: N801 - used as a function
+    """Within the ``with`` block, convolutions called without ``implementation`` take ``name``
+    (one of :data:`IMPLEMENTATIONS`; checked here). The setting is read when a function is
+    traced, so trace jitted functions inside the block, or decorate the function jitted
+    (``@conv_implementation("xla")``): then every trace of it, whenever it happens, runs under
+    ``name`` (the engine's steps are decorated with their config's setting)."""
+
+    def __init__(self, name: str) -> None:
+        check_choice(name, IMPLEMENTATIONS, "conv_implementation")
+        self.name = name
+        self._token: contextvars.Token[str] | None = None
+
+    def _recreate_cm(self) -> conv_implementation:
+        return conv_implementation(self.name)  # one per decorated call: calls may nest
+
+    def __enter__(self) -> conv_implementation:
+        self._token = _IMPLEMENTATION.set(self.name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _IMPLEMENTATION.reset(self._token)
+
+
+def current_implementation() -> str:
+    """The setting in force (:func:`conv_implementation`; ``"auto"`` outside any block)."""
+    return _IMPLEMENTATION.get()
+
+
+def resolve_implementation(implementation: str | None = None,
+                           channel_pairs: int | None = None) -> str:
+    """The path a convolution takes: ``"products"`` or ``"xla"``.
+
+    ``implementation`` (default: :func:`current_implementation`) ``"auto"`` picks by backend
+    and size: the products on CPU, for :func:`conv2d` / :func:`pointwise` only with kernels of
+    at least ``MIN_CHANNEL_PAIRS`` ``C x O`` (``channel_pairs``; 64 x 64), where they are faster
+    (1.2-3.7x for the kernel gradient; ``benchmarks/cpu_profile.py``): narrower kernels' per-tap
+    products are too small to gain (the quickstart's step: 8% slower with them); XLA's own on
+    GPU and TPU, whose convolution libraries compute both gradients at full speed.
+    ``channel_pairs=None`` (a depthwise convolution) skips the size rule.
     """
-    check_choice(choice, GRADIENTS, "gradients")
+    choice = current_implementation() if implementation is None else implementation
+    check_choice(choice, IMPLEMENTATIONS, "implementation")
+    if choice != "auto":
+        return choice
+    wide = channel_pairs is None or channel_pairs >= MIN_CHANNEL_PAIRS
+    return "products" if jax.default_backend() == "cpu" and wide else "xla"
+
+
+def describe_implementation(implementation: str | None = None) -> str:
+    """One line saying what ``implementation`` (default: the one in force) computes on this
+    backend, for the commands' logs."""
+    choice = current_implementation() if implementation is None else implementation
+    check_choice(choice, IMPLEMENTATIONS, "conv_implementation")
+    backend = jax.default_backend()
     if choice == "auto":
-        choice = os.environ.get(GRADIENTS_ENV, "") or "auto"
-        check_choice(choice, GRADIENTS, GRADIENTS_ENV)
-    if choice == "auto":
-        wide = channel_pairs >= MIN_CHANNEL_PAIRS
-        return "products" if jax.default_backend() == "cpu" and wide else "xla"
-    return choice
+        detail = (f"matrix-product gradients for kernels of >= {MIN_CHANNEL_PAIRS} channel "
+                  f"pairs, shifted depthwise products, XLA's own otherwise (on {backend})"
+                  if backend == "cpu" else f"XLA's own convolutions (on {backend})")
+    elif choice == "products":
+        detail = "matrix-product gradients and shifted depthwise products everywhere"
+    else:
+        detail = "XLA's own convolutions and their gradients"
+    return f"conv_implementation={choice}: {detail}"
 
 
 def _plain(x: Array, kernel: Array, stride: Pair, dilation: Pair, padding: Padding) -> Array:
@@ -237,12 +294,12 @@ def _pointwise_backward(residuals: tuple[Array, Array], dy: Array) -> tuple[Arra
 _pointwise_narrow_transposed.defvjp(_pointwise_forward, _pointwise_backward)
 
 
-def pointwise(x: Array, kernel: Array, *, gradients: str = "auto") -> Array:
+def pointwise(x: Array, kernel: Array, *, implementation: str | None = None) -> Array:
     """A 1x1, stride-1 convolution as a product over the last axis: ``y[..., o] = sum_c x[..., c]
     K[c, o]``, with gradients ``dx = dy K^T`` and ``dK = x^T dy`` (summed over every other axis).
 
-    Equals ``lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))`` in value; with
-    ``gradients="products"`` (:func:`conv_gradients`; on CPU by default) ``dK`` is computed
+    Equals ``lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))`` in value; on the
+    products path (:func:`resolve_implementation`; on CPU by default) ``dK`` is computed
     with the narrower of ``x`` and ``dy`` as the transposed operand (module docstring), in
     float32 under bfloat16. Under bfloat16 on a CPU that multiplies bfloat16 natively
     (:func:`cpu_has_bfloat16_products`) the value, ``dx`` and ``dK`` (``x`` on the left)
@@ -252,7 +309,8 @@ def pointwise(x: Array, kernel: Array, *, gradients: str = "auto") -> Array:
     Args:
       x: ``(..., C)``, at least 2-D.
       kernel: ``(C, O)``.
-      gradients: ``"auto"``, ``"products"`` or ``"xla"``.
+      implementation: ``"auto"``, ``"products"`` or ``"xla"``; None: the setting in force
+        (:func:`conv_implementation`).
 
     Returns:
       ``(..., O)``.
@@ -261,7 +319,7 @@ def pointwise(x: Array, kernel: Array, *, gradients: str = "auto") -> Array:
     if x.ndim < 2 or x.shape[-1] != kernel.shape[0]:
         raise ValueError(f"x must be (..., C) with C = {kernel.shape[0]} (kernel shape "
                          f"{tuple(kernel.shape)}); got shape {tuple(x.shape)}")
-    if conv_gradients(gradients, kernel.shape[0] * kernel.shape[1]) == "xla":
+    if resolve_implementation(implementation, kernel.shape[0] * kernel.shape[1]) == "xla":
         return _channel_product(x, kernel)
     return _pointwise_narrow_transposed(x, kernel)
 
@@ -293,13 +351,13 @@ def conv2d(
     stride: int | Pair = 1,
     dilation: int | Pair = 1,
     padding: int | Padding = 0,
-    gradients: str = "auto",
+    implementation: str | None = None,
 ) -> Array:
     """2-D convolution of NHWC ``x`` with an HWIO ``kernel`` (no groups, zero padding).
 
     Equals ``lax.conv_general_dilated(x, kernel, stride, padding, rhs_dilation=dilation,
     dimension_numbers=("NHWC", "HWIO", "NHWC"))`` in value; its gradients follow
-    ``gradients`` (:func:`conv_gradients`): ``"products"`` computes ``dK`` as one matrix
+    ``implementation`` (:func:`resolve_implementation`): ``"products"`` computes ``dK`` as one matrix
     product per kernel tap and, at stride 1, ``dx`` as a forward convolution (module
     docstring), and under bfloat16 on a CPU that multiplies it natively
     (:func:`cpu_has_bfloat16_products`) the value too as float32-summed tap products;
@@ -311,7 +369,8 @@ def conv2d(
       stride: the step of the output grid, an int or ``(s_h, s_w)``.
       dilation: the spacing of the kernel taps, an int or ``(d_h, d_w)``.
       padding: zeros added to each side, an int or ``((top, bottom), (left, right))``.
-      gradients: ``"auto"``, ``"products"`` or ``"xla"``.
+      implementation: ``"auto"``, ``"products"`` or ``"xla"``; None: the setting in force
+        (:func:`conv_implementation`).
 
     Returns:
       ``(B, H_out, W_out, O)`` with ``H_out = (H + top + bottom - d_h (k_h - 1) - 1) // s_h + 1``.
@@ -323,6 +382,38 @@ def conv2d(
                          f"{tuple(kernel.shape)}); x has {x.shape[-1]} (shape {tuple(x.shape)})")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     pads = _padding(padding)
-    if conv_gradients(gradients, kernel.shape[2] * kernel.shape[3]) == "xla":
+    if resolve_implementation(implementation, kernel.shape[2] * kernel.shape[3]) == "xla":
         return _plain(x, kernel, stride, dilation, pads)
     return _conv_with_product_gradients(x, kernel, stride, dilation, pads)
+
+
+def depthwise_conv2d(x: Array, kernel: Array, *, implementation: str | None = None) -> Array:
+    """A depthwise ``k x k`` convolution, stride 1, with PyTorch's symmetric zero padding
+    (``(k - 1) // 2`` before, ``k // 2`` after): ``y[b, h, w, c] = sum_{i, j} x_pad[b, h + i,
+    w + j, c] K[i, j, 0, c]``.
+
+    Equals ``lax.conv_general_dilated(..., feature_group_count=C)`` in value; the products path
+    (:func:`resolve_implementation`; on CPU by default) is the sum of the ``k^2`` shifted
+    per-channel products.
+
+    Args:
+      x: ``(B, H, W, C)``.
+      kernel: ``(k, k, 1, C)`` (``nn.Conv(feature_group_count=C)``'s layout).
+      implementation: ``"auto"``, ``"products"`` or ``"xla"``; None: the setting in force.
+
+    Returns:
+      ``(B, H, W, C)``.
+    """
+    check_rank(x, 4, "x", "B, H, W, C")
+    check_rank(kernel, 4, "kernel", "k, k, 1, C")
+    k, c = kernel.shape[0], x.shape[-1]
+    if kernel.shape != (k, k, 1, c):
+        raise ValueError(f"kernel must be (k, k, 1, C) with C = {c} (x shape {tuple(x.shape)}); "
+                         f"got {tuple(kernel.shape)}")
+    lo, hi = (k - 1) // 2, k // 2
+    if resolve_implementation(implementation) == "xla":
+        return lax.conv_general_dilated(x, kernel, (1, 1), ((lo, hi), (lo, hi)),
+                                        dimension_numbers=DIMENSIONS, feature_group_count=c)
+    h, w = x.shape[1:3]
+    x_pad = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    return sum(x_pad[:, i:i + h, j:j + w] * kernel[i, j, 0] for i in range(k) for j in range(k))

@@ -1,4 +1,5 @@
-"""ASPP head of DeepLabV3 (Chen et al., "Rethinking Atrous Convolution", 2017)."""
+"""ASPP head of DeepLabV3 (Chen et al., "Rethinking Atrous Convolution for Semantic Image
+Segmentation", 2017)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo.blocks.common import global_avg_pool
-from attnzoo.heads.base import DecodeHead, register
+from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
 Array = jax.Array
 
@@ -38,3 +39,10 @@ class ASPPHead(DecodeHead):
                 x, train=train))
         y = self.conv_block(3, "bottleneck")(jnp.concatenate(branches, axis=-1), train=train)
         return {"out": self.classifier()(y, train=train)}
+
+
+register_family(Family(
+    name="deeplabv3", head="aspp",
+    summary="atrous spatial pyramid pooling (Chen et al., 2017)",
+    mmseg_renames=((r"^image_pool\.1\.", "image_pool."),
+                   (r"^aspp_modules\.(\d+)\.", r"aspp.\1."))))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo.heads.base import DecodeHead, register
+from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
 Array = jax.Array
 
@@ -47,3 +47,8 @@ class PSPHead(DecodeHead):
         y = self.conv_block(3, "bottleneck")(
             jnp.concatenate([o.astype(x.dtype) for o in outs], -1), train=train)
         return {"out": self.classifier()(y, train=train)}
+
+
+register_family(Family(
+    name="pspnet", head="psp", summary="pyramid pooling module (Zhao et al., CVPR 2017)",
+    mmseg_renames=((r"^psp_modules\.(\d+)\.1\.", r"pool_convs.\1."),)))

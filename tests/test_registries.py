@@ -1,0 +1,176 @@
+"""Every registered block, head, backbone and model through the same checks, enumerated from
+the registries (``list_blocks()``, ``list_heads()``, ``list_backbones()``, ``list_models()``):
+a new entry is tested by registering it. The checks: it runs under ``jax.jit``, in float32
+and bfloat16, at odd sizes, with the output shapes it promises, and refuses bad input with an
+error naming it. Blocks run; heads, backbones and models (up to ResNet-152 and MiT-B5) are
+traced (``jax.eval_shape``): they run in the parity tests (timm, mmseg, Hugging Face) and the
+models' tests.
+
+Where an entry is built or called otherwise than the common way, it is named in the tables
+below, with the reason: nothing else is special-cased.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnzoo import backbones, blocks, heads, models
+from helpers import build_block
+
+CHANNELS = 32
+ODD = (7, 11)  # an odd map (blocks, head features)
+ODD_IMAGE = (33, 35)  # an odd image (backbones, models): 33 = 32 + 1 at the largest stride
+
+# block -> how it is built instead of ``channels=CHANNELS``
+BLOCK_KWARGS = {
+    # CRF-as-RNN refines logits: sized by its classes, not channels; the exact (dense) filter,
+    # 2 iterations: the permutohedral lattice compiles for ~12 s, and tests/test_crf.py runs it
+    # jitted, with finite-difference gradients
+    "crf": {"num_classes": 4, "method": "dense", "iterations": 2},
+}
+# head -> fields beside ``num_classes`` and ``channels``
+HEAD_KWARGS = {
+    "psanet": {"mask_size": (13, 21)},  # 2h - 1 of the features covers them (97 x 97 default)
+}
+
+
+def first_array(args):
+    """The input whose shape the block's output has (``multiscale`` takes a list of maps)."""
+    return args[0][0] if isinstance(args[0], list) else args[0]
+
+
+def build(name, size=(8, 8)):
+    return build_block(name, size, **BLOCK_KWARGS.get(name, {"channels": CHANNELS}))
+
+
+@pytest.mark.parametrize("name", blocks.list_blocks())
+def test_block_runs_jitted_with_its_input_shape_and_finite_gradients(name):
+    module, args, variables = build(name)
+    out = jax.jit(module.apply)(variables, *args)
+    assert out.shape == first_array(args).shape and out.dtype == jnp.float32
+    assert np.isfinite(np.asarray(out)).all()
+
+    def loss(params, args):
+        y, _ = module.apply({**variables, "params": params}, *args, train=True,
+                            mutable=["batch_stats", "intermediates"])
+        return jnp.mean(y ** 2)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], args)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    assert any(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(grads[0]))
+
+
+@pytest.mark.parametrize("name", blocks.list_blocks())
+def test_block_in_bfloat16_at_an_odd_size_follows_float32(name):
+    """``dtype=bfloat16`` on bfloat16 input (as inside a bfloat16 model; float32 parameters) of
+    an odd size: the input's shape, bfloat16, within 10% of the float32 block's largest
+    output."""
+    module32, args, variables = build(name, ODD)
+    module16 = module32.clone(dtype=jnp.bfloat16)
+    out32 = np.asarray(module32.apply(variables, *args))
+    out16 = jax.jit(module16.apply)(variables, *jax.tree.map(lambda a: a.astype(jnp.bfloat16),
+                                                               args))
+    assert out16.shape == first_array(args).shape and out16.dtype == jnp.bfloat16
+    out16 = np.asarray(out16, np.float32)
+    assert np.isfinite(out16).all()
+    err = np.abs(out16 - out32).max()
+    assert err <= 0.1 * np.abs(out32).max() + 1e-2, f"bf16 drifted by {err}"
+
+
+@pytest.mark.parametrize("name", blocks.list_blocks())
+def test_block_refuses_a_wrong_rank_and_width_by_name(name):
+    module, args, variables = build(name)
+    first = first_array(args)
+
+    def call(x):
+        new = ([x, *args[0][1:]],) if isinstance(args[0], list) else (x, *args[1:])
+        return module.apply(variables, *new)
+
+    with pytest.raises(ValueError, match="channels|num_classes"):
+        call(jnp.zeros(first.shape[:-1] + (first.shape[-1] + 1,)))
+    with pytest.raises(ValueError, match="rank"):
+        call(jnp.zeros(first.shape[1:]))
+
+
+def head_levels(name):
+    """How many backbone levels head ``name`` reads (``in_feature`` of a model using it)."""
+    specs = [models.get_spec(m) for m in models.list_models()]
+    feature = next((s.in_feature for s in specs if getattr(s, "head", None) == name), "c4")
+    return len(feature) if isinstance(feature, tuple) else 1
+
+
+def head_input(name, size, dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    levels = head_levels(name)
+    if levels == 1:
+        return jnp.asarray(rng.standard_normal((2, *size, 24)), dtype)
+    return [jnp.asarray(rng.standard_normal((2, math.ceil(size[0] / 2 ** i),
+                                             math.ceil(size[1] / 2 ** i), 8 * 2 ** i)), dtype)
+            for i in range(levels)]
+
+
+@pytest.mark.parametrize("name", heads.list_heads())
+def test_head_traces_jitted_in_bfloat16_at_an_odd_size_with_its_declared_outputs(name):
+    """Traced, not run: every head runs in the mmseg parity tests (test_mmseg.py) and the
+    models' tests."""
+    head = heads.create(name, num_classes=5, channels=16, dtype=jnp.bfloat16,
+                        **HEAD_KWARGS.get(name, {}))
+    x = head_input(name, ODD, jnp.bfloat16)
+    trained, variables = jax.eval_shape(lambda x: head.init_with_output(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True), x)
+    out = jax.eval_shape(jax.jit(head.apply), variables, x)
+    assert list(out) == ["out"]
+    assert out["out"].shape == (2, *ODD, 5) and out["out"].dtype == jnp.bfloat16
+    assert sorted(trained) == sorted(["out", *(k for k, _ in type(head).branches)])
+    assert all(v.shape == (2, *ODD, 5) for v in trained.values())
+    wrong = x[0] if isinstance(x, jax.Array) else [x[0][0], *x[1:]]
+    with pytest.raises(ValueError, match="rank"):
+        head.init(jax.random.key(0), wrong)
+
+
+@pytest.mark.parametrize("name", backbones.list_backbones())
+def test_backbone_traces_jitted_in_bfloat16_at_an_odd_size_with_its_feature_info(name):
+    module = backbones.create(name, dtype=jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((2, *ODD_IMAGE, module.in_channels), jnp.float32)
+    variables = jax.eval_shape(module.init, jax.random.key(0), x)
+    out = jax.eval_shape(jax.jit(module.apply), variables, x)
+    info = module.feature_info()
+    assert list(out) == list(info) == ["c1", "c2", "c3", "c4"]
+    for level, (channels, stride) in info.items():
+        size = tuple(math.ceil(n / stride) for n in ODD_IMAGE)
+        assert out[level].shape == (2, *size, channels), level
+        assert out[level].dtype == jnp.bfloat16, level
+    with pytest.raises(ValueError, match="in_channels"):
+        module.init(jax.random.key(0), jnp.zeros((1, 32, 32, module.in_channels + 1)))
+    with pytest.raises(ValueError, match="rank 4"):
+        module.init(jax.random.key(0), jnp.zeros((32, 32, module.in_channels)))
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_model_traces_jitted_in_bfloat16_at_an_odd_size_with_its_loss_outputs(name):
+    model = models.create(name, num_classes=5, dtype=jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((2, *ODD_IMAGE, 3), jnp.float32)
+    trained, variables = jax.eval_shape(lambda x: model.init_with_output(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True), x)
+    out = jax.eval_shape(jax.jit(model.apply), variables, x)
+    assert list(out) == ["out"]
+    assert out["out"].shape == (2, *ODD_IMAGE, 5) and out["out"].dtype == jnp.bfloat16
+    assert sorted(trained) == sorted(t["output"] for t in model.loss_terms())
+    assert all(v.shape == (2, *ODD_IMAGE, 5) for v in trained.values())
+    with pytest.raises(ValueError, match="images has 1 channels"):
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="images must have rank 4"):
+        model.init(jax.random.key(0), jnp.zeros((32, 32, 3)))
+
+
+def test_every_family_has_its_head_models_and_model_sets():
+    for name in heads.list_families():
+        family = heads.get_family(name)
+        assert family.head in heads.list_heads()
+        for model_set in family.model_sets:
+            names = models.zoo.MODEL_SETS[model_set](family)
+            assert set(names) <= set(models.list_models())
+            assert all(models.get_spec(n).family == name for n in names)

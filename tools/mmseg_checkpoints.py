@@ -1,0 +1,89 @@
+"""Regenerate ``attnzoo/convert/mmseg_checkpoints.csv``, the published mmsegmentation
+checkpoints attnzoo restores, from mmsegmentation's own model-zoo metadata: the
+``configs/<family>/metafile.yaml`` files mmseg ships in its package (``mmseg/.mim/configs``).
+
+    python tools/mmseg_checkpoints.py            # write the file (needs mmsegmentation installed)
+    python tools/mmseg_checkpoints.py --check    # exit 1 if the committed file differs
+
+One row for each model of a metafile whose config stem :func:`attnzoo.convert.mmseg.mmseg_recipe`
+accepts (a registered family, backbone and dataset protocol): the family, the config stem, the
+dataset, the crop and the schedule (from the stem), the checkpoint file name (the last part of
+the metafile's ``Weights`` URL) and the published ``mIoU`` and ``mIoU(ms+flip)`` as the metafile
+states them (OpenMMLab's runs; not measured by attnzoo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "attnzoo" / "convert" / "mmseg_checkpoints.csv"
+
+
+def mmseg_configs() -> Path:
+    """The ``configs`` folder of the installed mmsegmentation."""
+    import mmseg
+
+    return Path(mmseg.__file__).parent / ".mim" / "configs"
+
+
+def rows(configs: Path) -> list[dict[str, str]]:
+    """The CSV rows for every supported model of the metafiles under ``configs``, by family
+    (alphabetical) and in each metafile's order."""
+    import yaml
+
+    from attnzoo.convert.mmseg import FIELDS, mmseg_recipe
+
+    out = []
+    for metafile in sorted(configs.glob("*/metafile.yaml")):
+        for model in yaml.safe_load(metafile.read_text()).get("Models", []):
+            try:
+                recipe = mmseg_recipe(model["Name"])
+            except ValueError:
+                continue
+            metrics = model["Results"]["Metrics"]
+            ms = metrics.get("mIoU(ms+flip)")
+            out.append(dict(zip(FIELDS, (
+                recipe.family, recipe.stem, recipe.dataset, recipe.crop, recipe.schedule,
+                model["Weights"].rsplit("/", 1)[-1], f"{float(metrics['mIoU']):.2f}",
+                "" if ms is None else f"{float(ms):.2f}"))))
+    return sorted(out, key=lambda r: r["family"])  # stable: each metafile's order kept
+
+
+def render(table: list[dict[str, str]]) -> str:
+    """The CSV text of ``table``."""
+    from attnzoo.convert.mmseg import FIELDS
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", type=Path, default=None,
+                        help="mmseg's configs folder (default: the installed package's)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the committed file instead of writing it")
+    args = parser.parse_args(argv)
+    text = render(rows(args.configs or mmseg_configs()))
+    if args.check:
+        if TARGET.read_text() != text:
+            print(f"{TARGET} differs from mmseg's metafiles: run python tools/mmseg_checkpoints.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(text)
+    print(f"wrote {len(text.splitlines()) - 1} rows to {TARGET}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
