@@ -21,7 +21,6 @@ device reaches on the operation it is best at, not the vendor's datasheet number
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -38,18 +37,9 @@ from attnzoo.sharding import batch_sharding, make_mesh  # noqa: E402
 
 
 def parameters(name: str, num_classes: int) -> tuple[float, float]:
-    """(training, inference) parameter counts in millions."""
-    model = models.create(name, num_classes=num_classes)
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-    total = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-    training_only = sum(
-        math.prod(p.shape) for key in ("aux_head",) if key in params
-        for p in jax.tree.leaves(params[key]))
-    head = params.get("head", {})
-    training_only += sum(math.prod(p.shape) for key in ("pam_cls", "cam_cls") if key in head
-                         for p in jax.tree.leaves(head[key]))
-    return total / 1e6, (total - training_only) / 1e6
+    """(training, inference) parameter counts in millions (``models.parameter_counts``)."""
+    total, inference = models.parameter_counts(models.create(name, num_classes=num_classes))
+    return total / 1e6, inference / 1e6
 
 
 def forward_flops(name: str, num_classes: int, size: tuple[int, int]) -> float:

@@ -54,7 +54,7 @@ class CbamSpatial(nn.Module):
         return x * gate(self.gate)(s).astype(x.dtype)
 
 
-@registered("cbam")
+@registered("cbam", paper="Woo et al. 2018", follows="timm `CbamModule`", tested="timm")
 class CBAM(nn.Module):
     """Convolutional Block Attention Module (CBAM).
 

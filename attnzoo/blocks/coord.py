@@ -13,7 +13,7 @@ from attnzoo.blocks.registry import registered
 Array = jax.Array
 
 
-@registered("coord")
+@registered("coord", paper="Hou et al. 2021", follows="timm `CoordAttn`", tested="timm")
 class CoordinateAttention(nn.Module):
     """Coordinate attention.
 

@@ -86,4 +86,7 @@ def _crf_example(module: DenseCRF, size: tuple[int, int] = (8, 8)) -> tuple[Arra
             jnp.zeros((1, *size, 3), jnp.float32))
 
 
-register("crf", DenseCRF, example=_crf_example)
+register("crf", DenseCRF, paper="Zheng et al. 2015 (CRF-as-RNN)",
+         follows="CRF-as-RNN's parameters",
+         tested="pixel-loop mean field; densecrf (pydensecrf2); finite differences",
+         example=_crf_example)

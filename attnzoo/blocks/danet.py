@@ -25,7 +25,9 @@ def reduced_qk_channels(channels: int, reduction: int, key_channels: int | None)
     return width
 
 
-@registered("pam")
+@registered("pam", paper="Fu et al. 2019 (DANet)",
+            follows="official `PAM_Module`",
+            tested="official forward, written in the tests")
 class PositionAttention(nn.Module):
     """DANet position attention module (PAM).
 
@@ -73,7 +75,9 @@ class PositionAttention(nn.Module):
         return zero_gamma(self, self.param_dtype).astype(x.dtype) * out + x
 
 
-@registered("cam")
+@registered("cam", paper="Fu et al. 2019 (DANet)",
+            follows="official `CAM_Module`",
+            tested="official forward, written in the tests")
 class ChannelAttention(nn.Module):
     """DANet channel attention module (CAM).
 

@@ -26,7 +26,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     return max(t if t % 2 else t + 1, 3)
 
 
-@registered("eca")
+@registered("eca", paper="Wang et al. 2020", follows="timm `EcaModule`", tested="timm")
 class EfficientChannelAttention(nn.Module):
     """Efficient Channel Attention (ECA).
 

@@ -79,4 +79,7 @@ def _gate_example(module: AttentionGate, size: tuple[int, int] = (8, 8)) -> tupl
             jnp.zeros((1, (h + 1) // 2, (w + 1) // 2, 2 * c), jnp.float32))
 
 
-register("attention_gate", AttentionGate, example=_gate_example)
+register("attention_gate", AttentionGate, paper="Oktay et al. 2018 (Attention U-Net)",
+         follows="authors' grid gate",
+         tested="equation (numpy)",
+         example=_gate_example)

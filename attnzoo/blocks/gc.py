@@ -33,7 +33,7 @@ class ConvMlp(nn.Module):
         return conv(self.features, kernel_init=init, name="fc2", **kw)(activation(self.act)(x))
 
 
-@registered("gc")
+@registered("gc", paper="Cao et al. 2019 (GCNet)", follows="timm `GlobalContext`", tested="timm")
 class GlobalContext(nn.Module):
     """Global Context block (GC).
 

@@ -15,7 +15,9 @@ from attnzoo.blocks.registry import registered
 Array = jax.Array
 
 
-@registered("hard")
+@registered("hard", paper="top-k attention (Gupta et al. 2021)",
+            follows="—",
+            tested="looped top-k reference (op)")
 class HardAttention(nn.Module):
     """Position attention that keeps only the ``top_k`` strongest keys per query.
 

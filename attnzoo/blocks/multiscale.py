@@ -76,4 +76,7 @@ def _scales_example(module: MultiScaleAttention, size: tuple[int, int] = (8, 8)
              for i in range(module.num_scales)],)
 
 
-register("multiscale", MultiScaleAttention, example=_scales_example)
+register("multiscale", MultiScaleAttention, paper="Chen et al. 2016 (attention to scale)",
+         follows="—",
+         tested="convex-combination properties",
+         example=_scales_example)

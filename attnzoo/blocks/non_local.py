@@ -40,8 +40,11 @@ class ConcatProjection(nn.Module):
         return theta @ w[0], phi @ w[1]
 
 
-@registered("non_local", torch_renames={"concat_project.conv": "concat_project", "g.0": "g",
-                                        "phi.0": "phi"})
+@registered("non_local", paper="Wang et al. 2018",
+            follows="mmcv `NonLocal2d` (4 modes)",
+            tested="mmcv forward, written in the tests",
+            torch_renames={"concat_project.conv": "concat_project", "g.0": "g",
+                           "phi.0": "phi"})
 class NonLocal2d(nn.Module):
     """Non-local block.
 

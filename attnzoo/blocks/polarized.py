@@ -69,4 +69,6 @@ class PolarizedSelfAttention(nn.Module):
         return self._spatial_only(self._channel_only(x, inter), inter)
 
 
-register("polarized", PolarizedSelfAttention)
+register("polarized", PolarizedSelfAttention, paper="Liu et al. 2021",
+         follows="official DeLightCMU/PSA",
+         tested="official forward (both layouts), written in the tests")

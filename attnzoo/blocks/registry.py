@@ -29,14 +29,26 @@ def image_example(module: nn.Module, size: tuple[int, int] = (8, 8)) -> tuple[Ar
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-    """A registered block: its factory, an example-input maker (``example(module, size=(h,
-    w))``: the arguments of a call on a ``h x w`` map) and torch key renames."""
+    """A registered block.
+
+    Attributes:
+      name: its registry name.
+      factory: the module class (or a function returning a module).
+      example: ``example(module, size=(h, w))``, the arguments of a call on a ``h x w`` map.
+      torch_renames: reference-key prefix -> attnzoo path prefix (dotted), applied before the
+        generic mapping of the converter.
+      paper: the paper, short (``"Hu et al. 2018"``).
+      follows: the implementation it follows and ports parameter names from.
+      tested: what it is tested against.
+    """
 
     name: str
     factory: Callable[..., nn.Module]
     example: Callable[..., tuple[Any, ...]] = image_example
-    # Reference-key prefix -> attnzoo path prefix (dotted), applied before the generic mapping.
     torch_renames: tuple[tuple[str, str], ...] = ()
+    paper: str = ""
+    follows: str = ""
+    tested: str = ""
 
 
 _BLOCKS: Registry[BlockSpec] = Registry("block")
@@ -48,9 +60,14 @@ def register(
     *,
     example: Callable[..., tuple[Any, ...]] = image_example,
     torch_renames: dict[str, str] | None = None,
+    paper: str = "",
+    follows: str = "",
+    tested: str = "",
 ) -> None:
-    """Register ``factory`` (a module class or a function returning a module) as ``name``."""
-    _BLOCKS.add(name, BlockSpec(name, factory, example, tuple((torch_renames or {}).items())))
+    """Register ``factory`` (a module class or a function returning a module) as ``name``,
+    with the fields of :class:`BlockSpec` (the generated block table shows the last three)."""
+    _BLOCKS.add(name, BlockSpec(name, factory, example, tuple((torch_renames or {}).items()),
+                                paper, follows, tested))
 
 
 def registered(name: str, **kwargs: Any) -> Callable[[type], type]:

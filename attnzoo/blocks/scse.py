@@ -26,7 +26,10 @@ class _ChannelSE(nn.Module):
         return jax.nn.sigmoid(conv(self.channels, name="fc2", **kw)(s))
 
 
-@registered("scse", torch_renames={"cSE.1": "cse.fc1", "cSE.3": "cse.fc2", "sSE.0": "sse"})
+@registered("scse", paper="Roy et al. 2018",
+            follows="smp `SCSEModule`",
+            tested="equation (numpy), add and max",
+            torch_renames={"cSE.1": "cse.fc1", "cSE.3": "cse.fc2", "sSE.0": "sse"})
 class SpatialChannelSqueezeExcite(nn.Module):
     """Concurrent spatial and channel squeeze & excitation (scSE).
 

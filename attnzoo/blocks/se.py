@@ -22,7 +22,7 @@ def _squeeze(x: Array, add_maxpool: bool) -> Array:
     return z
 
 
-@registered("se")
+@registered("se", paper="Hu et al. 2018", follows="timm `SEModule`", tested="timm")
 class SqueezeExcite(nn.Module):
     """Squeeze-and-Excitation (SE).
 
@@ -64,7 +64,9 @@ class SqueezeExcite(nn.Module):
         return x * gate(self.gate)(s).astype(x.dtype)
 
 
-@registered("ese")
+@registered("ese", paper="Lee & Park 2020 (CenterMask)",
+            follows="timm `EffectiveSEModule`",
+            tested="timm")
 class EffectiveSqueezeExcite(nn.Module):
     """Effective Squeeze-Excitation (eSE).
 

@@ -38,7 +38,7 @@ class SelectiveKernelAttention(nn.Module):
         return jnp.moveaxis(a, 3, 1)
 
 
-@registered("sk")
+@registered("sk", paper="Li et al. 2019", follows="timm `SelectiveKernel`", tested="timm")
 class SelectiveKernel(nn.Module):
     """Selective Kernel convolution (SK).
 

@@ -26,7 +26,9 @@ def radix_softmax(logits: Array, radix: int, cardinality: int) -> Array:
     return jax.nn.softmax(x.astype(jnp.float32), axis=1).reshape(b, -1)
 
 
-@registered("splat")
+@registered("splat", paper="Zhang et al. 2022 (ResNeSt)",
+            follows="timm `SplitAttn`",
+            tested="timm")
 class SplitAttention(nn.Module):
     """Split-Attention convolution (Splat).
 

@@ -59,4 +59,7 @@ def _clip_example(module: TemporalAttention, size: tuple[int, int] = (8, 8)) -> 
     return (jnp.zeros((1, 3, *size, module.channels), jnp.float32),)
 
 
-register("temporal", TemporalAttention, example=_clip_example)
+register("temporal", TemporalAttention, paper="Bertasius et al. 2021 (TimeSformer)",
+         follows="—",
+         tested="looped reference (op); causality",
+         example=_clip_example)

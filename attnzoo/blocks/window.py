@@ -15,7 +15,9 @@ from attnzoo.blocks.registry import registered
 Array = jax.Array
 
 
-@registered("window")
+@registered("window", paper="Liu et al. 2021 (Swin)",
+            follows="Swin names",
+            tested="per-window equation; shift locality")
 class WindowAttention(nn.Module):
     """Window multi-head self-attention (W-MSA / SW-MSA).
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from attnzoo._registry import Registry
 from attnzoo.models.specs import ModelSpec
@@ -35,3 +38,18 @@ def create(name: str, /, *, num_classes: int, **overrides: Any) -> nn.Module:
 def list_models() -> list[str]:
     """All registered model names, sorted."""
     return MODELS.names()
+
+
+def parameter_counts(model: nn.Module, image_size: tuple[int, int] = (64, 64)) -> tuple[int, int]:
+    """``(all, inference)``: the trainable parameters of ``model`` (BatchNorm statistics
+    excluded), and those its inference (``model.apply(variables, images)["out"]``) reads: all
+    but the training-only branches (the auxiliary head, DANet's branch classifiers). Found by
+    tracing, nothing computed."""
+    x = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda v, images: model.apply(v, images)["out"])(variables, x).jaxpr
+    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+    params = [(math.prod(leaf.shape), var) for (path, leaf), var in zip(leaves, jaxpr.invars)
+              if path[0].key == "params"]
+    return sum(n for n, _ in params), sum(n for n, var in params if id(var) in read)
