@@ -70,7 +70,7 @@ def conv_rows(size: tuple[int, int], repeats: int) -> list[list[str]]:
         grad = jax.jit(jax.grad(lambda a, b: fn(a, b).sum(), argnums=(0, 1)))
         b_jax = time_fn(lambda: grad(xj, kj), repeats)
         ours = jax.jit(jax.grad(lambda a, b: ops.conv2d(
-            a, b, dilation=dil, padding=pad, gradients="products").sum(), argnums=(0, 1)))
+            a, b, dilation=dil, padding=pad, implementation="products").sum(), argnums=(0, 1)))
         b_ours = time_fn(lambda: ours(xj, kj), repeats)
         xg, kg = xt.clone().requires_grad_(), kt.clone().requires_grad_()
 

@@ -151,7 +151,9 @@ def test_the_implementation_follows_the_argument_then_the_setting_in_force():
         ops.conv_implementation("cudnn")
     with pytest.raises(ValueError, match="implementation must be one of"):
         ops.resolve_implementation("fast")
-    assert "matrix-product gradients" in ops.conv.describe_implementation("auto")
+    assert ops.conv.describe_implementation("auto") == (
+        "conv_implementation=auto: products for kernels of >= 64x64 channels and depthwise ones, "
+        "XLA's own otherwise (cpu)")
 
 
 def test_a_decorated_function_is_traced_under_its_setting_whenever_it_is_traced():

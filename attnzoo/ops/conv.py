@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -125,14 +126,15 @@ def describe_implementation(implementation: str | None = None) -> str:
     choice = current_implementation() if implementation is None else implementation
     check_choice(choice, IMPLEMENTATIONS, "conv_implementation")
     backend = jax.default_backend()
+    side = math.isqrt(MIN_CHANNEL_PAIRS)
     if choice == "auto":
-        detail = (f"matrix-product gradients for kernels of >= {MIN_CHANNEL_PAIRS} channel "
-                  f"pairs, shifted depthwise products, XLA's own otherwise (on {backend})"
-                  if backend == "cpu" else f"XLA's own convolutions (on {backend})")
+        detail = (f"products for kernels of >= {side}x{side} channels and depthwise ones, XLA's "
+                  f"own otherwise ({backend})" if backend == "cpu" else
+                  f"XLA's own convolutions ({backend})")
     elif choice == "products":
-        detail = "matrix-product gradients and shifted depthwise products everywhere"
+        detail = "products for every convolution"
     else:
-        detail = "XLA's own convolutions and their gradients"
+        detail = "XLA's own convolutions"
     return f"conv_implementation={choice}: {detail}"
 
 
