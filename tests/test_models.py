@@ -147,8 +147,9 @@ def test_danet_outputs_are_the_composition_of_its_parts(train):
 
 
 def test_danet_memory_efficient_equals_dense():
-    dense = models.create("danet_r18_d8", num_classes=4)
-    bounded = models.create("danet_r18_d8", num_classes=4, memory_efficient=True)
+    narrow = dict(head_channels=32, aux_channels=8, backbone_kwargs={"width": 8, "stem_width": 8})
+    dense = models.create("danet_r18_d8", num_classes=4, **narrow)
+    bounded = models.create("danet_r18_d8", num_classes=4, memory_efficient=True, **narrow)
     images, _ = batch(4, size=64)
     variables = flax.core.unfreeze(dense.init(jax.random.key(0), images))
     variables["params"]["head"]["pam"]["gamma"] = jnp.array([1.0])
