@@ -62,6 +62,7 @@ TRANSFORMERS_RENAMES = (
     (r"^decode_head\.classifier\.", "head.cls.conv_seg."),
 )
 
+
 def _config_from(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(config, (str, Path)):
         path = Path(config)
