@@ -113,9 +113,13 @@ def build_block(name, size=(8, 8), **kwargs):
 
     module = blocks.create(name, **kwargs)
     args = randomize_inputs(blocks.get_spec(name).example(module, size))
-    variables = module.init(jax.random.key(0), *args)
-    leaves, tree = jax.tree.flatten(variables["params"])
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree.unflatten(
-        tree, [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
-    return module, args, {**variables, "params": params}
+
+    def init(key):  # jitted: one compilation instead of one per parameter shape
+        variables = module.init(key, *args)
+        leaves, tree = jax.tree.flatten(variables["params"])
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        params = jax.tree.unflatten(
+            tree, [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+        return {**variables, "params": params}
+
+    return module, args, jax.jit(init)(jax.random.key(0))

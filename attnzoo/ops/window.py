@@ -30,7 +30,8 @@ def _pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
 
 
 def window_partition(x: Array, window_size: int | tuple[int, int]) -> Array:
-    """``(B, H, W, ...)`` -> ``(B, nH, nW, wh * ww, ...)`` windows, row-major."""
+    """``(B, H, W, ...)`` -> ``(B, nH, nW, wh * ww, ...)`` windows, row-major (a numpy array
+    stays numpy: :func:`shifted_window_mask` partitions its region map at trace time)."""
     wh, ww = _pair(window_size, "window_size")
     if x.ndim < 3:
         raise ValueError(f"x must have rank >= 3 (B, H, W, ...); got shape {x.shape}")
@@ -38,8 +39,7 @@ def window_partition(x: Array, window_size: int | tuple[int, int]) -> Array:
     check_divisible(h, wh, "height", "window height")
     check_divisible(w, ww, "width", "window width")
     rest = x.shape[3:]
-    x = x.reshape((b, h // wh, wh, w // ww, ww) + rest)
-    x = jnp.moveaxis(x, 3, 2)
+    x = x.reshape((b, h // wh, wh, w // ww, ww) + rest).swapaxes(2, 3)
     return x.reshape((b, h // wh, w // ww, wh * ww) + rest)
 
 
@@ -88,7 +88,7 @@ def shifted_window_mask(
         for xs in (slice(0, width - ww), slice(width - ww, width - sw), slice(width - sw, None)):
             region[ys, xs] = label
             label += 1
-    win = np.asarray(window_partition(jnp.asarray(region)[None], (wh, ww)))[0]
+    win = window_partition(region[None], (wh, ww))[0]
     return win[..., :, None] == win[..., None, :]
 
 
