@@ -142,10 +142,18 @@ class ResidualBlock(nn.Module):
 
 
 class BasicBlock(ResidualBlock):
-    """Two 3x3 conv-BN (ResNet-18/34; timm's and torchvision's ``BasicBlock``)."""
+    """Two 3x3 conv-BN (ResNet-18/34; timm's and torchvision's ``BasicBlock``).
+
+    Attributes:
+      dilate_conv2: dilate the second 3x3 conv too, as timm and torchvision do; mmseg's
+        ``BasicBlock`` does not (its ``conv2`` has padding 1 and no dilation), so its
+        checkpoints convert with ``dilate_conv2=False``.
+    """
+
+    dilate_conv2: bool = True
 
     def residual(self, x: Array, train: bool) -> Array:
-        fd, d = self.first_dilation, self.dilation
+        fd, d = self.first_dilation, self.dilation if self.dilate_conv2 else 1
         y = conv(self.planes, 3, stride=self.stride, dilation=fd, padding=fd, use_bias=False,
                  name="conv1", **self.kw)(x)
         y = jax.nn.relu(self.bn("bn1", train)(y))

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo import heads, models
+from attnzoo import backbones, heads, models
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
 
 # mmseg's dataset configs: classes, crop, test-time resize (keep ratio), inference mode and
@@ -56,8 +56,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 _STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+?)_(?P<gpus>\d+)xb(?P<batch>\d+)"
                    r"-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9]+-\d+x\d+)")
 
-# What every family shares. Backbones: ResNetV1c's deep stem (timm's conv1.* / bn1) and mmseg's
-# MixVisionTransformer (after split_in_proj); neither pattern matches the other's keys.
+# What every family shares. Backbones: ResNetV1c's deep stem (timm's conv1.* / bn1; its basic
+# blocks leave their second conv undilated: ``mmseg_recipe``) and mmseg's MixVisionTransformer
+# (after split_in_proj); neither pattern matches the other's keys.
 BACKBONE_RENAMES = (
     (r"^backbone\.stem\.7\.", "backbone.bn1."),
     (r"^backbone\.stem\.", "backbone.conv1."),
@@ -93,7 +94,7 @@ class MmsegRecipe:
       family: the head family (``heads.list_families()``).
       model: the attnzoo model name (``danet_r50_d8``).
       model_kwargs: ``models.create`` overrides (the head fields mmseg's config sets,
-        ``align_corners``).
+        ``align_corners``, mmseg's undilated second conv in ResNet-18/34's basic blocks).
       protocol: the :data:`PROTOCOLS` key (``"cityscapes-512x1024"``).
       iterations: the schedule's length in steps.
       batch_size: the global batch (GPUs x images per GPU).
@@ -128,6 +129,7 @@ class MmsegRecipe:
         to batch ADE20K's images on a padded canvas)."""
         return {"model.name": self.model,
                 "model.align_corners": bool(self.model_kwargs.get("align_corners", False)),
+                "model.backbone_kwargs": dict(self.model_kwargs.get("backbone_kwargs", {})),
                 "model.head_kwargs": dict(self.model_kwargs.get("head_kwargs", {})),
                 "num_steps": self.iterations, "batch_size": self.batch_size,
                 **protocol_fields(self.protocol)}
@@ -174,6 +176,9 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
         raise _unsupported(stem, f"dataset {m['protocol']!r}")
     protocol = PROTOCOLS[m["protocol"]]
     kwargs: dict[str, Any] = {}
+    backbone = backbones.BACKBONES.get(models.get_spec(model).backbone)
+    if backbone[1].get("block_cls") is backbones.BasicBlock:  # mmseg's ResNet-18/34
+        kwargs["backbone_kwargs"] = {"block_kwargs": {"dilate_conv2": False}}
     head_kwargs = heads.get_family(m["family"]).mmseg_head_fields(protocol["dataset"])
     if head_kwargs:
         kwargs["head_kwargs"] = head_kwargs
