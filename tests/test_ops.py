@@ -227,6 +227,33 @@ def test_non_local_concatenation(memory_efficient):
     np.testing.assert_allclose(out, (want / 20).reshape(2, 4, 5, 3), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("use_scale", [True, False])
+def test_disentangled_non_local_equals_a_loop(memory_efficient, use_scale):
+    """Each query's output, looped in float64: the softmax over keys of the whitened pairwise
+    logits (theta and phi minus their mean over positions, divided by sqrt(d) T) times g, plus
+    the unary softmax over the positions' logits times g."""
+    rng = np.random.default_rng(12)
+    theta, phi, g = rand(rng, 2, 4, 5, 6), rand(rng, 2, 4, 5, 6), rand(rng, 2, 4, 5, 3)
+    m = rand(rng, 2, 4, 5)
+    out = ops.disentangled_non_local_attention(
+        theta, phi, g, m, temperature=0.3, use_scale=use_scale,
+        memory_efficient=memory_efficient, query_chunk_size=7, key_chunk_size=4)
+    want = np.zeros((2, 20, 3))
+    for n in range(2):
+        t, p, v = (a[n].reshape(20, -1).astype(np.float64) for a in (theta, phi, g))
+        t, p = t - t.mean(0), p - p.mean(0)
+        unary = softmax(m[n].ravel().astype(np.float64)) @ v
+        for i in range(20):
+            logits = p @ t[i] / ((np.sqrt(6) if use_scale else 1.0) * 0.3)
+            want[n, i] = softmax(logits) @ v + unary
+    np.testing.assert_allclose(out, want.reshape(2, 4, 5, 3), rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        ops.disentangled_non_local_attention(theta, phi, g, m, temperature=0.0)
+    with pytest.raises(ValueError, match="unary_logits and g must share"):
+        ops.disentangled_non_local_attention(theta, phi, g, m[:, :3])
+
+
 def test_non_local_bad_mode():
     x = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="mode must be one of"):

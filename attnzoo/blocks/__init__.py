@@ -20,7 +20,7 @@ from attnzoo.blocks.gc import GlobalContext
 from attnzoo.blocks.hard import HardAttention
 from attnzoo.blocks.mhsa import MultiHeadSelfAttention
 from attnzoo.blocks.multiscale import MultiScaleAttention
-from attnzoo.blocks.non_local import NonLocal2d
+from attnzoo.blocks.non_local import DisentangledNonLocal2d, NonLocal2d
 from attnzoo.blocks.polarized import PolarizedSelfAttention
 from attnzoo.blocks.registry import create, get_spec, list_blocks, register
 from attnzoo.blocks.scse import SpatialChannelSqueezeExcite
@@ -38,6 +38,7 @@ __all__ = [
     "CoordinateAttention",
     "CrissCrossAttention",
     "DenseCRF",
+    "DisentangledNonLocal2d",
     "EffectiveSqueezeExcite",
     "EfficientChannelAttention",
     "GlobalContext",

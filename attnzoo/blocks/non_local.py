@@ -1,4 +1,4 @@
-"""Non-local block."""
+"""Non-local blocks: the non-local block and its disentangled form (DNLNet)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from attnzoo import ops
 from attnzoo._checks import check_choice, check_image, check_positive
-from attnzoo.blocks.common import ConvNormAct, Dtype
+from attnzoo.blocks.common import ConvNormAct, Dtype, conv
 from attnzoo.blocks.registry import registered
 
 Array = jax.Array
@@ -106,4 +106,62 @@ class NonLocal2d(nn.Module):
             kernel_init=nn.initializers.zeros if not self.norm else nn.initializers.lecun_normal(),
             bn_scale_init=nn.initializers.zeros, name="conv_out",
         )(y, train=train)
+        return x + out
+
+
+@registered("dnl", paper="Yin et al. 2020 (DNLNet)",
+            follows="mmseg `DisentangledNonLocal2d`",
+            tested="equation (numpy, op); mmseg forward (DNLHead)")
+class DisentangledNonLocal2d(nn.Module):
+    """Disentangled non-local block.
+
+    Yin et al., "Disentangled Non-Local Neural Networks", ECCV 2020: the non-local block's
+    attention split into a whitened pairwise term and a unary term,
+
+        y_i = sum_j softmax_j((theta_i - mu_theta) . (phi_j - mu_phi) / (sqrt(d) T)) g_j
+              + sum_j softmax_j(m_j) g_j,        z_i = W_z y_i + x_i,
+
+    (:func:`attnzoo.ops.disentangled_non_local_attention`), as mmseg's
+    ``DisentangledNonLocal2d`` (embedded Gaussian): the 1x1 projections ``g``, ``theta``,
+    ``phi`` of :class:`NonLocal2d` (inter width ``max(C // reduction, 1)``, N(0, 0.01)),
+    ``conv_mask`` a 1x1 conv with bias to the unary logit ``m``, ``conv_out`` (optionally
+    followed by BN) zero-initialised so the block starts as the identity. ``memory_efficient``
+    computes the same output without the ``N x N`` map.
+    """
+
+    channels: int
+    reduction: int = 2
+    use_scale: bool = True
+    temperature: float = 0.05
+    norm: bool = False
+    memory_efficient: bool = False
+    query_chunk_size: int = 1024
+    key_chunk_size: int = 4096
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        check_positive(self.channels, "channels")
+        check_positive(self.reduction, "reduction")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive; got {self.temperature!r}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        check_image(x, self.channels)
+        inter = max(self.channels // self.reduction, 1)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        proj = dict(norm=False, act=None, use_bias=True, kernel_init=nn.initializers.normal(0.01),
+                    **kw)
+        g, theta, phi = (ConvNormAct(inter, name=n, **proj)(x) for n in ("g", "theta", "phi"))
+        mask = conv(1, name="conv_mask", **kw)(x)
+        y = ops.disentangled_non_local_attention(
+            theta, phi, g, mask[..., 0], temperature=self.temperature, use_scale=self.use_scale,
+            memory_efficient=self.memory_efficient, query_chunk_size=self.query_chunk_size,
+            key_chunk_size=self.key_chunk_size)
+        out = ConvNormAct(
+            self.channels, norm=self.norm, act=None,
+            kernel_init=nn.initializers.zeros if not self.norm else nn.initializers.lecun_normal(),
+            bn_scale_init=nn.initializers.zeros, name="conv_out", **kw)(y, train=train)
         return x + out

@@ -22,6 +22,7 @@ from attnzoo.heads.base import (
 from attnzoo.heads.ccnet import CCHead
 from attnzoo.heads.danet import DANetHead
 from attnzoo.heads.deeplabv3 import ASPPHead
+from attnzoo.heads.dnl import DNLHead
 from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.gcnet import GCHead
 from attnzoo.heads.non_local import NLHead
@@ -30,7 +31,7 @@ from attnzoo.heads.psanet import PSANetHead
 from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 
-__all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DecodeHead", "FAMILIES", "FCNHead",
-           "Family", "GCHead", "HEADS", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead",
-           "SegFormerHead", "create", "get_family", "list_families", "list_heads", "register",
-           "register_family"]
+__all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DNLHead", "DecodeHead", "FAMILIES",
+           "FCNHead", "Family", "GCHead", "HEADS", "NLHead", "PSANetHead", "PSPHead",
+           "PolarizedHead", "SegFormerHead", "create", "get_family", "list_families",
+           "list_heads", "register", "register_family"]

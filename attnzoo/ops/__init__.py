@@ -37,7 +37,11 @@ from attnzoo.ops.dot_product import (
     map_query_chunks,
 )
 from attnzoo.ops.hard import hard_attention, hard_attention_weights
-from attnzoo.ops.non_local import non_local_attention, non_local_concatenation
+from attnzoo.ops.non_local import (
+    disentangled_non_local_attention,
+    non_local_attention,
+    non_local_concatenation,
+)
 from attnzoo.ops.polarized import polarized_channel_context, polarized_spatial_weights
 from attnzoo.ops.position import position_attention, position_attention_map
 from attnzoo.ops.psanet import point_wise_spatial_attention, psa_mask
@@ -74,6 +78,7 @@ __all__ = [
     "criss_cross_weights",
     "dense_crf",
     "depthwise_conv2d",
+    "disentangled_non_local_attention",
     "dot_product_attention",
     "gaussian_filter",
     "gaussian_filter_dense",

@@ -2,7 +2,8 @@
 
 Wang et al., "Non-local Neural Networks", CVPR 2018, eq. (1):
 ``y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)``, with the pairwise functions of
-section 3.2 as mmcv's ``NonLocal2d`` implements them.
+section 3.2 as mmcv's ``NonLocal2d`` implements them; and the disentangled form of Yin et
+al., "Disentangled Non-Local Neural Networks", ECCV 2020 (DNLNet), as mmseg's ``DNLHead``.
 """
 
 from __future__ import annotations
@@ -117,3 +118,58 @@ def non_local_concatenation(
     a = theta_logit.reshape(theta_logit.shape[0], -1, 1).astype(jnp.float32)
     out = map_query_chunks(attend, (a,), query_chunk_size) if memory_efficient else attend(a)
     return out.astype(g.dtype).reshape(theta_logit.shape + (g.shape[-1],))
+
+
+def disentangled_non_local_attention(
+    theta: Array,
+    phi: Array,
+    g: Array,
+    unary_logits: Array,
+    *,
+    temperature: float = 0.05,
+    use_scale: bool = True,
+    memory_efficient: bool = False,
+    query_chunk_size: int = 1024,
+    key_chunk_size: int = 4096,
+) -> Array:
+    """The disentangled non-local operator (Yin et al., ECCV 2020): a whitened
+    pairwise term plus a unary term,
+
+        y_i = sum_j softmax_j((theta_i - mu_theta) . (phi_j - mu_phi) / (s T)) g_j
+              + sum_j softmax_j(m_j) g_j,
+
+    with ``mu`` the mean over positions of each channel, ``s = sqrt(d)`` when ``use_scale``
+    (mmseg's default) else 1, the temperature ``T`` (0.05 in mmseg's configs) and ``m`` the
+    unary logits (mmseg's ``conv_mask`` of the block's input). The pairwise term says how a
+    pixel relates to each other pixel beyond what all pixels share; the unary term, the same
+    for every query, which pixels matter to all of them.
+
+    Args:
+      theta: queries ``(B, H, W, d)``.
+      phi: keys ``(B, H, W, d)``.
+      g: values ``(B, H, W, c)``.
+      unary_logits: ``(B, H, W)``.
+      temperature: divides the pairwise logits (must be positive).
+      memory_efficient: never form the ``N x N`` map (online softmax in chunks; exact).
+
+    Returns ``(B, H, W, c)`` in ``g.dtype``.
+    """
+    _check(theta, phi, g)
+    check_rank(unary_logits, 3, "unary_logits", "B, H, W")
+    if unary_logits.shape != g.shape[:3]:
+        raise ValueError(f"unary_logits and g must share (B, H, W); got {unary_logits.shape} and "
+                         f"{g.shape}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive; got {temperature!r}")
+    q = _flatten(theta).astype(jnp.float32)
+    k = _flatten(phi).astype(jnp.float32)
+    q = q - q.mean(axis=1, keepdims=True)
+    k = k - k.mean(axis=1, keepdims=True)
+    v = _flatten(g)
+    scale = (theta.shape[-1] ** -0.5 if use_scale else 1.0) / temperature
+    pairwise = attend(q, k, v, scale=scale, memory_efficient=memory_efficient,
+                      query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+    unary = jax.nn.softmax(unary_logits.reshape(unary_logits.shape[0], -1).astype(jnp.float32), -1)
+    unary = jnp.einsum("bk,bkc->bc", unary, v.astype(jnp.float32))[:, None]
+    return (pairwise.astype(jnp.float32) + unary).astype(g.dtype).reshape(
+        theta.shape[:3] + (g.shape[-1],))
