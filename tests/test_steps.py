@@ -8,14 +8,29 @@ import numpy as np
 from helpers import assert_trees_equal, tiny_config
 import pytest
 
-from attnzoo import engine, sharding
+from attnzoo import engine, heads, sharding
 from attnzoo.engine import optim
 
 
+def family_config(family):
+    """The quickstart's small model of ``family`` (``configs/quickstart.py``) on tiny_config's
+    64 x 64 crops, trained with SGD."""
+    from configs import quickstart
+
+    config = tiny_config("/unused", **{"optimizer.name": "sgd"})
+    config.model = quickstart.get_config(family).model
+    return config
+
+
 @pytest.mark.slow
-def test_train_step_is_the_same_on_1_and_8_devices():
+@pytest.mark.parametrize("family", heads.list_families())
+def test_train_step_is_the_same_on_1_and_8_devices(family):
+    """Two SGD steps of each family's small model (dropout and stochastic depth on): 8 devices
+    (the batch sharded, gradients all-reduced, BatchNorm statistics of the global batch) give
+    the parameters of 1 device. SGD, not AdamW: Adam divides by the gradient's own scale, so
+    the rounding of near-zero gradients becomes a visible update."""
     assert len(jax.devices()) == 8
-    config = tiny_config("/unused", **{"optimizer.name": "sgd", "model.name": "fcn_r18_d8"})
+    config = family_config(family)
     model = engine.build_model(config)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_steps)
     rng = np.random.default_rng(0)
@@ -34,16 +49,21 @@ def test_train_step_is_the_same_on_1_and_8_devices():
         results.append(jax.device_get((st.params, st.batch_stats, metrics)))
     (p1, b1, m1), (p8, b8, m8) = results
     assert int(m1["loss"] > 0) and set(m1) >= {"loss", "grad_norm", "update_norm", "lr",
-                                          "out/cross_entropy", "aux/cross_entropy"}
+                                          "out/cross_entropy"}
     # Tolerance: 1e-5 relative; the two gradient norms 5e-5. On 8 devices each parameter
     # gradient is a sum of 8 per-device partial sums (all-reduced), on 1 device one sum in
-    # another order; the norm, a further sum of squares over 0.8M entries, carries that float32
-    # rounding (measured 2.5e-5 with 1x1 convolutions as dot_general).
+    # another order; the norm, a further sum of squares over all entries, carries that float32
+    # rounding (measured 2.5e-5 for fcn with 1x1 convolutions as dot_general).
     for k in m1:
         rtol = 5e-5 if k in ("grad_norm", "update_norm") else 1e-5
         np.testing.assert_allclose(m8[k], m1[k], rtol=rtol, err_msg=k)
     assert_trees_equal(p8, p1, rtol=1e-5, atol=1e-7)
-    assert_trees_equal(b8, b1, rtol=1e-5, atol=1e-7)
+    # BatchNorm statistics to 1e-5 of each one's largest entry: a running mean near zero
+    # carries the reduction's rounding in full (ASPP's image-pool BN averages 8 pooled 1x1 maps:
+    # 5e-7 absolute on entries of 2e-5, with 0.08 the largest; measured)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(b8), jax.tree.leaves(b1)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * np.abs(y).max(),
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.slow
