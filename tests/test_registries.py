@@ -136,8 +136,7 @@ def test_head_traces_jitted_in_bfloat16_at_an_odd_size_with_its_declared_outputs
 def test_backbone_traces_jitted_in_bfloat16_at_an_odd_size_with_its_feature_info(name):
     module = backbones.create(name, dtype=jnp.bfloat16)
     x = jax.ShapeDtypeStruct((2, *ODD_IMAGE, module.in_channels), jnp.float32)
-    variables = jax.eval_shape(module.init, jax.random.key(0), x)
-    out = jax.eval_shape(jax.jit(module.apply), variables, x)
+    out, _ = jax.eval_shape(jax.jit(lambda x: module.init_with_output(jax.random.key(0), x)), x)
     info = module.feature_info()
     assert list(out) == list(info) == ["c1", "c2", "c3", "c4"]
     for level, (channels, stride) in info.items():
