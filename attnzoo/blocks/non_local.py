@@ -79,40 +79,46 @@ class NonLocal2d(nn.Module):
         check_choice(self.mode, MODES, "mode")
         super().__post_init__()
 
+    @property
+    def kw(self) -> dict[str, Dtype]:
+        """``dtype`` and ``param_dtype`` for submodules."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def attend(self, x: Array, theta: Array, phi: Array, g: Array) -> Array:
+        """``y = sum_j f(theta_i, phi_j) g_j`` of ``mode`` (called inside ``__call__``)."""
+        chunks = dict(memory_efficient=self.memory_efficient, query_chunk_size=self.query_chunk_size)
+        if self.mode == "concatenation":
+            a, b = ConcatProjection(theta.shape[-1], self.param_dtype, name="concat_project")(
+                theta, phi)
+            return ops.non_local_concatenation(a, b, g, **chunks)
+        return ops.non_local_attention(theta, phi, g, mode=self.mode, use_scale=self.use_scale,
+                                       key_chunk_size=self.key_chunk_size, **chunks)
+
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         check_image(x, self.channels)
         inter = max(self.channels // self.reduction, 1)
-        proj = dict(norm=False, act=None, use_bias=True, dtype=self.dtype,
-                    param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.01))
+        proj = dict(norm=False, act=None, use_bias=True, kernel_init=nn.initializers.normal(0.01),
+                    **self.kw)
         pool = _max_pool2 if self.sub_sample else (lambda t: t)
         g = pool(ConvNormAct(inter, name="g", **proj)(x))
-        chunks = dict(memory_efficient=self.memory_efficient, query_chunk_size=self.query_chunk_size)
         if self.mode == "gaussian":
             theta, phi = x, pool(x)
         else:
             theta = ConvNormAct(inter, name="theta", **proj)(x)
             phi = pool(ConvNormAct(inter, name="phi", **proj)(x))
-        if self.mode == "concatenation":
-            a, b = ConcatProjection(inter, self.param_dtype, name="concat_project")(theta, phi)
-            y = ops.non_local_concatenation(a, b, g, **chunks)
-        else:
-            y = ops.non_local_attention(
-                theta, phi, g, mode=self.mode, use_scale=self.use_scale,
-                key_chunk_size=self.key_chunk_size, **chunks,
-            )
         out = ConvNormAct(
-            self.channels, norm=self.norm, act=None, dtype=self.dtype, param_dtype=self.param_dtype,
+            self.channels, norm=self.norm, act=None,
             kernel_init=nn.initializers.zeros if not self.norm else nn.initializers.lecun_normal(),
-            bn_scale_init=nn.initializers.zeros, name="conv_out",
-        )(y, train=train)
+            bn_scale_init=nn.initializers.zeros, name="conv_out", **self.kw,
+        )(self.attend(x, theta, phi, g), train=train)
         return x + out
 
 
 @registered("dnl", paper="Yin et al. 2020 (DNLNet)",
             follows="mmseg `DisentangledNonLocal2d`",
             tested="equation (numpy, op); mmseg forward (DNLHead)")
-class DisentangledNonLocal2d(nn.Module):
+class DisentangledNonLocal2d(NonLocal2d):
     """Disentangled non-local block.
 
     Yin et al., "Disentangled Non-Local Neural Networks", ECCV 2020: the non-local block's
@@ -122,46 +128,24 @@ class DisentangledNonLocal2d(nn.Module):
               + sum_j softmax_j(m_j) g_j,        z_i = W_z y_i + x_i,
 
     (:func:`attnzoo.ops.disentangled_non_local_attention`), as mmseg's
-    ``DisentangledNonLocal2d`` (embedded Gaussian): the 1x1 projections ``g``, ``theta``,
-    ``phi`` of :class:`NonLocal2d` (inter width ``max(C // reduction, 1)``, N(0, 0.01)),
-    ``conv_mask`` a 1x1 conv with bias to the unary logit ``m``, ``conv_out`` (optionally
-    followed by BN) zero-initialised so the block starts as the identity. ``memory_efficient``
-    computes the same output without the ``N x N`` map.
+    ``DisentangledNonLocal2d``: :class:`NonLocal2d` in its embedded-Gaussian mode without
+    sub-sampling (its ``g``, ``theta``, ``phi``, ``conv_out``), with ``conv_mask``, a 1x1 conv
+    with bias to the unary logit ``m``, and the temperature ``T``.
     """
 
-    channels: int
-    reduction: int = 2
-    use_scale: bool = True
     temperature: float = 0.05
-    norm: bool = False
-    memory_efficient: bool = False
-    query_chunk_size: int = 1024
-    key_chunk_size: int = 4096
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
-        check_positive(self.channels, "channels")
-        check_positive(self.reduction, "reduction")
+        if self.mode != "embedded_gaussian" or self.sub_sample:
+            raise ValueError(f"the disentangled block is embedded-Gaussian without sub-sampling; "
+                             f"got mode={self.mode!r}, sub_sample={self.sub_sample}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.temperature!r}")
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
-        check_image(x, self.channels)
-        inter = max(self.channels // self.reduction, 1)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        proj = dict(norm=False, act=None, use_bias=True, kernel_init=nn.initializers.normal(0.01),
-                    **kw)
-        g, theta, phi = (ConvNormAct(inter, name=n, **proj)(x) for n in ("g", "theta", "phi"))
-        mask = conv(1, name="conv_mask", **kw)(x)
-        y = ops.disentangled_non_local_attention(
+    def attend(self, x: Array, theta: Array, phi: Array, g: Array) -> Array:
+        mask = conv(1, name="conv_mask", **self.kw)(x)
+        return ops.disentangled_non_local_attention(
             theta, phi, g, mask[..., 0], temperature=self.temperature, use_scale=self.use_scale,
             memory_efficient=self.memory_efficient, query_chunk_size=self.query_chunk_size,
             key_chunk_size=self.key_chunk_size)
-        out = ConvNormAct(
-            self.channels, norm=self.norm, act=None,
-            kernel_init=nn.initializers.zeros if not self.norm else nn.initializers.lecun_normal(),
-            bn_scale_init=nn.initializers.zeros, name="conv_out", **kw)(y, train=train)
-        return x + out
