@@ -92,6 +92,33 @@ def test_attention_gate_equation():
     np.testing.assert_allclose(state["intermediates"]["alpha"][0], alpha, rtol=1e-5, atol=1e-6)
 
 
+def test_self_attention_block_equation():
+    """mmseg's SelfAttentionBlock (ISANet's configuration) in numpy: two 1x1 conv-BN-ReLU for
+    the queries and for the keys, a 1x1 conv for the values, softmax(q k^T / sqrt(d)) v, then a
+    1x1 conv-BN-ReLU; BatchNorm at inference, with random running statistics."""
+    module, (x,), variables = build("self_attention", inter_channels=8)
+    rng = np.random.default_rng(5)
+    stats = jax.tree.map(lambda a: np.abs(rng.standard_normal(a.shape)).astype(np.float32) + 0.5,
+                         variables["batch_stats"])
+    variables = {**variables, "batch_stats": stats}
+    p, st = variables["params"], variables["batch_stats"]
+
+    def cbr(t, name):
+        y = conv1x1(t, p[name]["conv"])
+        bn, s_ = p[name]["bn"], st[name]["bn"]
+        y = (y - s_["mean"]) / np.sqrt(s_["var"] + 1e-5) * bn["scale"] + bn["bias"]
+        return np.maximum(y, 0)
+
+    x = np.asarray(x, np.float64)
+    q = cbr(cbr(x, "query_project_0"), "query_project_1").reshape(-1, 8)
+    k = cbr(cbr(x, "key_project_0"), "key_project_1").reshape(-1, 8)
+    v = conv1x1(x, p["value_project"]).reshape(-1, CHANNELS)
+    y = (softmax(q @ k.T / np.sqrt(8)) @ v).reshape(x.shape)
+    want = cbr(y, "output_project")
+    np.testing.assert_allclose(module.apply(variables, x.astype(np.float32)), want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+
+
 def test_attention_gate_subsampled_grid():
     module, (x, g), variables = build("attention_gate", subsample=2)
     out, state = module.apply(variables, x, g, mutable=["intermediates"])

@@ -254,6 +254,35 @@ def test_disentangled_non_local_equals_a_loop(memory_efficient, use_scale):
         ops.disentangled_non_local_attention(theta, phi, g, m[:, :3])
 
 
+def test_interlaced_sparse_attention_groups_and_orders_positions_as_a_loop():
+    """Long-range groups (one offset inside every down_factor block, in row-major block order)
+    then short-range ones (each block), on a map padded to a multiple of the blocks, centred,
+    and cropped back. The two stand-in attentions are order-sensitive (cumulative sums over the
+    group's positions, row-major) so that every permutation is checked, not only the grouping."""
+    rng = np.random.default_rng(13)
+    x = rand(rng, 2, 7, 10, 3)
+
+    def cumulative(t, xp=np):
+        return xp.cumsum(t.reshape(t.shape[0], -1, t.shape[-1]), axis=1).reshape(t.shape)
+
+    out = ops.interlaced_sparse_attention(jnp.asarray(x), (3, 4),
+                                          lambda t: cumulative(t, jnp),
+                                          lambda t: 2 * cumulative(t, jnp))
+    y = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))  # 9 x 12: pads 2 and 2
+    for a in range(3):
+        for c in range(4):
+            rows, cols = [q * 3 + a for q in range(3)], [s * 4 + c for s in range(3)]
+            index = np.ix_(range(2), rows, cols)
+            y[index] = cumulative(y[index])
+    for q in range(3):
+        for s_ in range(3):
+            block = (slice(None), slice(3 * q, 3 * q + 3), slice(4 * s_, 4 * s_ + 4))
+            y[block] = 2 * cumulative(y[block])
+    np.testing.assert_allclose(out, y[:, 1:8, 1:11], rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="down_factor must hold positive sizes"):
+        ops.interlaced_sparse_attention(jnp.asarray(x), (0, 4), lambda t: t, lambda t: t)
+
+
 def test_non_local_bad_mode():
     x = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -25,6 +25,7 @@ from attnzoo.blocks.polarized import PolarizedSelfAttention
 from attnzoo.blocks.registry import create, get_spec, list_blocks, register
 from attnzoo.blocks.scse import SpatialChannelSqueezeExcite
 from attnzoo.blocks.se import EffectiveSqueezeExcite, SqueezeExcite
+from attnzoo.blocks.self_attention import SelfAttentionBlock
 from attnzoo.blocks.sk import SelectiveKernel
 from attnzoo.blocks.split import SplitAttention
 from attnzoo.blocks.temporal import TemporalAttention
@@ -49,6 +50,7 @@ __all__ = [
     "PolarizedSelfAttention",
     "PositionAttention",
     "SelectiveKernel",
+    "SelfAttentionBlock",
     "SpatialChannelSqueezeExcite",
     "SpatialReductionAttention",
     "SplitAttention",

@@ -37,6 +37,7 @@ from attnzoo.ops.dot_product import (
     map_query_chunks,
 )
 from attnzoo.ops.hard import hard_attention, hard_attention_weights
+from attnzoo.ops.interlaced import interlaced_sparse_attention
 from attnzoo.ops.non_local import (
     disentangled_non_local_attention,
     non_local_attention,
@@ -84,6 +85,7 @@ __all__ = [
     "gaussian_filter_dense",
     "hard_attention",
     "hard_attention_weights",
+    "interlaced_sparse_attention",
     "interpolate",
     "interpolate_axis",
     "lattice_filter",
