@@ -5,7 +5,8 @@ config's key layout, the published-checkpoint data file against mmseg's metafile
 mask op against a loop, and the errors.
 
 Tolerance: attnzoo's float32 full-resolution logits vs mmseg's ``encode_decode`` in float64,
-max |difference| <= 1e-4 x max |reference| (the parity bound of the backbone tests)."""
+max |difference| <= max(1e-4, 2x PyTorch's own float32 error on the same case) x max |reference|
+(:func:`compare`)."""
 
 import numpy as np
 import pytest
@@ -38,24 +39,32 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "fcn_r101-d8_4xb4-160k_ade20k-512x512", "gcnet_r101-d8_4xb4-80k_ade20k-512x512",
         "nonlocal_r101-d8_4xb2-80k_cityscapes-512x1024", "fcn_r18-d8_4xb2-80k_cityscapes-769x769",
         "pspnet_r18-d8_4xb2-80k_cityscapes-512x1024", "deeplabv3_r18-d8_4xb2-80k_cityscapes-769x769",
-        "dnl_r101-d8_4xb4-160k_ade20k-512x512",
+        "dnl_r101-d8_4xb4-160k_ade20k-512x512", "isanet_r101-d8_4xb4-160k_ade20k-512x512",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 
 
 def compare(stem, size=(67, 99), seed=0):
+    """attnzoo in float32 against mmseg in float64, within max(1e-4, 2x PyTorch's own float32
+    error on the same case) of the largest logit: deep networks with random weights amplify
+    float32 rounding (PyTorch float32 is 5e-6 to 9e-5 off its float64 run on these cases)."""
     model, _ = mmseg_support.build(stem)
     randomize_torch(model, seed)
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     x = np.random.default_rng(seed).standard_normal((2, 3, *size))
+    meta = [{"img_shape": size}] * 2
     with torch.no_grad():
-        ref = model.double().encode_decode(torch.tensor(x), [{"img_shape": size}] * 2).numpy()
+        ref32 = model.float().encode_decode(torch.tensor(x).float(), meta).numpy()
+        ref = model.double().encode_decode(torch.tensor(x), meta).numpy()
     ours, variables = from_mmseg(stem, state_dict)
     out = np.asarray(ours.apply(variables, x.transpose(0, 2, 3, 1).astype(np.float32))["out"])
+    scale = np.abs(ref).max()
+    torch_err = np.abs(ref32 - ref).max() / scale
     ref = ref.transpose(0, 2, 3, 1)
     assert out.shape == ref.shape
-    err = np.abs(out - ref).max() / np.abs(ref).max()
-    assert err <= 1e-4, f"{stem}: max relative error {err:.2e}"
+    err = np.abs(out - ref).max() / scale
+    assert err <= max(1e-4, 2 * torch_err), \
+        f"{stem}: max relative error {err:.2e} (PyTorch float32: {torch_err:.2e})"
 
 
 @pytest.mark.parametrize("stem", FAST)

@@ -25,6 +25,7 @@ from attnzoo.heads.deeplabv3 import ASPPHead
 from attnzoo.heads.dnl import DNLHead
 from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.gcnet import GCHead
+from attnzoo.heads.isanet import ISAHead
 from attnzoo.heads.non_local import NLHead
 from attnzoo.heads.polarized import PolarizedHead
 from attnzoo.heads.psanet import PSANetHead
@@ -32,6 +33,6 @@ from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 
 __all__ = ["ASPPHead", "CCHead", "Classifier", "DANetHead", "DNLHead", "DecodeHead", "FAMILIES",
-           "FCNHead", "Family", "GCHead", "HEADS", "NLHead", "PSANetHead", "PSPHead",
+           "FCNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "PSANetHead", "PSPHead",
            "PolarizedHead", "SegFormerHead", "create", "get_family", "list_families",
            "list_heads", "register", "register_family"]
