@@ -92,15 +92,40 @@ def test_attention_gate_equation():
     np.testing.assert_allclose(state["intermediates"]["alpha"][0], alpha, rtol=1e-5, atol=1e-6)
 
 
-def test_self_attention_block_equation():
-    """mmseg's SelfAttentionBlock (ISANet's configuration) in numpy: two 1x1 conv-BN-ReLU for
-    the queries and for the keys, a 1x1 conv for the values, softmax(q k^T / sqrt(d)) v, then a
-    1x1 conv-BN-ReLU; BatchNorm at inference, with random running statistics."""
-    module, (x,), variables = build("self_attention", inter_channels=8)
+def adaptive_pool_loop(x, s):
+    """PyTorch's adaptive average pooling of NHWC ``x`` into ``s x s`` bins, by loops."""
+    n, (h, w) = x.shape[0], x.shape[1:3]
+    out = np.empty((n, s, s, x.shape[-1]))
+    for i in range(s):
+        for j in range(s):
+            rows = slice(i * h // s, -(-(i + 1) * h // s))
+            cols = slice(j * w // s, -(-(j + 1) * w // s))
+            out[:, i, j] = x[:, rows, cols].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("config", ["isanet", "ann_fusion", "ann_context"])
+def test_self_attention_block_equation(config):
+    """mmseg's SelfAttentionBlock in numpy, as ISANet uses it (two 1x1 conv-BN-ReLU for the
+    queries and for the keys, a 1x1 conv for the values, softmax(q k^T / sqrt(d)) v, a 1x1
+    conv-BN-ReLU) and as ANN does (one conv-BN-ReLU each, keys and values of a second, wider
+    input pooled into 1 + 9 + 36 bins, values to d and a 1x1 conv back; or the same module for
+    queries and keys); BatchNorm at inference, with random running statistics."""
+    d, context_channels = 8, {"ann_fusion": 48}.get(config)
+    kwargs = {"isanet": dict(output_conv=True),
+              "ann_fusion": dict(key_query_convs=1, out_project=True, key_pool_scales=(1, 3, 6),
+                                 context_channels=context_channels),
+              "ann_context": dict(key_query_convs=1, out_project=True, key_pool_scales=(1, 3, 6),
+                                  share_key_query=True)}[config]
+    module = blocks.create("self_attention", channels=CHANNELS, inter_channels=d, **kwargs)
     rng = np.random.default_rng(5)
-    stats = jax.tree.map(lambda a: np.abs(rng.standard_normal(a.shape)).astype(np.float32) + 0.5,
-                         variables["batch_stats"])
-    variables = {**variables, "batch_stats": stats}
+    x = rng.standard_normal((2, 9, 11, CHANNELS)).astype(np.float32)
+    args = (x,) if context_channels is None else (
+        x, rng.standard_normal((2, 13, 7, context_channels)).astype(np.float32))
+    variables = jax.jit(module.init)(jax.random.key(0), *args)
+    variables = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(np.float32), variables)
+    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
     p, st = variables["params"], variables["batch_stats"]
 
     def cbr(t, name):
@@ -109,14 +134,64 @@ def test_self_attention_block_equation():
         y = (y - s_["mean"]) / np.sqrt(s_["var"] + 1e-5) * bn["scale"] + bn["bias"]
         return np.maximum(y, 0)
 
-    x = np.asarray(x, np.float64)
-    q = cbr(cbr(x, "query_project_0"), "query_project_1").reshape(-1, 8)
-    k = cbr(cbr(x, "key_project_0"), "key_project_1").reshape(-1, 8)
-    v = conv1x1(x, p["value_project"]).reshape(-1, CHANNELS)
-    y = (softmax(q @ k.T / np.sqrt(8)) @ v).reshape(x.shape)
-    want = cbr(y, "output_project")
-    np.testing.assert_allclose(module.apply(variables, x.astype(np.float32)), want, rtol=1e-5,
+    x64 = np.asarray(x, np.float64)
+    c64 = np.asarray(args[-1], np.float64)
+    if config == "isanet":
+        q = cbr(cbr(x64, "query_project_0"), "query_project_1").reshape(2, -1, d)
+        k = cbr(cbr(c64, "key_project_0"), "key_project_1").reshape(2, -1, d)
+        v = conv1x1(c64, p["value_project"]).reshape(2, -1, CHANNELS)
+    else:
+        def pool(t):
+            return np.concatenate([adaptive_pool_loop(t, s).reshape(2, s * s, -1)
+                                   for s in (1, 3, 6)], axis=1)
+
+        q = cbr(x64, "key_project" if config == "ann_context" else "query_project")
+        q = q.reshape(2, -1, d)
+        k, v = pool(cbr(c64, "key_project")), pool(conv1x1(c64, p["value_project"]))
+        assert k.shape[1] == 46
+    y = (softmax(q @ k.transpose(0, 2, 1) / np.sqrt(d)) @ v).reshape(x.shape[:3] + (-1,))
+    want = cbr(y, "output_conv") if config == "isanet" else conv1x1(y, p["out_project"])
+    np.testing.assert_allclose(module.apply(variables, *args), want, rtol=1e-5,
                                atol=1e-5 * np.abs(want).max())
+
+
+def test_self_attention_block_shared_projection_is_one_module():
+    module = blocks.create("self_attention", channels=8, key_query_convs=1, share_key_query=True)
+    params = module.init(jax.random.key(0), jnp.ones((1, 4, 4, 8)))["params"]
+    assert "key_project" in params and "query_project" not in params
+    with pytest.raises(ValueError, match="share_key_query needs context_channels"):
+        blocks.create("self_attention", channels=8, share_key_query=True, context_channels=4)
+
+
+def test_separable_conv_is_a_depthwise_then_a_pointwise_conv_norm_act():
+    """mmcv's DepthwiseSeparableConvModule: a dilated depthwise 3x3 conv-BN-ReLU (one filter per
+    channel, no bias), then a 1x1 conv-BN-ReLU; BatchNorm at inference."""
+    from attnzoo.blocks.common import ConvNormAct, SeparableConvNormAct
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 9, 10, 6)).astype(np.float32)
+    module = SeparableConvNormAct(4, dilation=2)
+    variables = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32),
+                             module.init(jax.random.key(0), x))
+    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+    p, st = variables["params"], variables["batch_stats"]
+
+    def bn_relu(t, name):
+        bn, s_ = p[name]["bn"], st[name]["bn"]
+        return np.maximum((t - s_["mean"]) / np.sqrt(s_["var"] + 1e-5) * bn["scale"] + bn["bias"],
+                          0)
+
+    kernel = np.asarray(p["depthwise_conv"]["conv"]["kernel"], np.float64)
+    assert kernel.shape == (3, 3, 1, 6) and "bias" not in p["depthwise_conv"]["conv"]
+    padded = np.pad(x.astype(np.float64), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    depthwise = sum(padded[:, 2 * i:2 * i + 9, 2 * j:2 * j + 10] * kernel[i, j, 0]
+                    for i in range(3) for j in range(3))
+    want = bn_relu(conv1x1(bn_relu(depthwise, "depthwise_conv"), p["pointwise_conv"]["conv"]),
+                   "pointwise_conv")
+    np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match=r"features \(4\) must equal the input channels \(6\)"):
+        ConvNormAct(4, 3, depthwise=True).init(jax.random.key(0), x)
 
 
 def test_attention_gate_subsampled_grid():

@@ -295,15 +295,18 @@ def test_conv_module_equals_flax_conv(use_bias):
 @pytest.mark.parametrize("implementation", ["products", "xla"])
 def test_depthwise_equals_xlas_grouped_convolution_in_value_and_gradients(implementation):
     rng = np.random.default_rng(4)
-    for k in (3, 4):  # odd and even: PyTorch's padding is (k - 1) // 2 before, k // 2 after
+    # odd and even kernels (PyTorch's padding: d (k - 1) // 2 before, the rest after), dilated
+    for k, d in ((3, 1), (4, 1), (3, 4), (4, 3)):
         x = rng.standard_normal((2, 11, 9, 6)).astype(np.float32)
         kernel = rng.standard_normal((k, k, 1, 6)).astype(np.float32)
-        fn = lambda a, b: ops.depthwise_conv2d(a, b, implementation=implementation)  # noqa: E731
+        fn = lambda a, b: ops.depthwise_conv2d(  # noqa: E731
+            a, b, dilation=d, implementation=implementation)
         y, vjp = jax.vjp(jax.jit(fn), jnp.asarray(x), jnp.asarray(kernel))
         cotangent = rng.standard_normal(y.shape).astype(np.float32)
         with jax.enable_x64(True):
+            lo = d * (k - 1) // 2
             ref = lambda a, b: jax.lax.conv_general_dilated(  # noqa: E731
-                a, b, (1, 1), [((k - 1) // 2, k // 2)] * 2,
+                a, b, (1, 1), [(lo, d * (k - 1) - lo)] * 2, rhs_dilation=(d, d),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
             y_want, ref_vjp = jax.vjp(ref, jnp.asarray(x, jnp.float64),
                                       jnp.asarray(kernel, jnp.float64))
@@ -312,6 +315,8 @@ def test_depthwise_equals_xlas_grouped_convolution_in_value_and_gradients(implem
             assert_close(np.asarray(ours), want)
     with pytest.raises(ValueError, match=r"kernel must be \(k, k, 1, C\) with C = 6"):
         ops.depthwise_conv2d(jnp.ones((1, 5, 5, 6)), jnp.ones((3, 3, 1, 4)))
+    with pytest.raises(ValueError, match="dilation must be a positive integer"):
+        ops.depthwise_conv2d(jnp.ones((1, 5, 5, 6)), jnp.ones((3, 3, 1, 6)), dilation=0)
 
 
 # every op is compared under each implementation above; whole models (compiled three times

@@ -211,6 +211,9 @@ class ConvNormAct(nn.Module):
     Children are named ``conv`` and ``bn`` like timm's ``ConvNormAct`` and
     mmcv's ``ConvModule``, so their state-dict keys map onto it directly. The
     bias defaults to off when a norm follows (both references do the same).
+    ``depthwise`` makes the convolution a :class:`DepthwiseConv` (one ``k x k`` filter per
+    channel, stride 1: ``features`` must be the input's width), as mmcv's ``ConvModule`` with
+    ``groups`` equal to its channels.
     """
 
     features: int
@@ -222,6 +225,7 @@ class ConvNormAct(nn.Module):
     use_bias: bool | None = None
     norm: bool = True
     act: str | None = "relu"
+    depthwise: bool = False
     kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
     bn_scale_init: Callable[..., Array] = nn.initializers.ones
     dtype: Dtype = jnp.float32
@@ -230,11 +234,21 @@ class ConvNormAct(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         use_bias = (not self.norm) if self.use_bias is None else self.use_bias
-        x = conv(
-            self.features, self.kernel_size, stride=self.stride, dilation=self.dilation,
-            groups=self.groups, padding=self.padding, use_bias=use_bias, dtype=self.dtype,
-            param_dtype=self.param_dtype, kernel_init=self.kernel_init, name="conv",
-        )(x)
+        if self.depthwise:
+            if self.features != x.shape[-1] or self.stride != 1 or self.padding is not None:
+                raise ValueError(
+                    f"a depthwise ConvNormAct keeps its input's width and size: features "
+                    f"({self.features}) must equal the input channels ({x.shape[-1]}), stride 1 "
+                    f"and padding None; got stride {self.stride}, padding {self.padding}")
+            x = DepthwiseConv(self.kernel_size, dilation=self.dilation, use_bias=use_bias,
+                              kernel_init=self.kernel_init, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="conv")(x)
+        else:
+            x = conv(
+                self.features, self.kernel_size, stride=self.stride, dilation=self.dilation,
+                groups=self.groups, padding=self.padding, use_bias=use_bias, dtype=self.dtype,
+                param_dtype=self.param_dtype, kernel_init=self.kernel_init, name="conv",
+            )(x)
         if self.norm:
             x = batch_norm(
                 train, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -288,7 +302,8 @@ class DropPath(nn.Module):
 
 
 class DepthwiseConv(nn.Module):
-    """A depthwise ``k x k`` convolution (stride 1, PyTorch's symmetric padding, with bias)
+    """A depthwise ``k x k`` convolution (stride 1, ``dilation``, PyTorch's symmetric padding,
+    with bias)
     through :func:`attnzoo.ops.depthwise_conv2d` (on CPU by default the sum of ``k^2`` shifted
     per-channel products, where XLA's grouped convolution is 2.5x (forward) to 4x (gradient)
     slower). The same parameters as ``nn.Conv(feature_group_count=C)``: ``kernel (k, k, 1, C)``,
@@ -296,6 +311,7 @@ class DepthwiseConv(nn.Module):
     """
 
     kernel_size: int = 3
+    dilation: int = 1
     use_bias: bool = True
     kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
     dtype: Dtype = jnp.float32
@@ -308,8 +324,29 @@ class DepthwiseConv(nn.Module):
         bias = (self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = ops.depthwise_conv2d(x, kernel)
+        y = ops.depthwise_conv2d(x, kernel, dilation=self.dilation)
         return y if bias is None else y + bias
+
+
+class SeparableConvNormAct(nn.Module):
+    """A depthwise-separable convolution (Chollet, CVPR 2017; DeepLabV3+'s atrous separable
+    convolution): a depthwise ``k x k`` conv-BN-ReLU of ``dilation`` then a 1x1 conv-BN-ReLU
+    to ``features``, as mmcv's ``DepthwiseSeparableConvModule`` (children ``depthwise_conv``,
+    ``pointwise_conv``; its keys map onto them directly).
+    """
+
+    features: int
+    kernel_size: int = 3
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ConvNormAct(x.shape[-1], self.kernel_size, dilation=self.dilation, depthwise=True,
+                        name="depthwise_conv", **kw)(x, train=train)
+        return ConvNormAct(self.features, name="pointwise_conv", **kw)(x, train=train)
 
 
 class PatchConv(nn.Module):

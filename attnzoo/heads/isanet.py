@@ -36,8 +36,8 @@ class ISAHead(DecodeHead):
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         self.check_input(x)
         x = self.conv_block(3, "in_conv")(x, train=train)
-        relation = dict(inter_channels=self.isa_channels, memory_efficient=self.memory_efficient,
-                        **self.kw)
+        relation = dict(inter_channels=self.isa_channels, output_conv=True,
+                        memory_efficient=self.memory_efficient, **self.kw)
         long_range = blocks.SelfAttentionBlock(self.channels, name="global_relation", **relation)
         short_range = blocks.SelfAttentionBlock(self.channels, name="local_relation", **relation)
         y = ops.interlaced_sparse_attention(x, tuple(self.down_factor),
@@ -50,4 +50,4 @@ class ISAHead(DecodeHead):
 register_family(Family(
     name="isanet", head="isanet",
     summary="interlaced sparse self-attention, long then short range (Huang et al., 2019)",
-    mmseg_renames=()))
+    mmseg_renames=((r"^(global|local)_relation\.output_project\.", r"\1_relation.output_conv."),)))

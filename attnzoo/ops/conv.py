@@ -389,10 +389,11 @@ def conv2d(
     return _conv_with_product_gradients(x, kernel, stride, dilation, pads)
 
 
-def depthwise_conv2d(x: Array, kernel: Array, *, implementation: str | None = None) -> Array:
+def depthwise_conv2d(x: Array, kernel: Array, *, dilation: int = 1,
+                     implementation: str | None = None) -> Array:
     """A depthwise ``k x k`` convolution, stride 1, with PyTorch's symmetric zero padding
-    (``(k - 1) // 2`` before, ``k // 2`` after): ``y[b, h, w, c] = sum_{i, j} x_pad[b, h + i,
-    w + j, c] K[i, j, 0, c]``.
+    (``p = d (k - 1) // 2`` before, ``d (k - 1) - p`` after, for dilation ``d``):
+    ``y[b, h, w, c] = sum_{i, j} x_pad[b, h + d i, w + d j, c] K[i, j, 0, c]``.
 
     Equals ``lax.conv_general_dilated(..., feature_group_count=C)`` in value; the products path
     (:func:`resolve_implementation`; on CPU by default) is the sum of the ``k^2`` shifted
@@ -401,6 +402,7 @@ def depthwise_conv2d(x: Array, kernel: Array, *, implementation: str | None = No
     Args:
       x: ``(B, H, W, C)``.
       kernel: ``(k, k, 1, C)`` (``nn.Conv(feature_group_count=C)``'s layout).
+      dilation: the spacing ``d`` of the kernel's taps (DeepLabV3+'s atrous separable convs).
       implementation: ``"auto"``, ``"products"`` or ``"xla"``; None: the setting in force.
 
     Returns:
@@ -412,10 +414,16 @@ def depthwise_conv2d(x: Array, kernel: Array, *, implementation: str | None = No
     if kernel.shape != (k, k, 1, c):
         raise ValueError(f"kernel must be (k, k, 1, C) with C = {c} (x shape {tuple(x.shape)}); "
                          f"got {tuple(kernel.shape)}")
-    lo, hi = (k - 1) // 2, k // 2
+    if dilation < 1:
+        raise ValueError(f"dilation must be a positive integer; got {dilation!r}")
+    lo = dilation * (k - 1) // 2
+    hi = dilation * (k - 1) - lo
     if resolve_implementation(implementation) == "xla":
         return lax.conv_general_dilated(x, kernel, (1, 1), ((lo, hi), (lo, hi)),
+                                        rhs_dilation=(dilation, dilation),
                                         dimension_numbers=DIMENSIONS, feature_group_count=c)
     h, w = x.shape[1:3]
     x_pad = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-    return sum(x_pad[:, i:i + h, j:j + w] * kernel[i, j, 0] for i in range(k) for j in range(k))
+    d = dilation
+    return sum(x_pad[:, d * i:d * i + h, d * j:d * j + w] * kernel[i, j, 0]
+               for i in range(k) for j in range(k))
