@@ -96,21 +96,28 @@ def test_block_refuses_a_wrong_rank_and_width_by_name(name):
         call(jnp.zeros(first.shape[1:]))
 
 
-def head_levels(name):
-    """How many backbone levels head ``name`` reads (``in_feature`` of a model using it)."""
-    specs = [models.get_spec(m) for m in models.list_models()]
-    feature = next((s.in_feature for s in specs if getattr(s, "head", None) == name), "c4")
-    return len(feature) if isinstance(feature, tuple) else 1
+def head_strides(name):
+    """The relative strides of the backbone features head ``name`` reads in the first model
+    using it (``in_feature``; 1 for the finest): ``[1]`` for one feature map, ``[1, 2, 4, 8]``
+    for MiT's four stages, ``[1, 1]`` for ANN's c3 and c4 of a dilated ResNet."""
+    spec = next((models.get_spec(m) for m in models.list_models()
+                 if getattr(models.get_spec(m), "head", None) == name), None)
+    if spec is None or isinstance(spec.in_feature, str):
+        return [1]
+    stride = {} if spec.output_stride is None else {"output_stride": spec.output_stride}
+    info = backbones.create(spec.backbone, **stride).feature_info()
+    strides = [info[k][1] for k in spec.in_feature]
+    return [s // min(strides) for s in strides]
 
 
 def head_input(name, size, dtype=jnp.float32):
     rng = np.random.default_rng(0)
-    levels = head_levels(name)
-    if levels == 1:
+    strides = head_strides(name)
+    if strides == [1]:
         return jnp.asarray(rng.standard_normal((2, *size, 24)), dtype)
-    return [jnp.asarray(rng.standard_normal((2, math.ceil(size[0] / 2 ** i),
-                                             math.ceil(size[1] / 2 ** i), 8 * 2 ** i)), dtype)
-            for i in range(levels)]
+    return [jnp.asarray(rng.standard_normal((2, math.ceil(size[0] / s), math.ceil(size[1] / s),
+                                             8 * 2 ** i)), dtype)
+            for i, s in enumerate(strides)]
 
 
 @pytest.mark.parametrize("name", heads.list_heads())

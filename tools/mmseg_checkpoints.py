@@ -10,6 +10,11 @@ accepts (a registered family, backbone and dataset protocol): the family, the co
 dataset, the crop and the schedule (from the stem), the checkpoint file name (the last part of
 the metafile's ``Weights`` URL) and the published ``mIoU`` and ``mIoU(ms+flip)`` as the metafile
 states them (OpenMMLab's runs; not measured by attnzoo).
+
+Where a metafile's ``Name`` contradicts its own checkpoint's schedule (mmseg 1.2.2's
+deeplabv3plus metafile names its R-101 80k ADE20K model ``..._4xb4-160k_ade20k-512x512``, twice
+with the 160k one; the checkpoint file says ``512x512_80k_ade20k``), the row takes the config of
+the checkpoint's schedule when mmseg ships one; the stems must come out distinct.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +48,7 @@ def rows(configs: Path) -> list[dict[str, str]]:
     for metafile in sorted(configs.glob("*/metafile.yaml")):
         for model in yaml.safe_load(metafile.read_text()).get("Models", []):
             try:
-                recipe = mmseg_recipe(model["Name"])
+                recipe = mmseg_recipe(stem_of(model, metafile.parent))
             except ValueError:
                 continue
             metrics = model["Results"]["Metrics"]
@@ -51,7 +57,24 @@ def rows(configs: Path) -> list[dict[str, str]]:
                 recipe.family, recipe.stem, recipe.dataset, recipe.crop, recipe.schedule,
                 model["Weights"].rsplit("/", 1)[-1], f"{float(metrics['mIoU']):.2f}",
                 "" if ms is None else f"{float(ms):.2f}"))))
+    stems = [r["config"] for r in out]
+    repeated = sorted({st for st in stems if stems.count(st) > 1})
+    if repeated:
+        raise ValueError(f"the metafiles under {configs} name several models {repeated}")
     return sorted(out, key=lambda r: r["family"])  # stable: each metafile's order kept
+
+
+def stem_of(model: dict, folder: Path) -> str:
+    """The config stem of metafile entry ``model``: its ``Name``, or the config of its
+    checkpoint's schedule where the two disagree and ``folder`` holds that config."""
+    name = model["Name"]
+    weights = re.search(r"_(\d+)k_", model.get("Weights", "").rsplit("/", 1)[-1])
+    named = re.search(r"-(\d+)k_", name)
+    if weights and named and weights[1] != named[1]:
+        fixed = name.replace(named[0], f"-{weights[1]}k_", 1)
+        if (folder / f"{fixed}.py").is_file():
+            return fixed
+    return name
 
 
 def render(table: list[dict[str, str]]) -> str:

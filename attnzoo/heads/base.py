@@ -151,6 +151,7 @@ class Family:
     head: str
     summary: str
     model_sets: tuple[str, ...] = ("resnet",)
+    in_feature: str | tuple[str, ...] = "c4"
     recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     quickstart: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     mmseg_renames: tuple[tuple[str, str], ...] | None = None
