@@ -40,6 +40,8 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "nonlocal_r101-d8_4xb2-80k_cityscapes-512x1024", "fcn_r18-d8_4xb2-80k_cityscapes-769x769",
         "pspnet_r18-d8_4xb2-80k_cityscapes-512x1024", "deeplabv3_r18-d8_4xb2-80k_cityscapes-769x769",
         "dnl_r101-d8_4xb4-160k_ade20k-512x512", "isanet_r101-d8_4xb4-160k_ade20k-512x512",
+        "ann_r101-d8_4xb4-160k_ade20k-512x512", "deeplabv3plus_r101-d8_4xb4-160k_ade20k-512x512",
+        "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-769x769",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 
@@ -182,6 +184,19 @@ def test_bad_config_other_architecture_and_truncated_file_are_refused(tmp_path):
     path.write_bytes(path.read_bytes()[: 4096])
     with pytest.raises(ValueError, match="fcn.pth.*cannot be read"):
         from_mmseg("fcn_r50-d8_4xb2-80k_cityscapes-512x1024", path)
+
+
+def test_ann_checkpoint_whose_context_projections_differ_is_refused():
+    """mmseg's APNB stores its one shared query / key projection under both names; a state dict
+    whose two copies differ is not ANNHead's."""
+    rewrite = heads.get_family("ann").mmseg_state_dict
+    prefix = "decode_head.context.stages.0."
+    weight = np.random.default_rng(0).standard_normal((4, 8, 1, 1))
+    shared = {prefix + "key_project.conv.weight": weight,
+              prefix + "query_project.conv.weight": weight.copy()}
+    assert list(rewrite(shared)) == [prefix + "key_project.conv.weight"]
+    with pytest.raises(ValueError, match="query_project.conv.weight' is not a copy"):
+        rewrite({**shared, prefix + "query_project.conv.weight": weight + 1})
 
 
 @pytest.mark.slow

@@ -29,16 +29,23 @@ class ASPPHead(DecodeHead):
 
     dilations: Sequence[int] = (1, 12, 24, 36)
 
-    @nn.compact
-    def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
-        self.check_input(x)
+    def aspp_branch(self, dilation: int, name: str) -> nn.Module:
+        """The branch of rate ``dilation``: a 1x1 or 3x3 dilated conv-BN-ReLU."""
+        return self.conv_block(1 if dilation == 1 else 3, name, dilation=dilation)
+
+    def aspp(self, x: Array, train: bool) -> Array:
+        """The image pool and the branches, concatenated and fused by the 3x3 bottleneck
+        (called inside the compact ``__call__``)."""
         pooled = self.conv_block(1, "image_pool")(global_avg_pool(x), train=train)
         branches = [jnp.broadcast_to(pooled, x.shape[:3] + (self.channels,))]
         for i, d in enumerate(self.dilations):
-            branches.append(self.conv_block(1 if d == 1 else 3, f"aspp_{i}", dilation=d)(
-                x, train=train))
-        y = self.conv_block(3, "bottleneck")(jnp.concatenate(branches, axis=-1), train=train)
-        return {"out": self.classifier()(y, train=train)}
+            branches.append(self.aspp_branch(d, f"aspp_{i}")(x, train=train))
+        return self.conv_block(3, "bottleneck")(jnp.concatenate(branches, axis=-1), train=train)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+        self.check_input(x)
+        return {"out": self.classifier()(self.aspp(x, train), train=train)}
 
 
 register_family(Family(
