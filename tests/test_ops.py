@@ -283,6 +283,27 @@ def test_interlaced_sparse_attention_groups_and_orders_positions_as_a_loop():
         ops.interlaced_sparse_attention(jnp.asarray(x), (0, 4), lambda t: t, lambda t: t)
 
 
+@pytest.mark.parametrize("f", [1, 3, 4, 7])
+def test_dynamic_depthwise_conv_is_a_per_image_loop(f):
+    """Each image filtered with its own per-channel f x f filter, zero padding f // 2 before and
+    (f - 1) // 2 after (mmseg's DCM: one more before for even f), against a float64 loop."""
+    rng = np.random.default_rng(f)
+    x, filters = rand(rng, 2, 5, 6, 3), rand(rng, 2, f, f, 3)
+    want = np.zeros((2, 5, 6, 3))
+    for b in range(2):
+        for h in range(5):
+            for w in range(6):
+                for i in range(f):
+                    for j in range(f):
+                        u, v = h + i - f // 2, w + j - f // 2
+                        if 0 <= u < 5 and 0 <= v < 6:
+                            want[b, h, w] += x[b, u, v].astype(np.float64) * filters[b, i, j]
+    out = jax.jit(ops.dynamic_depthwise_conv)(jnp.asarray(x), jnp.asarray(filters))
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match=r"filters must be \(B, f, f, C\)"):
+        ops.dynamic_depthwise_conv(jnp.asarray(x), jnp.asarray(filters[:1]))
+
+
 def test_non_local_bad_mode():
     x = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -36,6 +36,7 @@ from attnzoo.ops.dot_product import (
     dot_product_attention,
     map_query_chunks,
 )
+from attnzoo.ops.dynamic import dynamic_depthwise_conv
 from attnzoo.ops.hard import hard_attention, hard_attention_weights
 from attnzoo.ops.interlaced import interlaced_sparse_attention
 from attnzoo.ops.non_local import (
@@ -81,6 +82,7 @@ __all__ = [
     "depthwise_conv2d",
     "disentangled_non_local_attention",
     "dot_product_attention",
+    "dynamic_depthwise_conv",
     "gaussian_filter",
     "gaussian_filter_dense",
     "hard_attention",
