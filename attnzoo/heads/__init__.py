@@ -20,10 +20,12 @@ from attnzoo.heads.base import (
     register_family,
 )
 from attnzoo.heads.ann import ANNHead
+from attnzoo.heads.apcnet import APCHead
 from attnzoo.heads.ccnet import CCHead
 from attnzoo.heads.danet import DANetHead
 from attnzoo.heads.deeplabv3 import ASPPHead
 from attnzoo.heads.deeplabv3plus import DeepLabV3PlusHead
+from attnzoo.heads.dmnet import DMHead
 from attnzoo.heads.dnl import DNLHead
 from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.gcnet import GCHead
@@ -34,7 +36,7 @@ from attnzoo.heads.psanet import PSANetHead
 from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 
-__all__ = ["ANNHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "FAMILIES",
-           "FCNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "PSANetHead", "PSPHead",
-           "PolarizedHead", "SegFormerHead", "create", "get_family", "list_families",
-           "list_heads", "register", "register_family"]
+__all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DMHead",
+           "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "FAMILIES", "FCNHead", "Family", "GCHead",
+           "HEADS", "ISAHead", "NLHead", "PSANetHead", "PSPHead", "PolarizedHead", "SegFormerHead",
+           "create", "get_family", "list_families", "list_heads", "register", "register_family"]
