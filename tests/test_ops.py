@@ -304,6 +304,31 @@ def test_dynamic_depthwise_conv_is_a_per_image_loop(f):
         ops.dynamic_depthwise_conv(jnp.asarray(x), jnp.asarray(filters[:1]))
 
 
+def test_em_attention_is_the_papers_iterations_without_gradients():
+    """T EM iterations from shared unit bases in float64 loops (E: softmax over bases, M: the
+    z-weighted mean of the features, each basis L2-normalised), the reconstruction from the last
+    z and mu; no gradient reaches x through them."""
+    rng = np.random.default_rng(21)
+    x, bases = rand(rng, 2, 13, 6), rand(rng, 6, 4)
+    bases /= np.linalg.norm(bases, axis=0)
+    recon, mu = jax.jit(ops.em_attention, static_argnums=2)(jnp.asarray(x), jnp.asarray(bases),
+                                                            3)
+    for b in range(2):
+        feats, m = x[b].astype(np.float64), bases.astype(np.float64)
+        for _ in range(3):
+            logits = feats @ m
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            z /= z.sum(1, keepdims=True)
+            m = np.stack([(z[:, k, None] * feats).sum(0) / z[:, k].sum() for k in range(4)], 1)
+            m /= np.linalg.norm(m, axis=0)
+        np.testing.assert_allclose(mu[b], m, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(recon[b], z @ m.T, rtol=RTOL, atol=ATOL)
+    grad = jax.grad(lambda t: ops.em_attention(t, jnp.asarray(bases), 2)[0].sum())(jnp.asarray(x))
+    assert not np.asarray(grad).any()
+    with pytest.raises(ValueError, match=r"bases must be \(C, K\) or \(B, C, K\) with C = 6"):
+        ops.em_attention(jnp.asarray(x), jnp.asarray(bases[:5]), 1)
+
+
 def test_non_local_bad_mode():
     x = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="mode must be one of"):

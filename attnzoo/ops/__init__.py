@@ -37,6 +37,7 @@ from attnzoo.ops.dot_product import (
     map_query_chunks,
 )
 from attnzoo.ops.dynamic import dynamic_depthwise_conv
+from attnzoo.ops.em import em_attention
 from attnzoo.ops.hard import hard_attention, hard_attention_weights
 from attnzoo.ops.interlaced import interlaced_sparse_attention
 from attnzoo.ops.non_local import (
@@ -83,6 +84,7 @@ __all__ = [
     "disentangled_non_local_attention",
     "dot_product_attention",
     "dynamic_depthwise_conv",
+    "em_attention",
     "gaussian_filter",
     "gaussian_filter_dense",
     "hard_attention",
