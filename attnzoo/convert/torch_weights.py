@@ -8,7 +8,9 @@ attnzoo names its submodules as the reference PyTorch code does (``fc1``,
   kernel and a 1x1 conv a dense kernel) or ``.../scale`` for norms;
 * ``<prefix>.bias`` -> ``params/<prefix>/bias``;
 * ``running_mean`` / ``running_var`` -> ``batch_stats/<prefix>/mean`` / ``var``;
-* anything else (``gamma``, bias tables) -> ``params/<prefix>/<name>``.
+* anything else (``gamma``, bias tables) -> ``params/<prefix>/<name>``;
+* a weight, bias or buffer the module keeps as state rather than parameters (EMANet's bases
+  and frozen projection) -> the same path under ``batch_stats``.
 
 The target tree is the module's own (from ``jax.eval_shape`` of its init),
 so every missing, unexpected and mis-shaped key is found and reported.
@@ -60,12 +62,13 @@ def _candidates(key: str) -> list[tuple[str, ...]]:
     prefix, _, leaf = key.rpartition(".")
     mod = _module_path(prefix)
     if leaf == "weight":
-        return [("params", *mod, "kernel"), ("params", *mod, "scale")]
+        return [("params", *mod, "kernel"), ("params", *mod, "scale"),
+                ("batch_stats", *mod, "kernel")]
     if leaf == "running_mean":
         return [("batch_stats", *mod, "mean")]
     if leaf == "running_var":
         return [("batch_stats", *mod, "var")]
-    return [("params", *mod, leaf)]
+    return [("params", *mod, leaf), ("batch_stats", *mod, leaf)]
 
 
 def _transform(array: np.ndarray, target_path: tuple[str, ...]) -> np.ndarray:
