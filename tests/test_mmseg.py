@@ -42,7 +42,7 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "dnl_r101-d8_4xb4-160k_ade20k-512x512", "isanet_r101-d8_4xb4-160k_ade20k-512x512",
         "ann_r101-d8_4xb4-160k_ade20k-512x512", "deeplabv3plus_r101-d8_4xb4-160k_ade20k-512x512",
         "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-769x769", "apcnet_r101-d8_4xb4-160k_ade20k-512x512",
-        "dmnet_r101-d8_4xb4-160k_ade20k-512x512",
+        "dmnet_r101-d8_4xb4-160k_ade20k-512x512", "emanet_r101-d8_4xb2-80k_cityscapes-769x769",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 

@@ -237,6 +237,40 @@ def test_memory_efficient_reaches_only_heads_that_have_it():
                        "memory_efficient")
 
 
+def test_emanet_bases_move_by_their_momentum_in_training_only():
+    """mmseg's EMAModule: the stored bases start as unit columns, the EM runs from them, and a
+    training call moves them to (1 - m) mu + m normalize(mean over the batch of the final
+    bases); inference leaves them. The frozen projection is state (no parameters, no
+    gradient); the head's gradient reaches its input convolution."""
+    from attnzoo import ops
+    from attnzoo.heads.emanet import EMAModule
+    from attnzoo.ops.em import normalize
+
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 5, 6, 8)), jnp.float32)
+    module = EMAModule(num_bases=4, num_stages=2, momentum=0.3)
+    variables = module.init(jax.random.key(0), x)
+    bases = variables["batch_stats"]["bases"]
+    np.testing.assert_allclose(np.linalg.norm(bases, axis=0), 1.0, rtol=1e-6)
+    recon, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    want_recon, mu = ops.em_attention(x.reshape(3, 30, 8), bases, 2)
+    np.testing.assert_array_equal(recon, want_recon.reshape(x.shape))
+    np.testing.assert_allclose(updates["batch_stats"]["bases"],
+                               0.7 * bases + 0.3 * normalize(mu.mean(0), axis=0), rtol=1e-6)
+    _, updates = module.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_array_equal(updates["batch_stats"]["bases"], bases)
+
+    head = heads.create("emanet", num_classes=3, channels=8, num_bases=4)
+    variables = head.init(jax.random.key(0), x)
+    assert "ema_mid_conv" not in variables["params"]
+    assert set(variables["batch_stats"]["ema_mid_conv"]) == {"kernel", "bias"}
+    grads = jax.grad(lambda p: head.apply(
+        {**variables, "params": p}, x, train=True, mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(1)})[0]["out"].sum())(variables["params"])
+    assert np.abs(np.asarray(grads["ema_in_conv"]["conv"]["kernel"])).sum() > 0
+    with pytest.raises(ValueError, match="momentum must be in"):
+        heads.create("emanet", num_classes=3, momentum=1.5)
+
+
 def test_attention_unet_is_built_from_a_config_like_any_model():
     config = engine.default_config()
     config.model.name = "attention_unet_small"
