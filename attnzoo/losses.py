@@ -1,9 +1,10 @@
-"""Pixel losses for segmentation (jit-able; labels carry ``ignore_index``).
+"""Losses for segmentation (jit-able; labels carry ``ignore_index``).
 
-All losses take logits ``(B, H, W, C)`` (any float dtype; computed in
+The pixel losses take logits ``(B, H, W, C)`` (any float dtype; computed in
 float32) and integer labels ``(B, H, W)``; pixels whose label is
 ``ignore_index`` contribute nothing, and a batch whose pixels are all
-ignored gives 0, not NaN. Labels are checked on the host with
+ignored gives 0, not NaN. :func:`semantic_encoding_loss` (EncNet's SE-loss) takes image-level
+logits ``(B, C)`` and the same labels. Labels are checked on the host with
 :func:`check_labels` (values outside ``[0, C)`` other than the ignore index
 are an error); inside ``jit`` they are trusted.
 """
@@ -219,12 +220,36 @@ def focal_loss(
     return _safe_div((loss * m).sum(), m.sum())
 
 
+def semantic_encoding_loss(
+    logits: Array, labels: Array, *, ignore_index: int = IGNORE_INDEX
+) -> Array:
+    """EncNet's semantic encoding loss (Zhang et al., CVPR 2018, Sec. 3.2): binary cross-entropy
+    of image-level logits ``(B, C)`` against which classes the image's labels contain,
+
+        loss = mean_{b, c} BCE(sigmoid(z_bc), [class c occurs in image b]),
+
+    as mmseg's ``EncHead`` (its labels from a histogram of each label map over ``[0, C)``: the
+    ignore index, and any other value outside, marks no class)."""
+    check_rank(logits, 2, "logits", "B, C")
+    check_rank(labels, 3, "labels", "B, H, W")
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"logits {logits.shape} and labels {labels.shape} must share B")
+    del ignore_index  # labels outside [0, C) hit no class
+    num_classes = logits.shape[-1]
+    present = (labels.reshape(labels.shape[0], -1, 1) == jnp.arange(num_classes)).any(1)
+    z = logits.astype(jnp.float32)
+    return jnp.mean(jnp.maximum(z, 0) - z * present + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+
+# the pixel losses (``config.loss.name``) and the image-level one a head may declare
+PIXEL_LOSSES = ("cross_entropy", "ohem", "dice", "lovasz", "focal")
 LOSSES: dict[str, Callable[..., Array]] = {
     "cross_entropy": cross_entropy,
     "ohem": ohem_cross_entropy,
     "dice": dice_loss,
     "lovasz": lovasz_softmax,
     "focal": focal_loss,
+    "semantic_encoding": semantic_encoding_loss,
 }
 
 
@@ -235,11 +260,12 @@ def combined_loss(
     *,
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Array, dict[str, Array]]:
-    """Weighted sum of losses over named model outputs (main, auxiliary, DANet branches).
+    """Weighted sum of losses over named model outputs (main, auxiliary, DANet branches,
+    EncNet's image-level logits).
 
     ``terms`` is a list of ``{"output": "aux", "loss": "cross_entropy",
     "weight": 0.4, **loss_kwargs}``. Returns ``(total, {"<output>/<loss>":
-    value})``. Each output must already have the labels' size.
+    value})``. The outputs of pixel losses must already have the labels' size.
     """
     total = jnp.zeros((), jnp.float32)
     parts: dict[str, Array] = {}

@@ -82,7 +82,7 @@ def test_the_engine_step_of_each_family_traces_with_its_loss_terms(name):
     labels = jax.ShapeDtypeStruct((1, 64, 64), jnp.int32)
     _, metrics = jax.eval_shape(step, state, {"image": images, "label": labels})
     assert metrics["loss"].shape == ()
-    assert {f"{t['output']}/cross_entropy" for t in model.loss_terms()} <= set(metrics)
+    assert {f"{t['output']}/{t['loss']}" for t in model.loss_terms()} <= set(metrics)
 
 
 @pytest.mark.slow

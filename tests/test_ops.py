@@ -329,6 +329,27 @@ def test_em_attention_is_the_papers_iterations_without_gradients():
         ops.em_attention(jnp.asarray(x), jnp.asarray(bases[:5]), 1)
 
 
+def test_context_encoding_is_the_residual_sum_of_a_loop():
+    """EncNet's encoding layer against its definition in float64 loops: the softmax over codes
+    of s_k ||x_i - c_k||^2 weighting the residuals x_i - c_k."""
+    rng = np.random.default_rng(8)
+    x, codewords, scale = rand(rng, 2, 9, 5), rand(rng, 4, 5), -rng.uniform(0, 1, 4)
+    out = jax.jit(ops.context_encoding)(jnp.asarray(x), jnp.asarray(codewords),
+                                        jnp.asarray(scale, jnp.float32))
+    want = np.zeros((2, 4, 5))
+    for b in range(2):
+        for i in range(9):
+            logits = [scale[k] * ((x[b, i] - codewords[k]).astype(np.float64) ** 2).sum()
+                      for k in range(4)]
+            a = np.exp(np.array(logits) - max(logits))
+            a /= a.sum()
+            for k in range(4):
+                want[b, k] += a[k] * (x[b, i] - codewords[k].astype(np.float64))
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match=r"codewords must be \(K, C\) with C = 5"):
+        ops.context_encoding(jnp.asarray(x), jnp.asarray(codewords[:, :4]), jnp.asarray(scale))
+
+
 def test_non_local_bad_mode():
     x = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -30,9 +30,9 @@ Fields (defaults in :func:`default_config`):
   ``clip_norm`` (0 = none), ``accumulate_steps``, ``lr_mult``
   (top-level module -> learning-rate multiplier, e.g. ``{"head": 10.0}`` as
   mmseg's ``paramwise_cfg`` for SegFormer).
-* ``loss``: ``name`` of the per-output loss (``attnzoo.losses.LOSSES``) and
+* ``loss``: ``name`` of the per-pixel loss (``attnzoo.losses.PIXEL_LOSSES``) and
   its ``kwargs``; the model's own terms give the outputs and weights
-  (auxiliary 0.4, DANet branches 1.0).
+  (auxiliary 0.4, DANet branches 1.0; EncNet's SE-loss keeps its own loss, 0.2).
 * ``eval``: ``mode`` (``"whole"`` | ``"slide"``), ``crop_size``,
   ``stride``, ``scales``, ``flip``.
 * ``log_every``, ``eval_every``, ``checkpoint_every`` (steps; the last step

@@ -66,10 +66,13 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
 
 
 def loss_terms(model: nn.Module, config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The model's weighted outputs with the configured loss on each."""
-    check_choice(config["loss"]["name"], tuple(losses.LOSSES), "loss.name")
+    """The model's weighted outputs, the configured pixel loss (``config.loss``) on each of its
+    pixel terms; an image-level term a head declares (EncNet's SE-loss) keeps its own."""
+    check_choice(config["loss"]["name"], losses.PIXEL_LOSSES, "loss.name")
     extra = dict(config["loss"]["kwargs"])
-    return [{**t, "loss": config["loss"]["name"], **extra} for t in model.loss_terms()]
+    return [{**t, "loss": config["loss"]["name"], **extra}
+            if t.get("loss", "cross_entropy") == "cross_entropy" else dict(t)
+            for t in model.loss_terms()]
 
 
 def _init(model: nn.Module, tx: optax.GradientTransformation, config: Mapping[str, Any]

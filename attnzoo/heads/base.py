@@ -71,6 +71,9 @@ class DecodeHead(nn.Module):
       branches: (class attribute) ``(output name, loss weight)`` of the extra
         logits the head returns in training and at init; the segmentor adds
         them to its loss terms.
+      branch_losses: (class attribute) output name -> the :data:`attnzoo.losses.LOSSES` name of
+        a branch not scored by the pixel loss (EncNet's ``{"se": "semantic_encoding"}`` on
+        image-level logits); the others take the run's pixel loss.
     """
 
     num_classes: int
@@ -81,6 +84,7 @@ class DecodeHead(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     branches: ClassVar[tuple[tuple[str, float], ...]] = ()
+    branch_losses: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
         check_positive(self.num_classes, "num_classes")

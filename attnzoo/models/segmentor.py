@@ -30,7 +30,8 @@ class EncoderDecoder(nn.Module):
     ``__call__(images, *, train=False)`` returns a dict of logits
     ``(B, H, W, num_classes)`` upsampled bilinearly to the input: ``"out"``
     always; in training (and at init) also ``"aux"`` and the outputs the head
-    declares in its ``branches`` (DANet's ``"pam"``, ``"cam"``).
+    declares in its ``branches`` (DANet's ``"pam"``, ``"cam"``; EncNet's image-level
+    ``"se"`` logits ``(B, num_classes)``, returned as they are).
     :meth:`loss_terms` says how a trainer weighs them.
 
     Attributes:
@@ -61,10 +62,12 @@ class EncoderDecoder(nn.Module):
     pixel_std: tuple[float, float, float] = IMAGENET_STD
 
     def loss_terms(self) -> list[dict[str, Any]]:
-        """Cross-entropy terms for :func:`attnzoo.losses.combined_loss`: the main output
-        (weight 1), the head's declared branches, the auxiliary output."""
+        """Terms for :func:`attnzoo.losses.combined_loss`: cross-entropy on the main output
+        (weight 1), the head's declared branches (cross-entropy, or the loss the head names
+        in ``branch_losses``), cross-entropy on the auxiliary output."""
         terms = [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
-        terms += [{"output": k, "loss": "cross_entropy", "weight": w}
+        named = getattr(self.head, "branch_losses", {})
+        terms += [{"output": k, "loss": named.get(k, "cross_entropy"), "weight": w}
                   for k, w in getattr(self.head, "branches", ())]
         if self.aux_head is not None:
             terms.append({"output": "aux", "loss": "cross_entropy", "weight": self.aux_weight})
@@ -80,7 +83,8 @@ class EncoderDecoder(nn.Module):
         outputs = self.head(head_input, train=train)
         if self.aux_head is not None and (train or self.is_initializing()):
             outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
-        outputs = {k: resize_logits(v, size, self.align_corners) for k, v in outputs.items()}
+        outputs = {k: resize_logits(v, size, self.align_corners) if v.ndim == 4 else v
+                   for k, v in outputs.items()}
         if self.crf is not None:
             rgb = (images.astype(jnp.float32) * jnp.asarray(self.pixel_std)
                    + jnp.asarray(self.pixel_mean))

@@ -38,6 +38,7 @@ from attnzoo.ops.dot_product import (
 )
 from attnzoo.ops.dynamic import dynamic_depthwise_conv
 from attnzoo.ops.em import em_attention
+from attnzoo.ops.encoding import context_encoding
 from attnzoo.ops.hard import hard_attention, hard_attention_weights
 from attnzoo.ops.interlaced import interlaced_sparse_attention
 from attnzoo.ops.non_local import (
@@ -74,6 +75,7 @@ __all__ = [
     "channel_attention",
     "channel_attention_map",
     "chunked_dot_product_attention",
+    "context_encoding",
     "conv2d",
     "conv_implementation",
     "criss_cross_attention",
