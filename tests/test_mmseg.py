@@ -8,11 +8,13 @@ Tolerance: attnzoo's float32 full-resolution logits vs mmseg's ``encode_decode``
 max |difference| <= max(1e-4, 2x PyTorch's own float32 error on the same case) x max |reference|
 (:func:`compare`)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import randomize_torch
 
-from attnzoo import heads, models, ops
+from attnzoo import heads, losses, models, ops
 from attnzoo.convert import ConversionError, from_mmseg
 from attnzoo.convert.mmseg import PROTOCOLS, mmseg_recipe, published_checkpoints
 from attnzoo.engine.config import from_fields
@@ -43,6 +45,7 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "ann_r101-d8_4xb4-160k_ade20k-512x512", "deeplabv3plus_r101-d8_4xb4-160k_ade20k-512x512",
         "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-769x769", "apcnet_r101-d8_4xb4-160k_ade20k-512x512",
         "dmnet_r101-d8_4xb4-160k_ade20k-512x512", "emanet_r101-d8_4xb2-80k_cityscapes-769x769",
+        "encnet_r101-d8_4xb4-160k_ade20k-512x512",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 
@@ -185,6 +188,40 @@ def test_bad_config_other_architecture_and_truncated_file_are_refused(tmp_path):
     path.write_bytes(path.read_bytes()[: 4096])
     with pytest.raises(ValueError, match="fcn.pth.*cannot be read"):
         from_mmseg("fcn_r50-d8_4xb2-80k_cityscapes-512x1024", path)
+
+
+def test_encnet_semantic_encoding_branch_and_loss_equal_mmsegs():
+    """EncHead's training outputs: the image-level "se" logits of its encoding (and its pixel
+    logits, before dropout) equal mmseg's head in training mode (BatchNorm on the batch) in
+    float64, and attnzoo's semantic encoding loss equals mmseg's SE-loss (sigmoid
+    cross-entropy against the classes each label map holds; 255 ignored)."""
+    stem = "encnet_r50-d8_4xb2-80k_cityscapes-512x1024"
+    model, _ = mmseg_support.build(stem)
+    randomize_torch(model, 0)
+    state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 41, 57))
+    labels = rng.integers(0, 19, (2, 41, 57))
+    labels[0, :, :30] = 255
+    labels[1][labels[1] == 7] = 3  # a class absent from one image
+    model.double().train()
+    head = model.decode_head
+    head.dropout.p = 0.0
+    with torch.no_grad():
+        seg, se = head.forward(model.extract_feat(torch.tensor(x)))
+        onehot = head._convert_to_onehot_labels(torch.tensor(labels), 19)
+        # mmseg's loss module includes its weight (0.2); attnzoo's term carries it
+        want_loss = float(head.loss_se_decode(se, onehot)) / head.loss_se_decode.loss_weight
+    ours, variables = from_mmseg(stem, state_dict)
+    ours = ours.clone(head=ours.head.clone(dropout=0.0))
+    out, _ = ours.apply(variables, x.transpose(0, 2, 3, 1).astype(np.float32), train=True,
+                        mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    se_ours = np.asarray(out["se"])
+    np.testing.assert_allclose(se_ours, se.numpy(), rtol=0, atol=1e-4 * np.abs(se.numpy()).max())
+    assert np.asarray(onehot)[1, 7] == 0 and ours.loss_terms()[1] == {
+        "output": "se", "loss": "semantic_encoding", "weight": 0.2}
+    loss = float(losses.semantic_encoding_loss(jnp.asarray(se.numpy()), jnp.asarray(labels)))
+    assert abs(loss - want_loss) <= 1e-6 * abs(want_loss)
 
 
 def test_ann_checkpoint_whose_context_projections_differ_is_refused():

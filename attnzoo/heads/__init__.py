@@ -28,6 +28,7 @@ from attnzoo.heads.deeplabv3plus import DeepLabV3PlusHead
 from attnzoo.heads.dmnet import DMHead
 from attnzoo.heads.dnl import DNLHead
 from attnzoo.heads.emanet import EMAHead
+from attnzoo.heads.encnet import EncHead
 from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.gcnet import GCHead
 from attnzoo.heads.isanet import ISAHead
@@ -38,7 +39,7 @@ from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 
 __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DMHead",
-           "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "FAMILIES", "FCNHead",
-           "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "PSANetHead", "PSPHead",
+           "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "EncHead", "FAMILIES",
+           "FCNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "PSANetHead", "PSPHead",
            "PolarizedHead", "SegFormerHead", "create", "get_family", "list_families", "list_heads",
            "register", "register_family"]
