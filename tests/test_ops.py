@@ -350,6 +350,23 @@ def test_context_encoding_is_the_residual_sum_of_a_loop():
         ops.context_encoding(jnp.asarray(x), jnp.asarray(codewords[:, :4]), jnp.asarray(scale))
 
 
+def test_spatial_gather_is_a_softmax_weighted_mean_per_class():
+    """OCR's object region representations against float64 loops: per class, the pixel
+    features weighted by the softmax over pixels of its scaled region logits."""
+    rng = np.random.default_rng(17)
+    feats, logits = rand(rng, 2, 4, 5, 3), rand(rng, 2, 4, 5, 6, scale=3.0)
+    out = jax.jit(ops.spatial_gather, static_argnums=2)(jnp.asarray(feats), jnp.asarray(logits),
+                                                        0.5)
+    for b in range(2):
+        for k in range(6):
+            w = np.exp(0.5 * logits[b, ..., k].astype(np.float64).ravel())
+            w /= w.sum()
+            want = (w[:, None] * feats[b].reshape(20, 3)).sum(0)
+            np.testing.assert_allclose(out[b, k], want, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="must share"):
+        ops.spatial_gather(jnp.asarray(feats), jnp.asarray(logits[:, :3]))
+
+
 def test_non_local_bad_mode():
     x = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="mode must be one of"):

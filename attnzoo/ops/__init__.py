@@ -46,6 +46,7 @@ from attnzoo.ops.non_local import (
     non_local_attention,
     non_local_concatenation,
 )
+from attnzoo.ops.object_context import spatial_gather
 from attnzoo.ops.polarized import polarized_channel_context, polarized_spatial_weights
 from attnzoo.ops.position import position_attention, position_attention_map
 from attnzoo.ops.psanet import point_wise_spatial_attention, psa_mask
@@ -113,6 +114,7 @@ __all__ = [
     "resize_bilinear",
     "resolve_implementation",
     "shifted_window_mask",
+    "spatial_gather",
     "temporal_attention",
     "window_attention",
     "window_merge",
