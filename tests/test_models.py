@@ -220,6 +220,9 @@ def test_heads_declare_their_loss_terms():
     terms = models.create("danet_r18_d8", num_classes=3).loss_terms()
     assert [(t["output"], t["weight"]) for t in terms] == [
         ("out", 1.0), ("pam", 1.0), ("cam", 1.0), ("aux", 0.4)]
+    ocrnet = models.create("ocrnet_r50_d8", num_classes=3)  # its own first stage, no aux head
+    assert ocrnet.aux_head is None and [(t["output"], t["weight"]) for t in ocrnet.loss_terms()] \
+        == [("out", 1.0), ("regions", 0.4)]
     assert heads.create("polarized", num_classes=3, mode="sequential").mode == "sequential"
     assert heads.create("ccnet", num_classes=3, recurrence=1).recurrence == 1
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):

@@ -35,11 +35,12 @@ from attnzoo.heads.isanet import ISAHead
 from attnzoo.heads.non_local import NLHead
 from attnzoo.heads.polarized import PolarizedHead
 from attnzoo.heads.psanet import PSANetHead
+from attnzoo.heads.ocrnet import OCRHead
 from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 
 __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DMHead",
            "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "EncHead", "FAMILIES",
-           "FCNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "PSANetHead", "PSPHead",
-           "PolarizedHead", "SegFormerHead", "create", "get_family", "list_families", "list_heads",
-           "register", "register_family"]
+           "FCNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead", "PSANetHead",
+           "PSPHead", "PolarizedHead", "SegFormerHead", "create", "get_family", "list_families",
+           "list_heads", "register", "register_family"]

@@ -156,6 +156,7 @@ class Family:
     summary: str
     model_sets: tuple[str, ...] = ("resnet",)
     in_feature: str | tuple[str, ...] = "c4"
+    auxiliary: bool = True
     recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     quickstart: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     mmseg_renames: tuple[tuple[str, str], ...] | None = None

@@ -8,7 +8,8 @@ into descriptions (:class:`EncoderDecoderSpec`):
 * ``resnet``: ``<family>_r<depth>_d<stride>`` (depth 18, 50, 101; output stride 8, 16) on
   ResNet-v1c (deep stem, as mmsegmentation's ``ResNetV1c``), the family's head of 512
   channels reading stage 4 (or the stages of its ``in_feature``) and an auxiliary FCN head
-  (one conv of 256 channels, loss weight 0.4) reading stage 3, as mmsegmentation's ``<family>_r50-d8.py`` model files; r18 models
+  (one conv of 256 channels, loss weight 0.4; unless the family says otherwise) reading
+  stage 3, as mmsegmentation's ``<family>_r50-d8.py`` model files; r18 models
   use the narrower heads of mmsegmentation's r18 recipes (128 channels, auxiliary 64).
 * ``mit``: ``<family>_mit_b<k>`` (k = 0..5) on a :class:`MixVisionTransformer` ``mit_b<k>``,
   the head reading all four stages (256 channels for B0/B1, 768 for B2-B5, as the SegFormer
@@ -37,6 +38,7 @@ def resnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
             out[f"{family.name}_r{depth}_d{stride}"] = EncoderDecoderSpec(
                 backbone=f"resnet{depth}_v1c", head=family.head, output_stride=stride,
                 head_kwargs={"channels": channels},
+                aux_head="fcn" if family.auxiliary else None,
                 aux_kwargs={"channels": aux, "num_convs": 1, "concat_input": False},
                 in_feature=family.in_feature, family=family.name)
     return out
