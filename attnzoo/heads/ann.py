@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import blocks
-from attnzoo._checks import check_rank
 from attnzoo.blocks.common import ConvNormAct
 from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
@@ -48,13 +47,8 @@ class ANNHead(DecodeHead):
 
     @nn.compact
     def __call__(self, feats: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
-        if not isinstance(feats, (list, tuple)) or len(feats) != 2:
-            raise ValueError("ANNHead reads two features, low then high level: the model's "
-                             "in_feature must be a pair such as ('c3', 'c4'); got "
-                             f"{type(feats).__name__}")
+        self.check_features(feats, ("c3", "c4"))
         low, high = feats
-        check_rank(low, 4, "low-level features", "B, H, W, C")
-        check_rank(high, 4, "high-level features", "B, H, W, C")
         attention: dict[str, Any] = dict(
             inter_channels=self.project_channels, key_query_convs=1, out_project=True,
             key_pool_scales=tuple(self.key_pool_scales), memory_efficient=self.memory_efficient,

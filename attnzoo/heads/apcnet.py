@@ -79,8 +79,7 @@ class APCHead(DecodeHead):
         outs = [x] + [AdaptiveContextModule(s, self.channels, self.fusion,
                                             name=f"acm_modules_{i}", **self.kw)(x, train=train)
                       for i, s in enumerate(self.pool_scales)]
-        y = self.conv_block(3, "bottleneck")(
-            jnp.concatenate([o.astype(x.dtype) for o in outs], -1), train=train)
+        y = self.bottleneck(outs, train)
         return {"out": self.classifier()(y, train=train)}
 
 

@@ -16,7 +16,7 @@ mmseg key renames. The rest of attnzoo reads them from :func:`list_families`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -99,6 +99,27 @@ class DecodeHead(nn.Module):
     def check_input(self, x: Array) -> None:
         """``x`` must be NHWC features."""
         check_rank(x, 4, "features", "B, H, W, C")
+
+    def check_features(self, feats: Sequence[Array], example: tuple[str, ...],
+                       exact: bool = True) -> None:
+        """``feats`` must be a list of NHWC features, as many as ``example`` names (at least one
+        unless ``exact``): the heads that read several backbone stages (``example`` is the
+        model's ``in_feature`` that gives them, for the error)."""
+        count = len(feats) if isinstance(feats, (list, tuple)) else None
+        if count is None or count == 0 or (exact and count != len(example)):
+            got = type(feats).__name__ if count is None else f"{count} features"
+            raise ValueError(
+                f"the {type(self).__name__} reads a list of backbone features (the model's "
+                f"in_feature must be a tuple such as {example}); got {got}")
+        for i, f in enumerate(feats):
+            check_rank(f, 4, f"features[{i}]", "B, H, W, C")
+
+    def bottleneck(self, maps: Sequence[Array], train: bool) -> Array:
+        """``maps`` concatenated along channels (in the first's dtype) and fused by a 3x3
+        conv-BN-ReLU of ``channels`` named ``bottleneck`` (call inside the compact
+        ``__call__``): the fusion of PSPNet's, ASPP's, APCNet's and DMNet's pyramids."""
+        return self.conv_block(3, "bottleneck")(
+            jnp.concatenate([m.astype(maps[0].dtype) for m in maps], -1), train=train)
 
     def conv_block(self, kernel_size: int, name: str, **kwargs: Any) -> ConvNormAct:
         """A conv-BN-ReLU of ``channels`` (call inside the compact ``__call__``)."""

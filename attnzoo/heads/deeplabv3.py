@@ -40,7 +40,7 @@ class ASPPHead(DecodeHead):
         branches = [jnp.broadcast_to(pooled, x.shape[:3] + (self.channels,))]
         for i, d in enumerate(self.dilations):
             branches.append(self.aspp_branch(d, f"aspp_{i}")(x, train=train))
-        return self.conv_block(3, "bottleneck")(jnp.concatenate(branches, axis=-1), train=train)
+        return self.bottleneck(branches, train)
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:

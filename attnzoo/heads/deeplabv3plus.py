@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_rank
 from attnzoo.blocks.common import ConvNormAct, SeparableConvNormAct
 from attnzoo.heads.base import Family, register, register_family
 from attnzoo.heads.deeplabv3 import ASPPHead
@@ -45,13 +44,8 @@ class DeepLabV3PlusHead(ASPPHead):
 
     @nn.compact
     def __call__(self, feats: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
-        if not isinstance(feats, (list, tuple)) or len(feats) != 2:
-            raise ValueError("DeepLabV3PlusHead reads two features, stride 4 then the deepest: "
-                             "the model's in_feature must be a pair such as ('c1', 'c4'); got "
-                             f"{type(feats).__name__}")
+        self.check_features(feats, ("c1", "c4"))
         low, x = feats
-        check_rank(low, 4, "low-level features", "B, H, W, C")
-        check_rank(x, 4, "features", "B, H, W, C")
         y = self.aspp(x, train)
         low = ConvNormAct(self.c1_channels or self.channels * 3 // 32, name="c1_bottleneck",
                           **self.kw)(low, train=train)

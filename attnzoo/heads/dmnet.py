@@ -74,8 +74,7 @@ class DMHead(DecodeHead):
         outs = [x] + [DynamicConvModule(f, self.channels, self.fusion, name=f"dcm_modules_{i}",
                                         **self.kw)(x, train=train)
                       for i, f in enumerate(self.filter_sizes)]
-        y = self.conv_block(3, "bottleneck")(
-            jnp.concatenate([o.astype(x.dtype) for o in outs], -1), train=train)
+        y = self.bottleneck(outs, train)
         return {"out": self.classifier()(y, train=train)}
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_positive, check_rank
+from attnzoo._checks import check_positive
 from attnzoo.blocks.common import BN_EPS, BN_MOMENTUM, ConvNormAct, Dtype
 from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
@@ -88,12 +88,7 @@ class EncHead(DecodeHead):
 
     @nn.compact
     def __call__(self, feats: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
-        if not isinstance(feats, (list, tuple)) or not feats:
-            raise ValueError("EncHead reads a list of features, the deepest last: the model's "
-                             "in_feature must be a tuple such as ('c2', 'c3', 'c4'); got "
-                             f"{type(feats).__name__}")
-        for i, f in enumerate(feats):
-            check_rank(f, 4, f"features[{i}]", "B, H, W, C")
+        self.check_features(feats, ("c2", "c3", "c4"), exact=False)
         y = self.conv_block(3, "bottleneck")(feats[-1], train=train)
         if self.add_lateral:
             laterals = [ops.resize_bilinear(

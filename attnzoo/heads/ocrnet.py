@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import blocks, ops
-from attnzoo._checks import check_rank
 from attnzoo.heads.base import DecodeHead, Family, register, register_family
 from attnzoo.heads.fcn import FCNHead
 
@@ -53,13 +52,8 @@ class OCRHead(DecodeHead):
 
     @nn.compact
     def __call__(self, feats: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
-        if not isinstance(feats, (list, tuple)) or len(feats) != 2:
-            raise ValueError("OCRHead reads two features, the regions' then the pixels': the "
-                             "model's in_feature must be a pair such as ('c3', 'c4'); got "
-                             f"{type(feats).__name__}")
+        self.check_features(feats, ("c3", "c4"))
         low, high = feats
-        check_rank(low, 4, "region features", "B, H, W, C")
-        check_rank(high, 4, "features", "B, H, W, C")
         regions = FCNHead(self.num_classes, self.region_channels or self.channels // 2,
                           self.dropout, num_convs=1, concat_input=False, name="region_head",
                           **self.kw)(low, train=train)["out"]

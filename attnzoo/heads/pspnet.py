@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from attnzoo import ops
 from attnzoo.heads.base import DecodeHead, Family, register, register_family
@@ -44,8 +43,7 @@ class PSPHead(DecodeHead):
             pooled = ops.adaptive_avg_pool(x, (scale, scale))
             pooled = self.conv_block(1, f"pool_convs_{i}")(pooled, train=train)
             outs.append(ops.resize_bilinear(pooled, size, align_corners=self.align_corners))
-        y = self.conv_block(3, "bottleneck")(
-            jnp.concatenate([o.astype(x.dtype) for o in outs], -1), train=train)
+        y = self.bottleneck(outs, train)
         return {"out": self.classifier()(y, train=train)}
 
 

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import ops
-from attnzoo._checks import check_rank
 from attnzoo.blocks.common import ConvNormAct
 from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
@@ -41,18 +40,9 @@ class SegFormerHead(DecodeHead):
     channels: int = 256
     stage_norm: bool = False
 
-    def check_input(self, x: Sequence[Array]) -> None:
-        """``x`` must be a list of NHWC features, the finest first."""
-        if isinstance(x, jax.Array) or not isinstance(x, Sequence) or not x:
-            raise ValueError("the segformer head reads a list of backbone features (the "
-                             "model's in_feature must be a tuple such as ('c1', 'c2', 'c3', "
-                             f"'c4')); got {type(x).__name__}")
-        for i, f in enumerate(x):
-            check_rank(f, 4, f"features[{i}]", "B, H, W, C")
-
     @nn.compact
     def __call__(self, x: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
-        self.check_input(x)
+        self.check_features(x, ("c1", "c2", "c3", "c4"), exact=False)
         size = x[0].shape[1:3]
         projected = []
         for i, feature in enumerate(x):
