@@ -16,10 +16,12 @@ from attnzoo.blocks.registry import registered
 Array = jax.Array
 
 
-@registered("self_attention", paper="Huang et al. 2019 (ISANet) / Zhu et al. 2019 (ANN)",
-            follows="mmseg `SelfAttentionBlock` (`mmseg/models/utils`) and its ISANet / ANN uses",
+@registered("self_attention",
+            paper="Huang et al. 2019 (ISANet) / Zhu et al. 2019 (ANN) / Yuan et al. 2020 (OCRNet)",
+            follows="mmseg `SelfAttentionBlock` (`mmseg/models/utils`) and its ISANet / ANN / "
+                    "OCRNet uses",
             tested="equation (numpy; plain, and pooled keys from a second input); "
-                   "mmseg forward (ISAHead, ANNHead)")
+                   "mmseg forward (ISAHead, ANNHead, OCRHead)")
 class SelfAttentionBlock(nn.Module):
     """Single-head attention with convolutional projections, as mmseg's ``SelfAttentionBlock``:
     queries from ``x``, keys and values from ``context`` (``x`` when omitted),
