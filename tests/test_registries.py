@@ -4,8 +4,9 @@ a new entry is tested by registering it. The checks: it runs under ``jax.jit``, 
 and bfloat16, at odd sizes, with the output shapes it promises, and refuses bad input with an
 error naming it. Blocks run; heads, backbones and models (up to ResNet-152 and MiT-B5) are
 traced (``jax.eval_shape``): they run in the parity tests (timm, mmseg, Hugging Face) and the
-models' tests. Every model's training path is traced, its inference path once per family and
-backbone kind (``INFERENCE_TRACED``).
+models' tests. Every model's training path is traced (the ResNet-101 and output-stride-16
+ones in the slow set), its inference path once per family and backbone kind
+(``INFERENCE_TRACED``).
 
 Where an entry is built or called otherwise than the common way, it is named in the tables
 below, with the reason: nothing else is special-cased.
@@ -171,11 +172,16 @@ def _first_model_of_each_kind():
     return set(firsts.values())
 
 
-# models whose inference (eval-mode) path is traced too; every model's training path is
+# models whose inference (eval-mode) path is traced too; every model's training path is: the
+# ResNet-101 and output-stride-16 ones in the slow set (they differ from the R-18 / R-50 D8
+# models of their family in the backbone's depth or dilations only, which the backbones' own
+# check covers)
 INFERENCE_TRACED = _first_model_of_each_kind()
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_d16") or "_r101_" in n
+          else n for n in models.list_models()]
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_model_traces_jitted_in_bfloat16_at_an_odd_size_with_its_loss_outputs(name):
     model = models.create(name, num_classes=5, dtype=jnp.bfloat16)
     x = jax.ShapeDtypeStruct((2, *ODD_IMAGE, 3), jnp.float32)
