@@ -187,9 +187,12 @@ def batch_norm(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     scale_init: Callable[..., Array] = nn.initializers.ones,
+    axis: int = -1,
     name: str | None = None,
 ) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults; statistics in float32 under any dtype.
+    """BatchNorm with PyTorch's defaults; statistics in float32 under any dtype. ``axis`` is
+    the feature axis (the statistics are over all others: ``1`` on ``(B, K, C)`` is
+    PyTorch's ``BatchNorm1d(K)``).
 
     Under ``jax.jit`` with a batch sharded over a mesh axis, the batch mean and
     variance are reductions over the global batch (synchronised BN).
@@ -201,6 +204,7 @@ def batch_norm(
         dtype=dtype,
         param_dtype=param_dtype,
         scale_init=scale_init,
+        axis=axis,
         name=name,
     )
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from attnzoo import ops
 from attnzoo._checks import check_positive
-from attnzoo.blocks.common import BN_EPS, BN_MOMENTUM, ConvNormAct, Dtype
+from attnzoo.blocks.common import ConvNormAct, Dtype, batch_norm
 from attnzoo.heads.base import DecodeHead, Family, register, register_family
 
 Array = jax.Array
@@ -54,8 +54,7 @@ class ContextEncodingModule(nn.Module):
         scale = self.param("scale", uniform(-1.0, 0.0), (k,), self.param_dtype)
         projected = ConvNormAct(c, name="encoding_project", **kw)(x, train=train)
         e = ops.context_encoding(projected.reshape(b, h * w, c), codewords, scale)
-        e = nn.BatchNorm(use_running_average=not train, axis=1, momentum=BN_MOMENTUM,
-                         epsilon=BN_EPS, name="encoding_norm", **kw)(e)
+        e = batch_norm(train, axis=1, name="encoding_norm", **kw)(e)
         e = jax.nn.relu(e).mean(axis=1)
         gamma = jax.nn.sigmoid(nn.Dense(c, name="fc", **kw)(e))
         return e, jax.nn.relu(x + x * gamma[:, None, None, :])
