@@ -4,8 +4,8 @@ a new entry is tested by registering it. The checks: it runs under ``jax.jit``, 
 and bfloat16, at odd sizes, with the output shapes it promises, and refuses bad input with an
 error naming it. Blocks run; heads, backbones and models (up to ResNet-152 and MiT-B5) are
 traced (``jax.eval_shape``): they run in the parity tests (timm, mmseg, Hugging Face) and the
-models' tests. Every model's training path is traced (the ResNet-101 and output-stride-16
-ones in the slow set), its inference path once per family and backbone kind
+models' tests. Every model's training path is traced (the ResNet-50 / -101 and
+output-stride-16 ones in the slow set), its inference path once per family and backbone kind
 (``INFERENCE_TRACED``).
 
 Where an entry is built or called otherwise than the common way, it is named in the tables
@@ -173,12 +173,13 @@ def _first_model_of_each_kind():
 
 
 # models whose inference (eval-mode) path is traced too; every model's training path is: the
-# ResNet-101 and output-stride-16 ones in the slow set (they differ from the R-18 / R-50 D8
-# models of their family in the backbone's depth or dilations only, which the backbones' own
+# ResNet-50 / -101 and output-stride-16 ones in the slow set (they differ from the R-18 D8
+# model of their family in the backbone's depth or dilations only, which the backbones' own
 # check covers)
 INFERENCE_TRACED = _first_model_of_each_kind()
-MODELS = [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_d16") or "_r101_" in n
-          else n for n in models.list_models()]
+MODELS = [pytest.param(n, marks=pytest.mark.slow)
+          if n.endswith("_d16") or "_r101_" in n or "_r50_" in n else n
+          for n in models.list_models()]
 
 
 @pytest.mark.parametrize("name", MODELS)
