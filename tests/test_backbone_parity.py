@@ -130,3 +130,60 @@ def test_safetensors_checkpoint_needs_no_torch_to_read(tmp_path):
     features_close(module, variables, timm_features(model, x), x)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_state_dict(tmp_path / "missing.pth")
+
+
+def mmseg_hrnet(module):
+    """mmseg's ``HRNet`` with the stage configuration of attnzoo HRNet ``module``."""
+    mmseg_support = pytest.importorskip("mmseg_support")
+    mmseg_support.install_mmcv_ops()
+    from mmseg.models.backbones import HRNet
+
+    extra = {"stage1": dict(num_modules=1, num_branches=1, block="BOTTLENECK",
+                            num_blocks=(module.num_blocks[0],),
+                            num_channels=(module.stage1_planes,))}
+    for k in (2, 3, 4):
+        extra[f"stage{k}"] = dict(num_modules=module.num_modules[k - 1], num_branches=k,
+                                  block="BASIC", num_blocks=(module.num_blocks[k - 1],) * k,
+                                  num_channels=tuple(module.widths[:k]))
+    return HRNet(extra)
+
+
+@pytest.mark.parametrize("name", ["hrnet_w18_small", "hrnet_w18_small_v2"])
+def test_timm_hrnet_weights_give_mmsegs_hrnet_branches(name):
+    """timm's HRNet state dict (the official ImageNet models' key names, which mmseg's
+    ImageNet initialisations keep) converts with its classification head dropped; loaded into
+    mmseg's ``HRNet`` (float64) by the same names, all four branches agree with attnzoo's
+    (an odd input size: the fusion's resize to odd branch sizes), and the converted variables
+    are the ``fcn_hr*`` models' backbone (``init_from``)."""
+    from attnzoo import models
+    from attnzoo.convert import save_backbone
+
+    torch.manual_seed(4)
+    model = randomize_norms(timm.create_model(name, pretrained=False))
+    module, variables = from_timm(name, model.state_dict())
+    reference = mmseg_hrnet(module)
+    missing, unexpected = reference.load_state_dict(model.state_dict(), strict=False)
+    reference.eval()
+    assert not missing and all(k.split(".")[0] in ("incre_modules", "downsamp_modules",
+                                                   "final_layer", "classifier")
+                               for k in unexpected)
+    x = np.random.default_rng(4).standard_normal((1, 3, 45, 61))
+    with torch.no_grad():
+        want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
+    got = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1).astype(np.float32))
+    for i, w in enumerate(want):
+        g = np.asarray(got[f"c{i + 1}"]).transpose(0, 3, 1, 2)
+        assert g.shape == w.shape
+        err = np.abs(g - w).max() / np.abs(w).max()
+        assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
+    if name == "hrnet_w18_small_v2":  # mmseg's hr18s
+        restored, _ = load_backbone(save_backbone(
+            __import__("tempfile").mkdtemp(), module, variables))
+        assert restored == module
+        segmentor = models.create("fcn_hr18s", num_classes=19)
+        shapes = jax.eval_shape(segmentor.init, jax.random.key(0), np.zeros((1, 64, 64, 3)))
+        for collection in ("params", "batch_stats"):
+            assert jax.tree.map(lambda a: a.shape, shapes[collection]["backbone"]) == \
+                jax.tree.map(lambda a: a.shape, variables[collection])
+    with pytest.raises(ValueError, match="output_stride=8.*only 32"):
+        from_timm(name, model.state_dict(), output_stride=8)

@@ -39,6 +39,7 @@ def test_unwritable_directory_is_named(tmp_path):
         cache.use_compilation_cache(tmp_path / "file" / "c")
 
 
+@pytest.mark.slow
 def test_predict_writes_then_reads_the_cache(run, tmp_path):
     """The command fills the directory on its first start; the second start adds nothing (every
     program came from the cache) and writes the same masks; --no-compilation-cache touches

@@ -146,6 +146,7 @@ def test_danet_outputs_are_the_composition_of_its_parts(train):
         np.testing.assert_allclose(out[k], want[k], rtol=1e-4, atol=1e-4, err_msg=k)
 
 
+@pytest.mark.slow
 def test_danet_memory_efficient_equals_dense():
     narrow = dict(head_channels=32, aux_channels=8, backbone_kwargs={"width": 8, "stem_width": 8})
     dense = models.create("danet_r18_d8", num_classes=4, **narrow)

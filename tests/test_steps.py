@@ -12,25 +12,30 @@ from attnzoo import engine, heads, sharding
 from attnzoo.engine import optim
 
 
-def family_config(family):
+def family_config(family, model=None):
     """The quickstart's small model of ``family`` (``configs/quickstart.py``) on tiny_config's
-    64 x 64 crops, trained with SGD."""
+    64 x 64 crops, trained with SGD; ``model``: another of the family's models, on a narrow
+    HRNet (branches 8 to 64 wide) for an HRNet one."""
     from configs import quickstart
 
     config = tiny_config("/unused", **{"optimizer.name": "sgd"})
     config.model = quickstart.get_config(family).model
+    if model is not None:
+        config.model.name = model
+        config.model.backbone_kwargs = {"widths": (8, 16, 32, 64)}
     return config
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", heads.list_families())
-def test_train_step_is_the_same_on_1_and_8_devices(family):
+@pytest.mark.parametrize("family,model", [(f, None) for f in heads.list_families()] + [
+    ("ocrnet", "ocrnet_hr18s")])
+def test_train_step_is_the_same_on_1_and_8_devices(family, model):
     """Two SGD steps of each family's small model (dropout and stochastic depth on): 8 devices
     (the batch sharded, gradients all-reduced, BatchNorm statistics of the global batch) give
     the parameters of 1 device. SGD, not AdamW: Adam divides by the gradient's own scale, so
     the rounding of near-zero gradients becomes a visible update."""
     assert len(jax.devices()) == 8
-    config = family_config(family)
+    config = family_config(family, model)
     model = engine.build_model(config)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_steps)
     rng = np.random.default_rng(0)

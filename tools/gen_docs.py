@@ -44,16 +44,9 @@ def blocks_table() -> str:
                   "tested against"], rows)
 
 
-def _models_of(family: str) -> list[str]:
-    from attnzoo import models
-
-    return [m for m in models.list_models()
-            if getattr(models.get_spec(m), "family", None) == family]
-
-
 def _pattern(names: list[str]) -> str:
     """Model names as one pattern where they are every combination of their varying parts
-    (``danet_r{18,50,101}_d{8,16}``), else listed."""
+    (``danet_r{18,50,101}_d{8,16}``, ``fcn_hr{18,48,18s}``), else listed."""
     token_lists = [n.split("_") for n in names]
     if len({len(t) for t in token_lists}) != 1:
         return ", ".join(f"`{n}`" for n in names)
@@ -64,7 +57,8 @@ def _pattern(names: list[str]) -> str:
             parts.append(values[0])
             continue
         stem = re.match(r"\D*", values[0]).group()
-        if not all(v.startswith(stem) and v[len(stem):].isdigit() for v in values):
+        if not all(v.startswith(stem) and re.fullmatch(r"\d+[a-z]?", v[len(stem):])
+                   for v in values):
             return ", ".join(f"`{n}`" for n in names)
         parts.append(f"{stem}{{{','.join(v[len(stem):] for v in values)}}}")
         combinations *= len(values)
@@ -74,8 +68,9 @@ def _pattern(names: list[str]) -> str:
 
 
 def families_table() -> str:
-    """Every head family: its head, paper, models and published mmseg checkpoints."""
-    from attnzoo import heads
+    """Every head family: its head, paper, models (by model set) and published mmseg
+    checkpoints."""
+    from attnzoo import heads, models
     from attnzoo.convert.mmseg import published_checkpoints
 
     published = published_checkpoints().values()
@@ -85,8 +80,8 @@ def families_table() -> str:
         cls = heads.HEADS.get(family.head).__name__
         count = sum(1 for c in published if c.family == name)
         checkpoints = (f"[{count}](docs/pretrained.md#{name})" if count else "—")
-        rows.append([f"`{name}`", f"`{cls}`", family.summary, _pattern(_models_of(name)),
-                     checkpoints])
+        patterns = [_pattern(list(models.zoo.MODEL_SETS[s](family))) for s in family.model_sets]
+        rows.append([f"`{name}`", f"`{cls}`", family.summary, ", ".join(patterns), checkpoints])
     return table(["family", "head", "mechanism (paper)", "models", "mmseg checkpoints"], rows)
 
 

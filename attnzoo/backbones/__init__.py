@@ -4,8 +4,11 @@
 ``list_backbones()``. Names: ``resnet{18,34,50,101,152}_v1{b,c,d}``,
 ``skresnet{18,34,50}``, ``resnest{14,26,50}d``/``resnest101e`` (fields of
 :class:`ResNet`: ``output_stride``, ``multi_grid``, ``attn``, ``attn_kwargs``,
-``frozen_bn``, ``block_cls``, ``dtype``, ...) and ``mit_b0`` .. ``mit_b5``
-(fields of :class:`MixVisionTransformer`). Keyword arguments override any field.
+``frozen_bn``, ``block_cls``, ``dtype``, ...), ``mit_b0`` .. ``mit_b5``
+(fields of :class:`MixVisionTransformer`) and timm's HRNets ``hrnet_w18_small``,
+``hrnet_w18_small_v2``, ``hrnet_w{18,30,32,40,44,48,64}`` (fields of :class:`HRNet`; mmseg's
+HRNetV2-W18-small, -W18 and -W48 are ``hrnet_w18_small_v2``, ``hrnet_w18``, ``hrnet_w48``).
+Keyword arguments override any field.
 Every backbone returns ``{"c1": ..., "c4": ...}`` and has ``feature_info()``
 and ``in_channels``.
 """
@@ -17,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 
 from attnzoo._registry import Registry
+from attnzoo.backbones.hrnet import HRModule, HRNet
 from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
     BLOCKS,
@@ -59,6 +63,15 @@ for _name, _dims, _depths in (("mit_b0", (32, 64, 160, 256), (2, 2, 2, 2)),
                               ("mit_b4", (64, 128, 320, 512), (3, 8, 27, 3)),
                               ("mit_b5", (64, 128, 320, 512), (3, 6, 40, 3))):
     BACKBONES.add(_name, (MixVisionTransformer, dict(embed_dims=_dims, depths=_depths)))
+# HRNet (Wang et al., TPAMI 2020), timm's configurations: W<k> has branches k, 2k, 4k, 8k wide
+# with 1, 1, 4, 3 modules of 4 blocks per stage; the small ones fewer (v2 is mmseg's W18-small).
+BACKBONES.add("hrnet_w18_small", (HRNet, dict(
+    widths=(16, 32, 64, 128), num_modules=(1, 1, 1, 1), num_blocks=(1, 2, 2, 2),
+    stage1_planes=32)))
+BACKBONES.add("hrnet_w18_small_v2", (HRNet, dict(
+    widths=(18, 36, 72, 144), num_modules=(1, 1, 3, 2), num_blocks=(2, 2, 2, 2))))
+for _k in (18, 30, 32, 40, 44, 48, 64):
+    BACKBONES.add(f"hrnet_w{_k}", (HRNet, dict(widths=(_k, 2 * _k, 4 * _k, 8 * _k))))
 
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
@@ -85,7 +98,7 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-__all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "MiTBlock", "MixFFN",
-           "MixVisionTransformer", "OverlapPatchEmbed", "ResNeStBottleneck", "ResNet",
+__all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet", "MiTBlock",
+           "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "ResNeStBottleneck", "ResNet",
            "ResidualBlock", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "create",
            "list_backbones"]

@@ -1,4 +1,12 @@
-"""timm / torchvision ResNet-family state dicts -> attnzoo backbones, and checkpoints of them."""
+"""timm / torchvision ResNet-family and HRNet state dicts -> attnzoo backbones, and checkpoints
+of them.
+
+HRNet: timm's ``hrnet_*`` files and mmseg's ImageNet initialisations
+(``open-mmlab://msra/hrnetv2_w18`` and the like, the official HRNet's ImageNet models) keep the
+official HRNet's key names, which mmseg's ``HRNet`` loads by name: both convert as
+``from_timm("hrnet_w18", state_dict)`` (their classification heads, ``incre_modules``,
+``downsamp_modules``, ``final_layer`` and ``classifier``, are dropped).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +16,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from attnzoo import backbones
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
 
-# Classifier keys of the references: not part of a segmentation backbone.
-_BACKBONE_KEYS = r"^(?!fc\.)"
+# Classifier keys of the references (ResNets' ``fc``, HRNet's classification head): not part of
+# a segmentation backbone.
+_BACKBONE_KEYS = r"^(?!(fc|classifier|incre_modules|downsamp_modules|final_layer)\.)"
 # timm names the attention module of a residual block ``se`` whatever its kind; attnzoo ``attn``.
 _TIMM_RENAMES = ((r"^(layer\d+\.\d+)\.se\.", r"\1.attn."),)
 META_FILE = "attnzoo_backbone.json"
@@ -27,38 +37,46 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
     if m:
         kwargs: dict[str, Any] = {"attn": m[1]} if m[1] else {}
         return f"resnet{m[2]}_{ {'': 'v1b', 'c': 'v1c', 'd': 'v1d'}[m[3]] }", kwargs
-    if model_name in backbones.list_backbones():  # skresnet18/34/50, resnest*d, resnest101e
-        return model_name, {}
+    if model_name in backbones.list_backbones() and not model_name.startswith("mit_"):
+        return model_name, {}  # skresnet18/34/50, resnest*d, resnest101e, hrnet_*
     raise ValueError(
         f"model_name={model_name!r} is not a timm model attnzoo can rebuild; supported: "
         "[se|eca]resnet{18,34,50,101,152}[c|d], skresnet{18,34,50}, resnest{14,26,50}d, "
-        "resnest101e"
+        "resnest101e, hrnet_w18_small[_v2], hrnet_w{18,30,32,40,44,48,64}"
     )
 
 
 def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
-             output_stride: int) -> tuple[backbones.ResNet, dict]:
-    module = backbones.create(name, output_stride=output_stride, **kwargs)
+             output_stride: int) -> tuple[nn.Module, dict]:
+    if backbones.BACKBONES.get(name)[0] is backbones.HRNet:
+        if output_stride != 32:
+            raise ValueError(f"output_stride={output_stride}: {name} keeps all its branches "
+                             f"(strides 4 to 32) undilated; only 32 applies")
+    else:
+        kwargs = {**kwargs, "output_stride": output_stride}
+    module = backbones.create(name, **kwargs)
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS,
                                       regex_renames=_TIMM_RENAMES)
 
 
 def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
-              ) -> tuple[backbones.ResNet, dict]:
+              ) -> tuple[nn.Module, dict]:
     """The attnzoo backbone matching timm's ``model_name`` and its variables.
 
-    ``backbone.apply(variables, x_nhwc)["c4"]`` equals timm's
-    ``forward_features`` (NCHW) transposed to NHWC, in eval mode. The
-    classifier (``fc.*``) is dropped; any other unknown, missing or
-    mis-shaped key raises ``ConversionError``.
+    For the ResNets, ``backbone.apply(variables, x_nhwc)["c4"]`` equals timm's
+    ``forward_features`` (NCHW) transposed to NHWC, in eval mode. An HRNet (``hrnet_*``) gets
+    the weights of timm's (or the official / mmseg ImageNet file's) trunk; its four branches
+    are mmseg's HRNetV2 outputs (timm's classifier fuses them with nearest-neighbour
+    upsampling, mmseg and attnzoo bilinearly). The classifiers are dropped; any other unknown,
+    missing or mis-shaped key raises ``ConversionError``.
     """
     name, kwargs = timm_backbone(model_name)
     return _convert(name, kwargs, state_dict, output_stride)
 
 
 def from_torchvision(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
-                     ) -> tuple[backbones.ResNet, dict]:
+                     ) -> tuple[nn.Module, dict]:
     """The attnzoo backbone matching torchvision's ``resnet{18,...,152}`` and its variables.
 
     Output stride 8/16 equals torchvision's ``replace_stride_with_dilation``.
@@ -100,12 +118,31 @@ _FIELDS = ("layers", "deep_stem", "stem_width", "avg_down", "output_stride", "mu
 _LEGACY_BLOCK_FIELDS = ("sk_kwargs", "radix", "avd")
 
 
-def _backbone_fields(module: backbones.ResNet) -> dict[str, Any]:
+# Backbones other than the ResNet family are saved as their class and fields (``"kind"``).
+_KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet}
+
+
+def _backbone_fields(module: nn.Module) -> dict[str, Any]:
+    kind = type(module).__name__
+    if kind in _KINDS:
+        return {"kind": kind, **{f: getattr(module, f) for f in module.__dataclass_fields__
+                                 if f not in ("parent", "name", "dtype", "param_dtype")}}
+    if not isinstance(module, backbones.ResNet):
+        raise ValueError(f"save_backbone writes ResNet-family and {sorted(_KINDS)} backbones; "
+                         f"got {kind}")
     names = {cls: name for name, cls in backbones.BLOCKS.items()}
     if module.block_cls not in names:
         raise ValueError(f"block_cls {module.block_cls.__name__} is not one of attnzoo's block "
                          f"kinds {sorted(backbones.BLOCKS)}; it cannot be saved by name")
     return {"block": names[module.block_cls], **{k: getattr(module, k) for k in _FIELDS}}
+
+
+def _from_fields(meta: dict[str, Any]) -> nn.Module:
+    if "kind" not in meta:  # the ResNet family's files (the only ones before HRNet)
+        return _resnet_from_fields(meta)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()
+              if k not in ("kind", "source")}
+    return _KINDS[meta["kind"]](**fields)
 
 
 def _resnet_from_fields(meta: dict[str, Any]) -> backbones.ResNet:
@@ -122,23 +159,22 @@ def _resnet_from_fields(meta: dict[str, Any]) -> backbones.ResNet:
     return backbones.ResNet(block_cls=block_cls, **fields)
 
 
-def save_backbone(directory: str | Path, module: backbones.ResNet, variables: dict,
+def save_backbone(directory: str | Path, module: nn.Module, variables: dict,
                   source: str = "") -> Path:
     """Write ``variables`` as an orbax checkpoint and the backbone's fields as JSON beside it."""
     import orbax.checkpoint as ocp
 
+    meta = {**_backbone_fields(module), "source": source}
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "variables", variables, force=True)
         ckptr.wait_until_finished()
-    meta = _backbone_fields(module)
-    meta["source"] = source
     (directory / META_FILE).write_text(json.dumps(meta, indent=1, default=list))
     return directory
 
 
-def load_backbone(directory: str | Path) -> tuple[backbones.ResNet, dict]:
+def load_backbone(directory: str | Path) -> tuple[nn.Module, dict]:
     """Restore what :func:`save_backbone` wrote: ``(backbone, variables)``."""
     import orbax.checkpoint as ocp
 
@@ -146,7 +182,7 @@ def load_backbone(directory: str | Path) -> tuple[backbones.ResNet, dict]:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{str(directory)!r} holds no {META_FILE}: not an attnzoo backbone")
-    module = _resnet_from_fields(json.loads(meta_path.read_text()))
+    module = _from_fields(json.loads(meta_path.read_text()))
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(directory / "variables", target)

@@ -58,7 +58,8 @@ _STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+?)_(?P<gpus>\d
 
 # What every family shares. Backbones: ResNetV1c's deep stem (timm's conv1.* / bn1; its basic
 # blocks leave their second conv undilated: ``mmseg_recipe``) and mmseg's MixVisionTransformer
-# (after split_in_proj); neither pattern matches the other's keys.
+# (after split_in_proj); neither pattern matches the other's keys. HRNet's keys need none (its
+# submodules are named as mmseg's).
 BACKBONE_RENAMES = (
     (r"^backbone\.stem\.7\.", "backbone.bn1."),
     (r"^backbone\.stem\.", "backbone.conv1."),

@@ -157,7 +157,11 @@ class Family:
       summary: the head and its paper, one line (the generated tables).
       model_sets: the backbones it is registered on, by name of a model set of
         :mod:`attnzoo.models.zoo` (``"resnet"``: ``<name>_r{18,50,101}_d{8,16}``; ``"mit"``:
-        ``<name>_mit_b{0..5}``); the first is the quickstart's.
+        ``<name>_mit_b{0..5}``; ``"hrnet"``: ``<name>_hr{18s,18,48}``); the first is the
+        quickstart's.
+      set_head_kwargs: head fields the family sets on a model set's models, by model set: a
+        function of the width of the features the head reads (HRNet's heads read the
+        concatenation of its four branches, and mmseg sizes them by it).
       recipe: engine config fields its recipe sets beyond mmseg's schedule (dotted names,
         e.g. ``{"optimizer.name": "adamw"}``).
       quickstart: ``config.model`` fields the quickstart sets for it (e.g. PSANet's mask
@@ -176,6 +180,8 @@ class Family:
     head: str
     summary: str
     model_sets: tuple[str, ...] = ("resnet",)
+    set_head_kwargs: Mapping[str, Callable[[int], Mapping[str, Any]]] = dataclasses.field(
+        default_factory=dict)
     in_feature: str | tuple[str, ...] = "c4"
     auxiliary: bool = True
     recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)

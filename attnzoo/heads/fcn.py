@@ -16,17 +16,19 @@ Array = jax.Array
 
 @register("fcn")
 class FCNHead(DecodeHead):
-    """``num_convs`` 3x3 conv-BN-ReLU of ``channels``; with ``concat_input`` the input is
-    concatenated to their output and fused by one more 3x3 conv (``conv_cat``). A subclass
+    """``num_convs`` conv-BN-ReLU of ``channels``; with ``concat_input`` the input is
+    concatenated to their output and fused by one more conv (``conv_cat``). A subclass
     puts an attention block after the first convolution by overriding :meth:`attention`.
 
     Attributes:
-      num_convs: 3x3 convolutions (the auxiliary head of the recipes uses 1).
+      num_convs: convolutions (the auxiliary head of the recipes uses 1).
       concat_input: concatenate the input and fuse (mmsegmentation's default).
+      kernel_size: of the convolutions (3; 1 on HRNet, as mmseg's ``fcn_hr18.py``).
     """
 
     num_convs: int = 2
     concat_input: bool = True
+    kernel_size: int = 3
 
     def attention(self) -> nn.Module | None:
         """The block put after the first convolution (named ``attention``); none in FCN."""
@@ -37,15 +39,21 @@ class FCNHead(DecodeHead):
         self.check_input(x)
         y = x
         for i in range(self.num_convs):
-            y = self.conv_block(3, f"convs_{i}")(y, train=train)
+            y = self.conv_block(self.kernel_size, f"convs_{i}")(y, train=train)
             if i == 0 and (block := self.attention()) is not None:
                 y = block(y, train=train)
         if self.concat_input:
-            y = self.conv_block(3, "conv_cat")(jnp.concatenate([x.astype(y.dtype), y], -1),
+            y = self.conv_block(self.kernel_size, "conv_cat")(jnp.concatenate([x.astype(y.dtype), y], -1),
                                                train=train)
         return {"out": self.classifier()(y, train=train)}
 
 
+def hrnet_head(width: int) -> dict[str, int | bool | float]:
+    """On HRNet (mmseg's ``fcn_hr18.py``): one 1x1 conv-BN-ReLU as wide as the concatenated
+    branches, no concatenation, no dropout."""
+    return dict(channels=width, kernel_size=1, num_convs=1, concat_input=False, dropout=0.0)
+
+
 register_family(Family(
     name="fcn", head="fcn", summary="fully convolutional baseline (Long et al., CVPR 2015)",
-    mmseg_renames=()))
+    model_sets=("resnet", "hrnet"), set_head_kwargs={"hrnet": hrnet_head}, mmseg_renames=()))

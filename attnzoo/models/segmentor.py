@@ -38,7 +38,10 @@ class EncoderDecoder(nn.Module):
       backbone: a module returning a dict of features (``c1`` .. ``c4``) with
         an ``in_channels`` field.
       head: the decode head, reading ``in_feature`` (a feature name, or a tuple of names:
-        the head then gets the list of those features).
+        the head then gets the list of those features, or with ``resize_concat`` one array).
+      resize_concat: the features of a tuple ``in_feature`` are resized bilinearly (with
+        ``align_corners``) to the first's size and concatenated along channels, as mmseg's
+        ``input_transform="resize_concat"`` (HRNet's heads read its four branches so).
       aux_head: the auxiliary head, reading ``aux_feature`` (training only).
       aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
       align_corners: of the bilinear upsampling to the input size (mmseg's flag).
@@ -54,6 +57,7 @@ class EncoderDecoder(nn.Module):
     head: nn.Module
     aux_head: nn.Module | None = None
     in_feature: str | tuple[str, ...] = "c4"
+    resize_concat: bool = False
     aux_feature: str = "c3"
     aux_weight: float = 0.4
     align_corners: bool = False
@@ -80,6 +84,11 @@ class EncoderDecoder(nn.Module):
         feats = self.backbone(images, train=train)
         head_input = (feats[self.in_feature] if isinstance(self.in_feature, str)
                       else [feats[k] for k in self.in_feature])
+        if self.resize_concat and isinstance(head_input, list):
+            first = head_input[0].shape[1:3]
+            head_input = jnp.concatenate(
+                [head_input[0]] + [resize_logits(f, first, self.align_corners)
+                                   for f in head_input[1:]], axis=-1)
         outputs = self.head(head_input, train=train)
         if self.aux_head is not None and (train or self.is_initializing()):
             outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]

@@ -36,6 +36,8 @@ class EncoderDecoderSpec:
       aux_weight: its loss weight.
       in_feature: the feature the head reads (``"c4"``), or a tuple of them
         (SegFormer's head reads ``("c1", "c2", "c3", "c4")``).
+      resize_concat: the head reads the features of ``in_feature`` resized to the first's size
+        and concatenated (mmseg's ``input_transform="resize_concat"``: HRNet's heads).
       family: the head family (``heads.list_families()``) it was registered from, or None.
     """
 
@@ -49,6 +51,7 @@ class EncoderDecoderSpec:
         default_factory=lambda: {"channels": 256, "num_convs": 1, "concat_input": False})
     aux_weight: float = 0.4
     in_feature: str | tuple[str, ...] = "c4"
+    resize_concat: bool = False
     family: str | None = None
 
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
@@ -85,7 +88,8 @@ class EncoderDecoderSpec:
         crf_layer = None if crf is None else blocks.create("crf", num_classes=num_classes,
                                                            dtype=dtype, **crf)
         return EncoderDecoder(backbone, head, aux, in_feature=self.in_feature,
-                              aux_weight=self.aux_weight, align_corners=align_corners,
+                              resize_concat=self.resize_concat, aux_weight=self.aux_weight,
+                              align_corners=align_corners,
                               crf=crf_layer, **kwargs)
 
 

@@ -14,13 +14,18 @@ into descriptions (:class:`EncoderDecoderSpec`):
 * ``mit``: ``<family>_mit_b<k>`` (k = 0..5) on a :class:`MixVisionTransformer` ``mit_b<k>``,
   the head reading all four stages (256 channels for B0/B1, 768 for B2-B5, as the SegFormer
   paper and the Hugging Face hub; no auxiliary head).
+* ``hrnet``: ``<family>_hr{18s,18,48}`` on the HRNetV2 of mmsegmentation's ``hr18s`` / ``hr18``
+  / ``hr48`` configs (:class:`~attnzoo.backbones.HRNet` ``hrnet_w18_small_v2``, ``hrnet_w18``,
+  ``hrnet_w48``), the head reading its four branches resized to the first's size and
+  concatenated (the family's ``set_head_kwargs["hrnet"]`` sizes it by their width; no
+  auxiliary head), as mmsegmentation's ``fcn_hr18.py`` / ``ocrnet_hr18.py`` model files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from attnzoo import heads
+from attnzoo import backbones, heads
 from attnzoo._checks import check_choice
 from attnzoo.models.registry import register
 from attnzoo.models.specs import EncoderDecoderSpec, UNetSpec
@@ -52,8 +57,24 @@ def mit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
         in_feature=("c1", "c2", "c3", "c4"), family=family.name) for k in range(6)}
 
 
+HRNETS = {"hr18s": "hrnet_w18_small_v2", "hr18": "hrnet_w18", "hr48": "hrnet_w48"}
+
+
+def hrnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``hrnet`` model set of ``family``."""
+    out = {}
+    for short, backbone in HRNETS.items():
+        width = sum(w for w, _ in backbones.create(backbone).feature_info().values())
+        head_kwargs = dict(family.set_head_kwargs.get("hrnet", lambda _: {})(width))
+        out[f"{family.name}_{short}"] = EncoderDecoderSpec(
+            backbone=backbone, head=family.head, output_stride=None, head_kwargs=head_kwargs,
+            aux_head=None, in_feature=("c1", "c2", "c3", "c4"), resize_concat=True,
+            family=family.name)
+    return out
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
-    "resnet": resnet_models, "mit": mit_models}
+    "resnet": resnet_models, "mit": mit_models, "hrnet": hrnet_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
