@@ -5,6 +5,8 @@
     python -m attnzoo.convert --source transformers:segformer \\
         --checkpoint segformer-b0-finetuned-ade-512-512/ --out DIR
     python -m attnzoo.convert --source timm:resnet50d --checkpoint weights.pth --out DIR
+    python -m attnzoo.convert --source timm:hrnet_w18 --checkpoint hrnetv2_w18-00eb2006.pth \
+        --out DIR
     python -m attnzoo.convert --source torchvision:resnet101 --checkpoint r101.pth \\
         --out DIR --output-stride 8
 
@@ -34,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True,
                         help="mmseg:CONFIG_STEM or transformers:segformer (trained "
-                             "segmentors), timm:MODEL (e.g. "
-                             "timm:resnet50d) or torchvision:MODEL (backbones)")
+                             "segmentors), timm:MODEL (e.g. timm:resnet50d, timm:hrnet_w18, "
+                             "which also reads mmseg's HRNet ImageNet files) or "
+                             "torchvision:MODEL (backbones)")
     parser.add_argument("--checkpoint", required=True,
                         help="state dict file on disk (transformers: the hub folder or its "
                              "model.safetensors)")
