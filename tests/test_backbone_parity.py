@@ -148,7 +148,8 @@ def mmseg_hrnet(module):
     return HRNet(extra)
 
 
-@pytest.mark.parametrize("name", ["hrnet_w18_small", "hrnet_w18_small_v2"])
+@pytest.mark.parametrize("name", [pytest.param("hrnet_w18_small", marks=pytest.mark.slow),
+                                  "hrnet_w18_small_v2"])
 def test_timm_hrnet_weights_give_mmsegs_hrnet_branches(name):
     """timm's HRNet state dict (the official ImageNet models' key names, which mmseg's
     ImageNet initialisations keep) converts with its classification head dropped; loaded into

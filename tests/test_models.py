@@ -14,10 +14,18 @@ from attnzoo.models import zoo
 
 SMALL = [n for n in models.list_models() if "_r18_d8" in n or n == "attention_unet_small"]
 # one model of each family's first model set (the quickstart's): the engine's train step is
-# traced for each in the default run, run for the small ones in the slow set (the shared `run`
-# fixture trains a narrow danet_r18_d8 with the engine in the default run)
-FAMILY_MODELS = [next(iter(zoo.MODEL_SETS[heads.get_family(f).model_sets[0]](
-    heads.get_family(f)))) for f in heads.list_families()]
+# traced for each, in the default run for FCN and the families whose loss terms are other than
+# the main and auxiliary cross-entropy (branches, image-level losses, no auxiliary head), in
+# the slow set for the rest; every family's step runs on 1 and 8 devices in the slow set
+# (test_steps.py; the shared `run` fixture trains a narrow danet_r18_d8 in the default run)
+def _family_model(name):
+    family = heads.get_family(name)
+    model = next(iter(zoo.MODEL_SETS[family.model_sets[0]](family)))
+    plain = family.auxiliary and not heads.HEADS.get(family.head).branches
+    return pytest.param(model, marks=pytest.mark.slow) if plain and name != "fcn" else model
+
+
+FAMILY_MODELS = [_family_model(f) for f in heads.list_families()]
 
 
 def batch(seed=0, size=48, num_classes=4):
