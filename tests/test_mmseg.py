@@ -49,6 +49,7 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "dmnet_r101-d8_4xb4-160k_ade20k-512x512", "emanet_r101-d8_4xb2-80k_cityscapes-769x769",
         "encnet_r101-d8_4xb4-160k_ade20k-512x512", "fcn_hr48_4xb4-160k_ade20k-512x512",
         "ocrnet_hr18_4xb2-80k_cityscapes-512x1024", "ocrnet_hr48_4xb4-160k_ade20k-512x512",
+        "upernet_r101_4xb4-160k_ade20k-512x512", "upernet_r50_4xb2-80k_cityscapes-769x769",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
 

@@ -37,14 +37,23 @@ class PSPHead(DecodeHead):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         self.check_input(x)
-        size = x.shape[1:3]
-        outs = [x]
-        for i, scale in enumerate(self.pool_scales):
-            pooled = ops.adaptive_avg_pool(x, (scale, scale))
-            pooled = self.conv_block(1, f"pool_convs_{i}")(pooled, train=train)
-            outs.append(ops.resize_bilinear(pooled, size, align_corners=self.align_corners))
-        y = self.bottleneck(outs, train)
+        y = self.bottleneck(pyramid_pooling(self, x, self.pool_scales, train), train)
         return {"out": self.classifier()(y, train=train)}
+
+
+def pyramid_pooling(head: DecodeHead, x: Array, pool_scales: Sequence[int], train: bool
+                    ) -> list[Array]:
+    """``x`` and its pyramid levels: for each ``b`` of ``pool_scales``, ``x`` average-pooled into
+    ``b x b`` adaptive bins, a 1x1 conv-BN-ReLU of ``head.channels`` (``pool_convs_<i>``) and
+    bilinear upsampling back (``head.align_corners``); call inside ``head``'s compact
+    ``__call__`` (PSPNet's and UPerNet's pyramid pooling module)."""
+    size = x.shape[1:3]
+    outs = [x]
+    for i, scale in enumerate(pool_scales):
+        pooled = ops.adaptive_avg_pool(x, (scale, scale))
+        pooled = head.conv_block(1, f"pool_convs_{i}")(pooled, train=train)
+        outs.append(ops.resize_bilinear(pooled, size, align_corners=head.align_corners))
+    return outs
 
 
 register_family(Family(

@@ -14,6 +14,10 @@ into descriptions (:class:`EncoderDecoderSpec`):
 * ``mit``: ``<family>_mit_b<k>`` (k = 0..5) on a :class:`MixVisionTransformer` ``mit_b<k>``,
   the head reading all four stages (256 channels for B0/B1, 768 for B2-B5, as the SegFormer
   paper and the Hugging Face hub; no auxiliary head).
+* ``resnet_fpn``: ``<family>_r{18,50,101}`` on ResNet-v1c undilated (output stride 32), the
+  head reading all four stages (a feature pyramid, 512 channels) and an auxiliary FCN head (256
+  channels, loss weight 0.4) on stage 3, as mmsegmentation's ``upernet_r50.py`` model file (its
+  R-18 recipe keeps these widths).
 * ``hrnet``: ``<family>_hr{18s,18,48}`` on the HRNetV2 of mmsegmentation's ``hr18s`` / ``hr18``
   / ``hr48`` configs (:class:`~attnzoo.backbones.HRNet` ``hrnet_w18_small_v2``, ``hrnet_w18``,
   ``hrnet_w48``), the head reading its four branches resized to the first's size and
@@ -57,6 +61,15 @@ def mit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
         in_feature=("c1", "c2", "c3", "c4"), family=family.name) for k in range(6)}
 
 
+def resnet_fpn_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``resnet_fpn`` model set of ``family``."""
+    return {f"{family.name}_r{depth}": EncoderDecoderSpec(
+        backbone=f"resnet{depth}_v1c", head=family.head, output_stride=32,
+        head_kwargs={"channels": 512}, aux_head="fcn",
+        aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
+        in_feature=("c1", "c2", "c3", "c4"), family=family.name) for depth in DEPTHS}
+
+
 HRNETS = {"hr18s": "hrnet_w18_small_v2", "hr18": "hrnet_w18", "hr48": "hrnet_w48"}
 
 
@@ -74,7 +87,8 @@ def hrnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
 
 
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
-    "resnet": resnet_models, "mit": mit_models, "hrnet": hrnet_models}
+    "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
+    "hrnet": hrnet_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
