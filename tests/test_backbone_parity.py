@@ -188,3 +188,38 @@ def test_timm_hrnet_weights_give_mmsegs_hrnet_branches(name):
                 jax.tree.map(lambda a: a.shape, variables[collection])
     with pytest.raises(ValueError, match="output_stride=8.*only 32"):
         from_timm(name, model.state_dict(), output_stride=8)
+
+
+def test_swin_equals_mmsegs_swin_transformer():
+    """A narrow Swin (32 wide, 2 blocks per stage, window 5) with the random weights of mmseg's
+    ``SwinTransformer`` (``helpers.randomize_torch``), converted with the mmseg converter's
+    backbone renames: the four outputs within 1e-4 of mmseg's float64 run, at an odd size (the
+    patch embedding's, the windows' and the merging's padding; shifted windows over it)."""
+    from helpers import randomize_torch
+
+    from attnzoo import backbones
+    from attnzoo.convert.mmseg import BACKBONE_RENAMES
+    from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+
+    pytest.importorskip("mmseg_support").install_mmcv_ops()
+    from mmseg.models.backbones import SwinTransformer
+
+    fields = dict(depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=5)
+    reference = randomize_torch(SwinTransformer(embed_dims=32, drop_path_rate=0.3, **fields))
+    reference.eval()
+    module = backbones.create("swin_t", embed_dim=32, **fields)
+    x = np.random.default_rng(5).standard_normal((2, 3, 45, 61))
+    target = {k: {"backbone": v} for k, v in target_shapes(
+        module, np.zeros((1, 64, 64, 3), np.float32)).items()}
+    variables = convert_state_dict(
+        {f"backbone.{k}": v.numpy() for k, v in reference.state_dict().items()}, target,
+        regex_renames=BACKBONE_RENAMES)
+    variables = {k: v["backbone"] for k, v in variables.items()}
+    with torch.no_grad():
+        want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
+    got = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1).astype(np.float32))
+    for i, w in enumerate(want):
+        g = np.asarray(got[f"c{i + 1}"]).transpose(0, 3, 1, 2)
+        assert g.shape == w.shape
+        err = np.abs(g - w).max() / np.abs(w).max()
+        assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"

@@ -4,8 +4,9 @@ a new entry is tested by registering it. The checks: it runs under ``jax.jit``, 
 and bfloat16, at odd sizes, with the output shapes it promises, and refuses bad input with an
 error naming it. Blocks run; heads, backbones and models (up to ResNet-152 and MiT-B5) are
 traced (``jax.eval_shape``): they run in the parity tests (timm, mmseg, Hugging Face) and the
-models' tests. Every model's training path is traced (the ResNet-50 / -101, output-stride-16
-and HRNet-W18 / -W48 ones in the slow set), its inference path once per family and backbone kind
+models' tests. Every model's training path is traced (the ResNet-50 / -101, output-stride-16,
+HRNet-W18 / -W48 and Swin-S / B / L ones in the slow set), its inference path once per family
+and backbone kind
 (``INFERENCE_TRACED``).
 
 Where an entry is built or called otherwise than the common way, it is named in the tables
@@ -13,6 +14,7 @@ below, with the reason: nothing else is special-cased.
 """
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -143,9 +145,10 @@ def test_head_traces_jitted_in_bfloat16_at_an_odd_size_with_its_declared_outputs
         head.init(jax.random.key(0), wrong)
 
 
-# the HRNets wider than W18 differ from it in their widths only: traced in the slow set
+# the HRNets wider than W18 and the Swins larger than Swin-T differ from them in their widths,
+# depths and windows only: traced in the slow set
 BACKBONES = [pytest.param(n, marks=pytest.mark.slow)
-             if n.startswith("hrnet_w") and not n.startswith("hrnet_w18") else n
+             if re.fullmatch(r"hrnet_w(?!18)\d+|swin_[sbl](_w12)?", n) else n
              for n in backbones.list_backbones()]
 
 
@@ -179,12 +182,12 @@ def _first_model_of_each_kind():
 
 
 # models whose inference (eval-mode) path is traced too; every model's training path is: the
-# ResNet-50 / -101, output-stride-16 and HRNet-W18 / -W48 ones in the slow set (they differ
-# from the R-18 D8 / HRNet-W18-small model of their family in the backbone's depth, width or
-# dilations only, which the backbones' own check covers)
+# ResNet-50 / -101, output-stride-16, HRNet-W18 / -W48 and Swin-S / B / L ones in the slow set
+# (they differ from the R-18 / HRNet-W18-small / Swin-T model of their family in the
+# backbone's depth, width, window or dilations only, which the backbones' own check covers)
 INFERENCE_TRACED = _first_model_of_each_kind()
-MODELS = [pytest.param(n, marks=pytest.mark.slow)
-          if n.endswith(("_d16", "_hr18", "_hr48")) or "_r101_" in n or "_r50_" in n else n
+_SLOW_MODEL = re.compile(r".*(_r(50|101)(_d8)?|_d16|_hr(18|48)|_swin_[sbl](_w12)?)")
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if _SLOW_MODEL.fullmatch(n) else n
           for n in models.list_models()]
 
 

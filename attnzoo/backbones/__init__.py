@@ -7,8 +7,9 @@
 ``frozen_bn``, ``block_cls``, ``dtype``, ...), ``mit_b0`` .. ``mit_b5``
 (fields of :class:`MixVisionTransformer`) and timm's HRNets ``hrnet_w18_small``,
 ``hrnet_w18_small_v2``, ``hrnet_w{18,30,32,40,44,48,64}`` (fields of :class:`HRNet`; mmseg's
-HRNetV2-W18-small, -W18 and -W48 are ``hrnet_w18_small_v2``, ``hrnet_w18``, ``hrnet_w48``).
-Keyword arguments override any field.
+HRNetV2-W18-small, -W18 and -W48 are ``hrnet_w18_small_v2``, ``hrnet_w18``, ``hrnet_w48``)
+and the Swin Transformers ``swin_{t,s,b,l}`` (window 7) and ``swin_{b,l}_w12`` (fields of
+:class:`SwinTransformer`). Keyword arguments override any field.
 Every backbone returns ``{"c1": ..., "c4": ...}`` and has ``feature_info()``
 and ``in_channels``.
 """
@@ -21,6 +22,7 @@ import flax.linen as nn
 
 from attnzoo._registry import Registry
 from attnzoo.backbones.hrnet import HRModule, HRNet
+from attnzoo.backbones.swin import PatchMerging, SwinBlock, SwinTransformer
 from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
     BLOCKS,
@@ -72,6 +74,16 @@ BACKBONES.add("hrnet_w18_small_v2", (HRNet, dict(
     widths=(18, 36, 72, 144), num_modules=(1, 1, 3, 2), num_blocks=(2, 2, 2, 2))))
 for _k in (18, 30, 32, 40, 44, 48, 64):
     BACKBONES.add(f"hrnet_w{_k}", (HRNet, dict(widths=(_k, 2 * _k, 4 * _k, 8 * _k))))
+# Swin (Liu et al., ICCV 2021, Table 1 / mmseg's upernet_swin configs): T/S/B/L; window 7, and
+# 12 for the B / L models pretrained at 384.
+_SWINS = {"t": (96, (2, 2, 6, 2), (3, 6, 12, 24)), "s": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+          "b": (128, (2, 2, 18, 2), (4, 8, 16, 32)), "l": (192, (2, 2, 18, 2), (6, 12, 24, 48))}
+for _size, (_dim, _depths, _heads) in _SWINS.items():
+    for _window, _suffix in ((7, ""), (12, "_w12")):
+        if _window == 12 and _size in "ts":
+            continue
+        BACKBONES.add(f"swin_{_size}{_suffix}", (SwinTransformer, dict(
+            embed_dim=_dim, depths=_depths, num_heads=_heads, window_size=_window)))
 
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
@@ -99,6 +111,7 @@ def list_backbones() -> list[str]:
 
 
 __all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet", "MiTBlock",
-           "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "ResNeStBottleneck", "ResNet",
-           "ResidualBlock", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "create",
+           "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "PatchMerging",
+           "ResNeStBottleneck", "ResNet", "ResidualBlock", "SelectiveKernelBasic",
+           "SelectiveKernelBottleneck", "SwinBlock", "SwinTransformer", "create",
            "list_backbones"]

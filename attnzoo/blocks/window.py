@@ -32,12 +32,17 @@ class WindowAttention(nn.Module):
     The map is zero-padded to multiples of ``M`` and cropped back. Parameter
     names are Swin's (``qkv``, ``proj``, ``relative_position_bias_table``;
     linear layers with bias). Returns the projected attention (no residual).
+
+    Attributes:
+      mask_logit: what a masked pair's logit becomes: None excludes it exactly; Swin's code
+        (the paper's and mmseg's) adds -100 to it, which the Swin backbone sets to equal it.
     """
 
     channels: int
     num_heads: int = 4
     window_size: int = 7
     shift_size: int = 0
+    mask_logit: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -66,6 +71,9 @@ class WindowAttention(nn.Module):
             mask = ops.shifted_window_mask(hp, wp, m, s)
         qkv = nn.Dense(3 * c, name="qkv", **kw)(x).reshape(b, hp, wp, 3, heads, c // heads)
         bias = relative_position_bias(self, (m, m), heads, self.param_dtype)
+        if mask is not None and self.mask_logit is not None:  # (nH, nW, 1, M*M, M*M)
+            bias = bias + jnp.where(mask, 0.0, self.mask_logit)[:, :, None]
+            mask = None
         out = ops.window_attention(
             qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2], m, bias=bias, mask=mask
         )

@@ -55,11 +55,17 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 
 _STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+?)_(?P<gpus>\d+)xb(?P<batch>\d+)"
                    r"-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9]+-\d+x\d+)")
+# the Swin configs name the backbone (and its ImageNet pretraining) first:
+# swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_<gpus>xb<batch>-..., the
+# model <family>_swin_<t|s|b|l>[_w12]
+_SWIN_STEM = re.compile(r"swin-(?P<size>tiny|small|base|large)-patch4-window(?P<window>7|12)"
+                        r"-in(?:1|22)k(?:-384x384)?-pre_(?P<family>[a-z0-9]+)_(?P<gpus>\d+)xb"
+                        r"(?P<batch>\d+)-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9]+-\d+x\d+)")
 
 # What every family shares. Backbones: ResNetV1c's deep stem (timm's conv1.* / bn1; its basic
 # blocks leave their second conv undilated: ``mmseg_recipe``) and mmseg's MixVisionTransformer
-# (after split_in_proj); neither pattern matches the other's keys. HRNet's keys need none (its
-# submodules are named as mmseg's).
+# (after split_in_proj) and SwinTransformer; no pattern matches another's keys. HRNet's keys
+# need none (its submodules are named as mmseg's).
 BACKBONE_RENAMES = (
     (r"^backbone\.stem\.7\.", "backbone.bn1."),
     (r"^backbone\.stem\.", "backbone.conv1."),
@@ -72,6 +78,12 @@ BACKBONE_RENAMES = (
     (r"^(backbone\.block_\d+_\d+)\.ffn\.layers\.0\.", r"\1.mlp.fc1."),
     (r"^(backbone\.block_\d+_\d+)\.ffn\.layers\.1\.", r"\1.mlp.dwconv."),
     (r"^(backbone\.block_\d+_\d+)\.ffn\.layers\.4\.", r"\1.mlp.fc2."),
+    # Swin
+    (r"^backbone\.patch_embed\.(projection|norm)\.", r"backbone.patch_embed_\1."),
+    (r"^backbone\.stages\.(\d+)\.downsample\.", r"backbone.downsample_\1."),
+    (r"^(backbone\.stages\.\d+\.blocks\.\d+\.attn)\.w_msa\.", r"\1."),
+    (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.0\.0\.", r"\1.mlp.fc1."),
+    (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
 )
 # Heads: the decode and auxiliary heads' prefixes and classifiers (``cls_seg``), mmcv's Scale.
 HEAD_RENAMES = (
@@ -164,15 +176,19 @@ def _unsupported(stem: str, why: str) -> ValueError:
 
 def mmseg_recipe(stem: str) -> MmsegRecipe:
     """Parse mmseg config ``stem``; ValueError naming the supported families and datasets."""
-    m = _STEM.fullmatch(stem)
+    m = _STEM.fullmatch(stem) or _SWIN_STEM.fullmatch(stem)
     if m is None:
         raise _unsupported(stem, "not of mmseg's stem pattern")
     if m["family"] not in heads.list_families() or \
             heads.get_family(m["family"]).mmseg_renames is None:
         raise _unsupported(stem, f"family {m['family']!r}")
-    model = f"{m['family']}_{m['backbone'].replace('-', '_')}"
+    if m.re is _SWIN_STEM:
+        backbone = f"swin_{m['size'][0]}{'_w12' if m['window'] == '12' else ''}"
+    else:
+        backbone = m["backbone"].replace("-", "_")
+    model = f"{m['family']}_{backbone}"
     if model not in models.list_models():
-        raise _unsupported(stem, f"backbone {m['backbone']!r}: no model {model!r}")
+        raise _unsupported(stem, f"backbone {backbone!r}: no model {model!r}")
     if m["protocol"] not in PROTOCOLS:
         raise _unsupported(stem, f"dataset {m['protocol']!r}")
     protocol = PROTOCOLS[m["protocol"]]

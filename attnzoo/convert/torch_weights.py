@@ -30,7 +30,9 @@ import numpy as np
 
 from attnzoo._checks import mismatch_report
 
-_SKIPPED = ("num_batches_tracked",)
+# buffers that are counters or constants derived from the architecture (a window's relative
+# position index): nothing to convert
+_SKIPPED = ("num_batches_tracked", "relative_position_index")
 
 
 class ConversionError(ValueError):

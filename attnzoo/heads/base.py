@@ -158,7 +158,8 @@ class Family:
       model_sets: the backbones it is registered on, by name of a model set of
         :mod:`attnzoo.models.zoo` (``"resnet"``: ``<name>_r{18,50,101}_d{8,16}``; ``"mit"``:
         ``<name>_mit_b{0..5}``; ``"hrnet"``: ``<name>_hr{18s,18,48}``; ``"resnet_fpn"``:
-        ``<name>_r{18,50,101}``, undilated); the first is the quickstart's.
+        ``<name>_r{18,50,101}``, undilated; ``"swin"``: ``<name>_swin_{t,s,b,l}``,
+        ``<name>_swin_{b,l}_w12``); the first is the quickstart's.
       set_head_kwargs: head fields the family sets on a model set's models, by model set: a
         function of the width of the features the head reads (HRNet's heads read the
         concatenation of its four branches, and mmseg sizes them by it).

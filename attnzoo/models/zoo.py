@@ -18,6 +18,10 @@ into descriptions (:class:`EncoderDecoderSpec`):
   head reading all four stages (a feature pyramid, 512 channels) and an auxiliary FCN head (256
   channels, loss weight 0.4) on stage 3, as mmsegmentation's ``upernet_r50.py`` model file (its
   R-18 recipe keeps these widths).
+* ``swin``: ``<family>_swin_{t,s,b,l}`` (window 7) and ``<family>_swin_{b,l}_w12`` on a
+  :class:`~attnzoo.backbones.SwinTransformer`, the head reading all four stages (512
+  channels) and an auxiliary FCN head (256 channels, loss weight 0.4) on stage 3, as
+  mmsegmentation's ``upernet_swin.py`` model file.
 * ``hrnet``: ``<family>_hr{18s,18,48}`` on the HRNetV2 of mmsegmentation's ``hr18s`` / ``hr18``
   / ``hr48`` configs (:class:`~attnzoo.backbones.HRNet` ``hrnet_w18_small_v2``, ``hrnet_w18``,
   ``hrnet_w48``), the head reading its four branches resized to the first's size and
@@ -70,6 +74,18 @@ def resnet_fpn_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
         in_feature=("c1", "c2", "c3", "c4"), family=family.name) for depth in DEPTHS}
 
 
+SWINS = ("t", "s", "b", "l", "b_w12", "l_w12")
+
+
+def swin_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``swin`` model set of ``family``."""
+    return {f"{family.name}_swin_{k}": EncoderDecoderSpec(
+        backbone=f"swin_{k}", head=family.head, output_stride=None,
+        head_kwargs={"channels": 512}, aux_head="fcn",
+        aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
+        in_feature=("c1", "c2", "c3", "c4"), family=family.name) for k in SWINS}
+
+
 HRNETS = {"hr18s": "hrnet_w18_small_v2", "hr18": "hrnet_w18", "hr48": "hrnet_w48"}
 
 
@@ -88,7 +104,7 @@ def hrnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
 
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
-    "hrnet": hrnet_models}
+    "hrnet": hrnet_models, "swin": swin_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
