@@ -223,3 +223,36 @@ def test_swin_equals_mmsegs_swin_transformer():
         assert g.shape == w.shape
         err = np.abs(g - w).max() / np.abs(w).max()
         assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
+
+
+def test_timm_swin_weights_give_timms_stage_features():
+    """timm's Swin (a narrow one: 32 wide, 2 blocks per stage, window 4, random weights; at 256
+    x 256, so that every stage is larger than the window: timm, as the paper's classifier, does
+    not shift a window that covers the whole map, mmseg does) converts for
+    ``init_from``: attnzoo's stage outputs are timm's ``forward_intermediates`` features
+    (without timm's final norm) through the per-stage norms, which start as plain LayerNorms (timm has none; mmseg starts
+    them so too); timm's merging channel order becomes mmseg's."""
+    from helpers import randomize_torch
+
+    from attnzoo.convert import save_backbone
+    from attnzoo.convert.backbones import _convert, timm_backbone
+
+    fields = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
+    model = randomize_torch(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False,
+                                              img_size=256, **fields)).eval()
+    name, kwargs = timm_backbone("swin_tiny_patch4_window7_224")
+    assert name == "swin_t" and timm_backbone("swin_large_patch4_window12_384")[0] == "swin_l_w12"
+    module, variables = _convert(name, {**kwargs, **fields}, model.state_dict(), 32)
+    x = np.random.default_rng(6).standard_normal((1, 3, 256, 256))
+    with torch.no_grad():
+        stages = model.double().forward_intermediates(torch.from_numpy(x), norm=False,
+                                                      intermediates_only=True)
+    got = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1).astype(np.float32))
+    for i, stage in enumerate(stages):
+        s = stage.numpy().transpose(0, 2, 3, 1)
+        want = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-5)
+        err = np.abs(np.asarray(got[f"c{i + 1}"]) - want).max() / np.abs(want).max()
+        assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
+    restored, _ = load_backbone(save_backbone(__import__("tempfile").mkdtemp(), module,
+                                              variables))
+    assert restored == module

@@ -200,8 +200,8 @@ def test_every_published_config_converts_from_mmsegs_own_model(stems):
 
 
 def test_bad_config_other_architecture_and_truncated_file_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="not an mmseg config attnzoo rebuilds.*family 'upernet'"):
-        from_mmseg("upernet_r50_4xb2-80k_cityscapes-512x1024", {})
+    with pytest.raises(ValueError, match="not an mmseg config attnzoo rebuilds.*family 'fpn'"):
+        from_mmseg("fpn_r50_4xb2-80k_cityscapes-512x1024", {})
     with pytest.raises(ValueError, match="backbone 'r50-d16-mg124'"):
         from_mmseg("deeplabv3_r50-d16-mg124_4xb2-40k_cityscapes-512x1024", {})
     with pytest.raises(ValueError, match="dataset 'voc12aug-512x512'"):

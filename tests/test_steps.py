@@ -12,23 +12,30 @@ from attnzoo import engine, heads, sharding
 from attnzoo.engine import optim
 
 
+# models of other backbones than the quickstart's, narrow: an HRNet of branches 8 to 64 wide,
+# a Swin 32 wide with 2 blocks per stage (window 7: every shifted window of a 64 x 64 image
+# is padded and masked)
+OTHER_BACKBONES = {"ocrnet_hr18s": {"widths": (8, 16, 32, 64)},
+                   "upernet_swin_t": {"embed_dim": 32, "depths": (2, 2, 2, 2),
+                                      "num_heads": (1, 2, 4, 8)}}
+
+
 def family_config(family, model=None):
     """The quickstart's small model of ``family`` (``configs/quickstart.py``) on tiny_config's
-    64 x 64 crops, trained with SGD; ``model``: another of the family's models, on a narrow
-    HRNet (branches 8 to 64 wide) for an HRNet one."""
+    64 x 64 crops, trained with SGD; ``model``: one of :data:`OTHER_BACKBONES` instead."""
     from configs import quickstart
 
     config = tiny_config("/unused", **{"optimizer.name": "sgd"})
     config.model = quickstart.get_config(family).model
     if model is not None:
         config.model.name = model
-        config.model.backbone_kwargs = {"widths": (8, 16, 32, 64)}
+        config.model.backbone_kwargs = OTHER_BACKBONES[model]
     return config
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,model", [(f, None) for f in heads.list_families()] + [
-    ("ocrnet", "ocrnet_hr18s")])
+    (name.split("_")[0], name) for name in OTHER_BACKBONES])
 def test_train_step_is_the_same_on_1_and_8_devices(family, model):
     """Two SGD steps of each family's small model (dropout and stochastic depth on): 8 devices
     (the batch sharded, gradients all-reduced, BatchNorm statistics of the global batch) give

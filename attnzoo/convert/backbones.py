@@ -19,15 +19,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnzoo import backbones
-from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
 
 # Classifier keys of the references (ResNets' ``fc``, HRNet's classification head): not part of
 # a segmentation backbone.
 _BACKBONE_KEYS = r"^(?!(fc|classifier|incre_modules|downsamp_modules|final_layer)\.)"
 # timm names the attention module of a residual block ``se`` whatever its kind; attnzoo ``attn``.
 _TIMM_RENAMES = ((r"^(layer\d+\.\d+)\.se\.", r"\1.attn."),)
+# timm's Swin names: swin_<size>_patch4_window<M>_<224|384> (attnzoo's swin_<t|s|b|l>[_w12])
+_TIMM_SWIN = re.compile(r"swin_(tiny|small|base|large)_patch4_window(7|12)_(224|384)")
 META_FILE = "attnzoo_backbone.json"
 
 
@@ -37,24 +40,60 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
     if m:
         kwargs: dict[str, Any] = {"attn": m[1]} if m[1] else {}
         return f"resnet{m[2]}_{ {'': 'v1b', 'c': 'v1c', 'd': 'v1d'}[m[3]] }", kwargs
-    if model_name in backbones.list_backbones() and not model_name.startswith("mit_"):
-        return model_name, {}  # skresnet18/34/50, resnest*d, resnest101e, hrnet_*
+    m = _TIMM_SWIN.fullmatch(model_name)
+    name = f"swin_{m[1][0]}{'_w12' if m[2] == '12' else ''}" if m else model_name
+    if name in backbones.list_backbones() and re.match(r"skresnet|resnest|hrnet_|swin_", name):
+        return name, {}
     raise ValueError(
         f"model_name={model_name!r} is not a timm model attnzoo can rebuild; supported: "
         "[se|eca]resnet{18,34,50,101,152}[c|d], skresnet{18,34,50}, resnest{14,26,50}d, "
-        "resnest101e, hrnet_w18_small[_v2], hrnet_w{18,30,32,40,44,48,64}"
+        "resnest101e, hrnet_w18_small[_v2], hrnet_w{18,30,32,40,44,48,64}, "
+        "swin_{tiny,small,base,large}_patch4_window7_224, swin_{base,large}_patch4_window12_384"
     )
+
+
+def _unfold_order(array: np.ndarray) -> np.ndarray:
+    """timm's patch-merging channel order (``(dx, dy, c)``, offset-major) on the last axis as
+    mmseg's ``nn.Unfold`` order (``(c, dy, dx)``, channel-major), which attnzoo's Swin uses."""
+    *lead, four_c = array.shape
+    parts = array.reshape(*lead, 2, 2, four_c // 4)
+    return np.moveaxis(parts, (-3, -2, -1), (-1, -2, -3)).reshape(*lead, four_c)
+
+
+def _timm_swin_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> dict[str, Any]:
+    """timm's Swin keys as attnzoo's: ``layers.<i>.blocks`` are ``stages.<i>.blocks``; timm's
+    merging at the start of stage ``i`` is attnzoo's ``downsample_<i-1>`` (its channels
+    reordered, :func:`_unfold_order`); the classifier's ``norm`` and ``head`` are dropped; the
+    per-stage output norms, which timm's classifier lacks, start as identity affine maps (ones
+    and zeros), as mmseg initialises them when it loads ImageNet Swin weights."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key.startswith(("head.", "norm.")):
+            continue
+        merging = re.fullmatch(r"layers\.(\d+)\.downsample\.(norm|reduction)\.(weight|bias)", key)
+        if merging:
+            key = f"downsample_{int(merging[1]) - 1}.{merging[2]}.{merging[3]}"
+            value = _unfold_order(to_numpy(value))
+        key = re.sub(r"^patch_embed\.proj\.", "patch_embed_projection.", key)
+        key = re.sub(r"^patch_embed\.norm\.", "patch_embed_norm.", key)
+        out[re.sub(r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks.", key)] = value
+    for i, (channels, _) in enumerate(module.feature_info().values()):
+        out[f"norm{i}.weight"] = np.ones(channels, np.float32)
+        out[f"norm{i}.bias"] = np.zeros(channels, np.float32)
+    return out
 
 
 def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
              output_stride: int) -> tuple[nn.Module, dict]:
-    if backbones.BACKBONES.get(name)[0] is backbones.HRNet:
-        if output_stride != 32:
-            raise ValueError(f"output_stride={output_stride}: {name} keeps all its branches "
-                             f"(strides 4 to 32) undilated; only 32 applies")
-    else:
+    cls = backbones.BACKBONES.get(name)[0]
+    if cls is backbones.ResNet:
         kwargs = {**kwargs, "output_stride": output_stride}
+    elif output_stride != 32:
+        raise ValueError(f"output_stride={output_stride}: {name} has fixed strides (4 to 32, "
+                         f"undilated); only 32 applies")
     module = backbones.create(name, **kwargs)
+    if cls is backbones.SwinTransformer:
+        state_dict = _timm_swin_state_dict(state_dict, module)
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS,
                                       regex_renames=_TIMM_RENAMES)
@@ -68,8 +107,10 @@ def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int
     ``forward_features`` (NCHW) transposed to NHWC, in eval mode. An HRNet (``hrnet_*``) gets
     the weights of timm's (or the official / mmseg ImageNet file's) trunk; its four branches
     are mmseg's HRNetV2 outputs (timm's classifier fuses them with nearest-neighbour
-    upsampling, mmseg and attnzoo bilinearly). The classifiers are dropped; any other unknown,
-    missing or mis-shaped key raises ``ConversionError``.
+    upsampling, mmseg and attnzoo bilinearly). A Swin (``swin_<size>_patch4_window<M>_<res>``)
+    gets timm's trunk; its stage outputs go through per-stage norms timm lacks, started as
+    identity affine maps (mmseg's start when it loads these weights). The classifiers are
+    dropped; any other unknown, missing or mis-shaped key raises ``ConversionError``.
     """
     name, kwargs = timm_backbone(model_name)
     return _convert(name, kwargs, state_dict, output_stride)
@@ -119,7 +160,8 @@ _LEGACY_BLOCK_FIELDS = ("sk_kwargs", "radix", "avd")
 
 
 # Backbones other than the ResNet family are saved as their class and fields (``"kind"``).
-_KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet}
+_KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet,
+                                      "SwinTransformer": backbones.SwinTransformer}
 
 
 def _backbone_fields(module: nn.Module) -> dict[str, Any]:

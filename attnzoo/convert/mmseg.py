@@ -167,7 +167,8 @@ def _unsupported(stem: str, why: str) -> ValueError:
     supported = [f for f in heads.list_families() if heads.get_family(f).mmseg_renames is not None]
     return ValueError(
         f"config {stem!r} is not an mmseg config attnzoo rebuilds ({why}); supported: "
-        f"<family>_<backbone>_<gpus>xb<batch>-<iterations>k_<dataset>-<crop> with family in "
+        f"<family>_<backbone>_<gpus>xb<batch>-<iterations>k_<dataset>-<crop> (Swin's: "
+        f"swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_...) with family in "
         f"{supported}, <family>_<backbone> a registered model (models.list_models(), '-' for "
         f"'_') and <dataset>-<crop> in {list(PROTOCOLS)}, e.g. "
         f"'danet_r50-d8_4xb2-80k_cityscapes-512x1024' (published ones: "
