@@ -184,12 +184,14 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
             heads.get_family(m["family"]).mmseg_renames is None:
         raise _unsupported(stem, f"family {m['family']!r}")
     if m.re is _SWIN_STEM:
+        written = stem.partition("_")[0]
         backbone = f"swin_{m['size'][0]}{'_w12' if m['window'] == '12' else ''}"
     else:
-        backbone = m["backbone"].replace("-", "_")
+        written = m["backbone"]
+        backbone = written.replace("-", "_")
     model = f"{m['family']}_{backbone}"
     if model not in models.list_models():
-        raise _unsupported(stem, f"backbone {backbone!r}: no model {model!r}")
+        raise _unsupported(stem, f"backbone {written!r}: no model {model!r}")
     if m["protocol"] not in PROTOCOLS:
         raise _unsupported(stem, f"dataset {m['protocol']!r}")
     protocol = PROTOCOLS[m["protocol"]]
