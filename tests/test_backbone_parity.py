@@ -148,8 +148,8 @@ def mmseg_hrnet(module):
     return HRNet(extra)
 
 
-@pytest.mark.parametrize("name", [pytest.param("hrnet_w18_small", marks=pytest.mark.slow),
-                                  "hrnet_w18_small_v2"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hrnet_w18_small", "hrnet_w18_small_v2"])
 def test_timm_hrnet_weights_give_mmsegs_hrnet_branches(name):
     """timm's HRNet state dict (the official ImageNet models' key names, which mmseg's
     ImageNet initialisations keep) converts with its classification head dropped; loaded into
@@ -225,6 +225,7 @@ def test_swin_equals_mmsegs_swin_transformer():
         assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
 
 
+@pytest.mark.slow
 def test_timm_swin_weights_give_timms_stage_features():
     """timm's Swin (a narrow one: 32 wide, 2 blocks per stage, window 4, random weights; at 256
     x 256, so that every stage is larger than the window: timm, as the paper's classifier, does

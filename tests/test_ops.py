@@ -490,6 +490,18 @@ def test_resize_bilinear_equals_pytorch_interpolate(size, align_corners):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(7, 9), (32, 40), (16, 20), (5, 61), (33, 41), (13, 3)])
+def test_resize_nearest_equals_pytorch_interpolate(size):
+    """Up (2x exactly and otherwise) and down, against ``F.interpolate(mode="nearest")``:
+    the same pixels, exactly."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(5).standard_normal((2, 16, 20, 3)).astype(np.float32)
+    want = torch.nn.functional.interpolate(
+        torch.tensor(x).permute(0, 3, 1, 2), size=size, mode="nearest").permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.asarray(ops.resize_nearest(jnp.asarray(x), size)),
+                                  want.numpy())
+
+
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (6, 6), (5, 7)])
 def test_adaptive_avg_pool_equals_pytorch(size):
     torch = pytest.importorskip("torch")

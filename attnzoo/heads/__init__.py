@@ -38,10 +38,11 @@ from attnzoo.heads.psanet import PSANetHead
 from attnzoo.heads.ocrnet import OCRHead
 from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
+from attnzoo.heads.sem_fpn import FPNHead
 from attnzoo.heads.upernet import UPerHead
 
 __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DMHead",
            "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "EncHead", "FAMILIES",
-           "FCNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead", "PSANetHead",
+           "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead", "PSANetHead",
            "PSPHead", "PolarizedHead", "SegFormerHead", "UPerHead", "create", "get_family", "list_families",
            "list_heads", "register", "register_family"]

@@ -15,9 +15,10 @@ into descriptions (:class:`EncoderDecoderSpec`):
   the head reading all four stages (256 channels for B0/B1, 768 for B2-B5, as the SegFormer
   paper and the Hugging Face hub; no auxiliary head).
 * ``resnet_fpn``: ``<family>_r{18,50,101}`` on ResNet-v1c undilated (output stride 32), the
-  head reading all four stages (a feature pyramid, 512 channels) and an auxiliary FCN head (256
-  channels, loss weight 0.4) on stage 3, as mmsegmentation's ``upernet_r50.py`` model file (its
-  R-18 recipe keeps these widths).
+  head reading all four stages (a feature pyramid, 512 channels unless the family's
+  ``set_head_kwargs`` say otherwise) and an auxiliary FCN head (256 channels, loss weight 0.4;
+  unless the family has none) on stage 3, as mmsegmentation's ``upernet_r50.py`` /
+  ``fpn_r50.py`` model files (its R-18 recipes keep these widths).
 * ``swin``: ``<family>_swin_{t,s,b,l}`` (window 7) and ``<family>_swin_{b,l}_w12`` on a
   :class:`~attnzoo.backbones.SwinTransformer`, the head reading all four stages (512
   channels) and an auxiliary FCN head (256 channels, loss weight 0.4) on stage 3, as
@@ -67,11 +68,18 @@ def mit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
 
 def resnet_fpn_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     """The ``resnet_fpn`` model set of ``family``."""
-    return {f"{family.name}_r{depth}": EncoderDecoderSpec(
-        backbone=f"resnet{depth}_v1c", head=family.head, output_stride=32,
-        head_kwargs={"channels": 512}, aux_head="fcn",
-        aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
-        in_feature=("c1", "c2", "c3", "c4"), family=family.name) for depth in DEPTHS}
+    out = {}
+    for depth in DEPTHS:
+        backbone = f"resnet{depth}_v1c"
+        width = sum(c for c, _ in backbones.create(backbone).feature_info().values())
+        out[f"{family.name}_r{depth}"] = EncoderDecoderSpec(
+            backbone=backbone, head=family.head, output_stride=32,
+            head_kwargs={"channels": 512,
+                         **family.set_head_kwargs.get("resnet_fpn", lambda _: {})(width)},
+            aux_head="fcn" if family.auxiliary else None,
+            aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
+            in_feature=("c1", "c2", "c3", "c4"), family=family.name)
+    return out
 
 
 SWINS = ("t", "s", "b", "l", "b_w12", "l_w12")

@@ -55,7 +55,9 @@ from attnzoo.ops.resize import (
     interpolate,
     interpolate_axis,
     linear_taps,
+    nearest_index,
     resize_bilinear,
+    resize_nearest,
 )
 from attnzoo.ops.temporal import temporal_attention
 from attnzoo.ops.window import (
@@ -79,8 +81,8 @@ __all__ = [
     "context_encoding",
     "conv2d",
     "conv_implementation",
-    "criss_cross_attention",
     "crf_features",
+    "criss_cross_attention",
     "criss_cross_weights",
     "dense_crf",
     "depthwise_conv2d",
@@ -99,6 +101,7 @@ __all__ = [
     "linear_taps",
     "map_query_chunks",
     "mean_field",
+    "nearest_index",
     "non_local_attention",
     "non_local_concatenation",
     "permutohedral_lattice",
@@ -112,6 +115,7 @@ __all__ = [
     "psa_mask",
     "relative_position_index",
     "resize_bilinear",
+    "resize_nearest",
     "resolve_implementation",
     "shifted_window_mask",
     "spatial_gather",

@@ -86,6 +86,23 @@ def interpolate(x: Array, size: tuple[int, int], *, align_corners: bool = False)
     return resize_bilinear(x, size, align_corners=align_corners)
 
 
+def nearest_index(size_in: int, size_out: int) -> np.ndarray:
+    """PyTorch's ``mode="nearest"`` source index of each output position along one axis:
+    ``min(floor(i * size_in / size_out), size_in - 1)``, the scale in float32 as PyTorch's
+    kernel computes it (exact for 2x upsampling: ``i // 2``)."""
+    scale = np.float32(size_in) / np.float32(size_out)
+    index = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(index, size_in - 1)
+
+
+def resize_nearest(x: Array, size: tuple[int, int]) -> Array:
+    """``F.interpolate(x, size, mode="nearest")`` of NHWC ``x`` (mmseg's FPN neck): each output
+    pixel copies the input pixel :func:`nearest_index` gives on each axis."""
+    check_rank(x, 4, "x", "B, H, W, C")
+    (h, w), (oh, ow) = x.shape[1:3], (int(size[0]), int(size[1]))
+    return x[:, nearest_index(h, oh)][:, :, nearest_index(w, ow)]
+
+
 def _average_matrix(size_in: int, size_out: int) -> np.ndarray:
     """``(out, in)`` rows averaging PyTorch's adaptive bins ``[floor(i*in/out), ceil((i+1)*in/out))``."""
     m = np.zeros((size_out, size_in), np.float32)
