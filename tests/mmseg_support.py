@@ -94,20 +94,24 @@ def config_path(stem: str) -> Path:
     return found[0]
 
 
-def build(stem: str):
-    """mmseg's model of config ``stem``, randomly initialised, in eval mode, with its config."""
-    pytest.importorskip("mmseg", reason="mmsegmentation is not installed (the mmseg test extra)")
-    install_mmcv_ops()
-    from mmengine.config import Config
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
+def model_config(stem: str):
+    """mmseg's model config of config ``stem`` as :func:`build` builds it (no pretrained
+    weights, BN for SyncBN, no data preprocessor), and the whole config.
 
-    register_all_modules()
+    One slip of mmseg 1.2.2's configs is read through: ``sem_fpn/fpn_r101_4xb4-160k_ade20k``
+    assigns ``model`` twice, the second (its data preprocessor) dropping the first's
+    ``backbone=dict(depth=101)``, so the file builds an R-50; its published checkpoint (and
+    the Cityscapes R-101 config) are R-101, which a stem's ``_r101`` restores here."""
+    pytest.importorskip("mmseg", reason="mmsegmentation is not installed (the mmseg test extra)")
+    from mmengine.config import Config
+
     cfg = Config.fromfile(str(config_path(stem)))
     model_cfg = cfg.model
     model_cfg.pretrained = None
     model_cfg.backbone.init_cfg = None
     model_cfg.data_preprocessor = None
+    if "_r101" in stem and model_cfg.backbone.get("depth") == 50:
+        model_cfg.backbone.depth = 101
 
     def no_sync_bn(node):
         if isinstance(node, dict):
@@ -120,5 +124,16 @@ def build(stem: str):
                 no_sync_bn(v)
 
     no_sync_bn(model_cfg)
-    model = MODELS.build(model_cfg)
-    return model.eval(), cfg
+    return model_cfg, cfg
+
+
+def build(stem: str):
+    """mmseg's model of config ``stem`` (:func:`model_config`), randomly initialised, in eval
+    mode, with its config."""
+    install_mmcv_ops()
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    model_cfg, cfg = model_config(stem)
+    return MODELS.build(model_cfg).eval(), cfg

@@ -187,15 +187,8 @@ def architectures():
 def test_every_published_config_converts_from_mmsegs_own_model(stems):
     """Key names and shapes (no forward pass): mmseg's model of the config, built by its
     registry, converts into attnzoo's model of the stem with every key used. (Swin-B's configs
-    differ in their ImageNet initialisation only: ``init_cfg``, not built here.)"""
-    from mmengine.config import Config
-
-    def architecture(stem):
-        model = Config.fromfile(str(mmseg_support.config_path(stem))).model
-        model.backbone.pop("init_cfg", None)
-        return model
-
-    models_of = [architecture(st) for st in stems]
+    differ in their ImageNet initialisation only, which the built models leave out.)"""
+    models_of = [mmseg_support.model_config(st)[0] for st in stems]
     assert all(m == models_of[0] for m in models_of), stems
     model, _ = mmseg_support.build(stems[0])
     from_mmseg(stems[0], {k: v.numpy() for k, v in model.state_dict().items()})
