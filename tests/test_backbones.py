@@ -82,6 +82,7 @@ def test_frozen_bn_never_uses_or_updates_batch_statistics():
                            variables["batch_stats"]["bn1"]["mean"])
 
 
+@pytest.mark.slow
 def test_multi_grid_changes_last_stage_dilations_only():
     x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 64, 64, 3)), jnp.float32)
     narrow = {"width": 8, "stem_width": 8}

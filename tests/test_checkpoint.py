@@ -55,6 +55,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(run, tmp_path, caplog):
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint_v0"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_before_the_restructuring_restores():
     """``fixtures/checkpoint_v0`` was written by attnzoo at 90627af (before heads and models
     became registered families and the residual-block attention was renamed ``se`` ->

@@ -117,7 +117,7 @@ def _apply(module, variables, path, x, train):
     return module.apply(sub, x)
 
 
-@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("train", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_danet_outputs_are_the_composition_of_its_parts(train):
     model = models.create("danet_r18_d8", num_classes=4, head_kwargs={"dropout": 0.0},
                           head_channels=32, backbone_kwargs={"width": 16, "stem_width": 16})
