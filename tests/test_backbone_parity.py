@@ -44,6 +44,16 @@ def features_close(module, variables, want_nchw, x_nchw):
     assert err <= TOL, f"max relative error {err:.2e} > {TOL:.0e}"
 
 
+def levels_close(module, variables, want_nchw, x_nchw):
+    """Every level ``c1, c2, ...`` of the backbone within :data:`TOL` of ``want_nchw``'s."""
+    got = jax.jit(module.apply)(variables, x_nchw.transpose(0, 2, 3, 1).astype(np.float32))
+    for i, want in enumerate(want_nchw):
+        level = np.asarray(got[f"c{i + 1}"]).transpose(0, 3, 1, 2)
+        assert level.shape == want.shape
+        err = np.abs(level - want).max() / np.abs(want).max()
+        assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
+
+
 def image(size=64, seed=0):
     return np.random.default_rng(seed).standard_normal((1, 3, size, size)).astype(np.float32)
 
@@ -171,12 +181,7 @@ def test_timm_hrnet_weights_give_mmsegs_hrnet_branches(name):
     x = np.random.default_rng(4).standard_normal((1, 3, 45, 61))
     with torch.no_grad():
         want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
-    got = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1).astype(np.float32))
-    for i, w in enumerate(want):
-        g = np.asarray(got[f"c{i + 1}"]).transpose(0, 3, 1, 2)
-        assert g.shape == w.shape
-        err = np.abs(g - w).max() / np.abs(w).max()
-        assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
+    levels_close(module, variables, want, x)
     if name == "hrnet_w18_small_v2":  # mmseg's hr18s
         restored, _ = load_backbone(save_backbone(
             __import__("tempfile").mkdtemp(), module, variables))
@@ -217,12 +222,7 @@ def test_swin_equals_mmsegs_swin_transformer():
     variables = {k: v["backbone"] for k, v in variables.items()}
     with torch.no_grad():
         want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
-    got = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1).astype(np.float32))
-    for i, w in enumerate(want):
-        g = np.asarray(got[f"c{i + 1}"]).transpose(0, 3, 1, 2)
-        assert g.shape == w.shape
-        err = np.abs(g - w).max() / np.abs(w).max()
-        assert err <= TOL, f"c{i + 1}: max relative error {err:.2e} > {TOL:.0e}"
+    levels_close(module, variables, want, x)
 
 
 @pytest.mark.slow
