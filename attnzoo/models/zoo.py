@@ -33,6 +33,7 @@ into descriptions (:class:`EncoderDecoderSpec`):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from attnzoo import backbones, heads
 from attnzoo._checks import check_choice
@@ -66,16 +67,23 @@ def mit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
         in_feature=("c1", "c2", "c3", "c4"), family=family.name) for k in range(6)}
 
 
+def _set_head_kwargs(family: heads.Family, model_set: str, backbone: str) -> dict[str, Any]:
+    """The head fields ``family`` sets on ``model_set``'s models of ``backbone``
+    (:attr:`~attnzoo.heads.Family.set_head_kwargs`, given the summed width of its levels)."""
+    if model_set not in family.set_head_kwargs:
+        return {}
+    width = sum(c for c, _ in backbones.create(backbone).feature_info().values())
+    return dict(family.set_head_kwargs[model_set](width))
+
+
 def resnet_fpn_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     """The ``resnet_fpn`` model set of ``family``."""
     out = {}
     for depth in DEPTHS:
         backbone = f"resnet{depth}_v1c"
-        width = sum(c for c, _ in backbones.create(backbone).feature_info().values())
         out[f"{family.name}_r{depth}"] = EncoderDecoderSpec(
             backbone=backbone, head=family.head, output_stride=32,
-            head_kwargs={"channels": 512,
-                         **family.set_head_kwargs.get("resnet_fpn", lambda _: {})(width)},
+            head_kwargs={"channels": 512, **_set_head_kwargs(family, "resnet_fpn", backbone)},
             aux_head="fcn" if family.auxiliary else None,
             aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
             in_feature=("c1", "c2", "c3", "c4"), family=family.name)
@@ -101,8 +109,7 @@ def hrnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     """The ``hrnet`` model set of ``family``."""
     out = {}
     for short, backbone in HRNETS.items():
-        width = sum(w for w, _ in backbones.create(backbone).feature_info().values())
-        head_kwargs = dict(family.set_head_kwargs.get("hrnet", lambda _: {})(width))
+        head_kwargs = _set_head_kwargs(family, "hrnet", backbone)
         out[f"{family.name}_{short}"] = EncoderDecoderSpec(
             backbone=backbone, head=family.head, output_stride=None, head_kwargs=head_kwargs,
             aux_head=None, in_feature=("c1", "c2", "c3", "c4"), resize_concat=True,
