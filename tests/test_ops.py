@@ -502,6 +502,36 @@ def test_resize_nearest_equals_pytorch_interpolate(size):
                                   want.numpy())
 
 
+@pytest.mark.parametrize("size", [(32, 32), (7, 9), (33, 3), (14, 9), (4, 40)])
+def test_resize_bicubic_equals_pytorch_interpolate(size):
+    """Up, down and one axis kept (14 x 9 from 14 x 10), against ``F.interpolate(mode="bicubic",
+    align_corners=False)`` in float64 (the taps at the borders clamped); 1e-6 absolute on
+    values of order 1."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(6).standard_normal((1, 14, 10, 5)).astype(np.float32)
+    want = torch.nn.functional.interpolate(
+        torch.tensor(x).permute(0, 3, 1, 2).double(), size=size, mode="bicubic",
+        align_corners=False).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(ops.resize_bicubic(jnp.asarray(x), size)), want,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [4.0, 2.0, 0.5, 0.25])
+def test_rescale_bilinear_equals_pytorch_scale_factor(factor):
+    """``F.interpolate(scale_factor=...)`` on odd sizes (7 x 9 halves to 3 x 4, its coordinates
+    from the factor, not the sizes' ratio), in float64; 1e-6 absolute."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(7).standard_normal((2, 7, 9, 3)).astype(np.float32)
+    want = torch.nn.functional.interpolate(
+        torch.tensor(x).permute(0, 3, 1, 2).double(), scale_factor=factor,
+        mode="bilinear").permute(0, 2, 3, 1).numpy()
+    got = np.asarray(ops.rescale_bilinear(jnp.asarray(x), factor))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="factor must be positive"):
+        ops.rescale_bilinear(jnp.asarray(x), 0.0)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (6, 6), (5, 7)])
 def test_adaptive_avg_pool_equals_pytorch(size):
     torch = pytest.importorskip("torch")

@@ -56,6 +56,8 @@ from attnzoo.ops.resize import (
     interpolate_axis,
     linear_taps,
     nearest_index,
+    rescale_bilinear,
+    resize_bicubic,
     resize_bilinear,
     resize_nearest,
 )
@@ -114,6 +116,8 @@ __all__ = [
     "potts",
     "psa_mask",
     "relative_position_index",
+    "rescale_bilinear",
+    "resize_bicubic",
     "resize_bilinear",
     "resize_nearest",
     "resolve_implementation",

@@ -19,15 +19,17 @@ from attnzoo._checks import check_rank
 Array = jax.Array
 
 
-def linear_taps(size_in: Any, size_out: Any, length: int, align_corners: bool = False
-                ) -> tuple[Array, Array, Array]:
+def linear_taps(size_in: Any, size_out: Any, length: int, align_corners: bool = False,
+                ratio: float | None = None) -> tuple[Array, Array, Array]:
     """Bilinear taps along one axis: source indices ``i0``, ``i1`` and the weight of ``i1`` for
     output positions ``0 .. length - 1`` of a resize from ``size_in`` to ``size_out``.
 
     PyTorch's ``area_pixel_compute_source_index``: ``align_corners=False``:
-    ``src = max((o + 0.5) * in / out - 0.5, 0)``; ``True``: ``src = o * (in - 1) / (out - 1)``.
-    The sizes may be traced integers (one image of a batch of mixed sizes: coordinates in
-    float32); ``length`` is static (positions past ``size_out`` get clamped taps).
+    ``src = max((o + 0.5) * in / out - 0.5, 0)``, with ``ratio`` in place of ``in / out`` when
+    given (PyTorch's ``scale_factor`` path: ``1 / scale_factor``); ``True``:
+    ``src = o * (in - 1) / (out - 1)``. The sizes may be traced integers (one image of a batch
+    of mixed sizes: coordinates in float32); ``length`` is static (positions past ``size_out``
+    get clamped taps).
     """
     # static sizes: float64 coordinates in numpy (as exact as PyTorch's double reference);
     # traced sizes: float32 on the device
@@ -37,7 +39,8 @@ def linear_taps(size_in: Any, size_out: Any, length: int, align_corners: bool = 
     if align_corners:
         src = o * ((size_in - 1) / xp.maximum(size_out - 1, 1))
     else:
-        src = xp.maximum((o + 0.5) * (size_in / size_out) - 0.5, 0.0)
+        step = size_in / size_out if ratio is None else ratio
+        src = xp.maximum((o + 0.5) * step - 0.5, 0.0)
     last = size_in.astype(np.int32) - 1
     i0 = xp.minimum(xp.floor(src).astype(np.int32), last)
     t = src - i0.astype(o.dtype)
@@ -70,6 +73,60 @@ def resize_bilinear(x: Array, size: tuple[int, int], *, align_corners: bool = Fa
         x = interpolate_axis(x, axis, linear_taps(x.shape[axis], out, out, align_corners)
                              ).astype(x.dtype)
     return x
+
+
+def rescale_bilinear(x: Array, factor: float) -> Array:
+    """``F.interpolate(x, scale_factor=factor, mode="bilinear")`` of NHWC ``x`` (mmseg's
+    ``MultiLevelNeck``): output sizes ``floor(factor * H)``, ``floor(factor * W)``, source
+    coordinates ``(o + 0.5) / factor - 0.5`` (the factor itself, not the sizes' ratio, which
+    differs when ``factor * H`` is not whole)."""
+    check_rank(x, 4, "x", "B, H, W, C")
+    if factor <= 0:
+        raise ValueError(f"factor must be positive; got {factor}")
+    for axis in (1, 2):
+        out = int(np.floor(x.shape[axis] * factor))
+        if out < 1:
+            raise ValueError(f"x's axis {axis} of size {x.shape[axis]} scaled by {factor} is "
+                             f"empty")
+        x = interpolate_axis(x, axis, linear_taps(x.shape[axis], out, out, ratio=1.0 / factor)
+                             ).astype(x.dtype)
+    return x
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution weights of the four taps at offsets -1, 0, 1, 2 for fractional
+    positions ``t`` (``a = -0.75``, PyTorch's ``get_cubic_upsample_coefficients``)."""
+    def near(d: np.ndarray) -> np.ndarray:  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d: np.ndarray) -> np.ndarray:  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def resize_bicubic(x: Array, size: tuple[int, int]) -> Array:
+    """``F.interpolate(x, size, mode="bicubic", align_corners=False)`` of NHWC ``x`` (how mmseg's
+    ViT resizes its position embedding to the input's patch grid): per axis, source
+    ``s = (o + 0.5) in / out - 0.5``, the four taps ``floor(s) - 1 .. floor(s) + 2`` clamped to
+    the axis and weighted by :func:`_cubic_weights`; computed in float32."""
+    check_rank(x, 4, "x", "B, H, W, C")
+    dtype = x.dtype
+    y = x.astype(jnp.float32)
+    for axis, out in ((1, int(size[0])), (2, int(size[1]))):
+        size_in = y.shape[axis]
+        if size_in == out:
+            continue
+        src = (np.arange(out, dtype=np.float64) + 0.5) * (size_in / out) - 0.5
+        base = np.floor(src).astype(np.int64)
+        index = np.clip(base[:, None] + np.arange(-1, 3), 0, size_in - 1)
+        weights = jnp.asarray(_cubic_weights(src - base), jnp.float32)
+        taps = jnp.take(y, jnp.asarray(index.reshape(-1)), axis=axis)
+        taps = taps.reshape(y.shape[:axis] + (out, 4) + y.shape[axis + 1:])
+        shape = [1] * taps.ndim
+        shape[axis], shape[axis + 1] = out, 4
+        y = (taps * weights.reshape(shape)).sum(axis=axis + 1)
+    return y.astype(dtype)
 
 
 def interpolate(x: Array, size: tuple[int, int], *, align_corners: bool = False) -> Array:
