@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from attnzoo._checks import check_image, check_positive
 from attnzoo.blocks.common import DropPath, Dtype, conv
+from attnzoo.blocks.transformer import Mlp
 from attnzoo.blocks.window import WindowAttention
 
 Array = jax.Array
@@ -42,25 +43,11 @@ LN_EPS = 1e-5  # PyTorch's nn.LayerNorm, which mmseg's Swin uses
 MASK_LOGIT = -100.0  # the reference code's masked_fill value
 
 
-def _pad_to(x: Array, multiple: int) -> Array:
+def pad_to_multiple(x: Array, multiple: int) -> Array:
     """``x`` zero-padded at the bottom / right to multiples of ``multiple`` (mmseg's
     ``AdaptivePadding(padding="corner")``)."""
     h, w = x.shape[1:3]
     return jnp.pad(x, ((0, 0), (0, -h % multiple), (0, -w % multiple), (0, 0)))
-
-
-class Mlp(nn.Module):
-    """``fc2(GELU(fc1(x)))`` (exact GELU, PyTorch's), ``hidden`` wide: the Transformer MLP."""
-
-    hidden: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        y = jax.nn.gelu(nn.Dense(self.hidden, name="fc1", **kw)(x), approximate=False)
-        return nn.Dense(x.shape[-1], name="fc2", **kw)(y)
 
 
 class SwinBlock(nn.Module):
@@ -106,7 +93,7 @@ class PatchMerging(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = _pad_to(x, 2)
+        x = pad_to_multiple(x, 2)
         b, h, w, c = x.shape
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
         x = x.reshape(b, h // 2, w // 2, 4 * c)  # channel-major, as nn.Unfold
@@ -187,7 +174,7 @@ class SwinTransformer(nn.Module):
         check_image(x, self.in_channels, "x", "in_channels")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = conv(self.embed_dim, self.patch_size, stride=self.patch_size, padding=0,
-                 name="patch_embed_projection", **kw)(_pad_to(x, self.patch_size))
+                 name="patch_embed_projection", **kw)(pad_to_multiple(x, self.patch_size))
         x = nn.LayerNorm(LN_EPS, name="patch_embed_norm", **kw)(x)
         total = sum(self.depths)
         rates = [self.drop_path_rate * k / max(total - 1, 1) for k in range(total)]

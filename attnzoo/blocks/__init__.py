@@ -29,6 +29,7 @@ from attnzoo.blocks.self_attention import SelfAttentionBlock
 from attnzoo.blocks.sk import SelectiveKernel
 from attnzoo.blocks.split import SplitAttention
 from attnzoo.blocks.temporal import TemporalAttention
+from attnzoo.blocks.transformer import Mlp, TokenSelfAttention, TransformerEncoderLayer
 from attnzoo.blocks.window import WindowAttention
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "EfficientChannelAttention",
     "GlobalContext",
     "HardAttention",
+    "Mlp",
     "MultiHeadSelfAttention",
     "MultiScaleAttention",
     "NonLocal2d",
@@ -56,6 +58,8 @@ __all__ = [
     "SplitAttention",
     "SqueezeExcite",
     "TemporalAttention",
+    "TokenSelfAttention",
+    "TransformerEncoderLayer",
     "WindowAttention",
     "create",
     "eca_kernel_size",
