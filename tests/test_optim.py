@@ -61,10 +61,14 @@ def test_schedule_phases_out_of_range_are_named(warmup, ratio, match):
 
 
 def test_sgd_step_decays_kernels_only_and_matches_pytorch_sgd():
+    """Weight decay on conv / dense kernels only: not on biases, norms, position embeddings,
+    class tokens or relative position bias tables (mmseg's Swin / ViT recipes)."""
     cfg = engine.default_config().optimizer  # sgd, momentum 0.9, wd 5e-4, poly
     cfg.schedule = "constant"
     params = {"conv": {"kernel": jnp.full((3, 3, 2, 2), 0.5), "bias": jnp.full((2,), 0.5)},
-              "bn": {"scale": jnp.full((2,), 2.0)}}
+              "bn": {"scale": jnp.full((2,), 2.0)},
+              "vit": {"pos_embed": jnp.full((1, 5, 2), 0.5), "cls_token": jnp.full((1, 1, 2), 0.5)},
+              "attn": {"relative_position_bias_table": jnp.full((9, 2), 0.5)}}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
     tx, _ = optim.make_optimizer(cfg, 10)
     opt_state = tx.init(params)
@@ -79,6 +83,8 @@ def test_sgd_step_decays_kernels_only_and_matches_pytorch_sgd():
     no_decay = 0.5 - 0.01 * (0.1 + (0.9 * 0.1 + 0.1))
     np.testing.assert_allclose(np.asarray(params["conv"]["bias"]), no_decay, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(params["bn"]["scale"]), 2.0 - 0.01 * 0.29, rtol=1e-6)
+    for embedding in (*params["vit"].values(), params["attn"]["relative_position_bias_table"]):
+        np.testing.assert_allclose(np.asarray(embedding), no_decay, rtol=1e-6)
 
 
 def test_gradient_accumulation_equals_the_mean_gradient():

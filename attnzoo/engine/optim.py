@@ -53,10 +53,17 @@ def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax
     return optax.join_schedules([*phases, main], starts)
 
 
+# parameters of more than one dimension that get no weight decay: position embeddings, tokens
+# and relative position bias tables (mmseg's Swin / ViT recipes: decay_mult 0 for them)
+NO_DECAY = ("pos_embed", "cls_token", "relative_position_bias_table")
+
+
 def decay_mask(params: Any) -> Any:
     """True for the weights that get weight decay: conv and dense kernels. Biases,
-    normalisation scales and the attention gammas (all 1-D) get none."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    normalisation scales and the attention gammas (all 1-D) get none, nor do the embeddings
+    :data:`NO_DECAY` names."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p.ndim > 1 and getattr(path[-1], "key", None) not in NO_DECAY, params)
 
 
 def lr_multipliers(multipliers: Mapping[str, float]) -> optax.GradientTransformation:
