@@ -96,7 +96,8 @@ def _typed(text: str, default: Any, key: str) -> Any:
 def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
     """``default_config()`` with model ``model`` and mmsegmentation's schedule and data settings
     for ``dataset`` (see the module docstring), and the recipe settings of the model's head
-    family (``heads.get_family(name).recipe``, e.g. SegFormer's AdamW)."""
+    family (``heads.get_family(name).recipe``, e.g. SegFormer's AdamW) and of the model itself
+    (``models.get_spec(name).recipe``: the Swin and ViT models' AdamW)."""
     d = DATASETS[dataset]
     c = default_config()
     c.model.name = model
@@ -110,7 +111,9 @@ def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
     c.eval.crop_size = d["dataset"]["crop_size"]
     c.eval.stride = d["stride"]
     c.eval_every = c.num_steps // 10
-    family = getattr(models.get_spec(model), "family", None)
+    spec = models.get_spec(model)
+    family = getattr(spec, "family", None)
     if family is not None:
         c.update_from_flattened_dict(dict(heads.get_family(family).recipe))
+    c.update_from_flattened_dict(dict(getattr(spec, "recipe", {})))
     return c

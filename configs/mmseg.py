@@ -8,7 +8,8 @@ Argument: ``model`` (a registered name, ``attnzoo.models.list_models()``; defaul
 ``cityscapes1024``; default ``cityscapes``), comma-separated. The schedule and data settings
 are mmsegmentation's (``configs/common.py``: SGD, poly, 80k / 160k steps), the head family's
 own settings on top (``heads.get_family(name).recipe``: SegFormer's AdamW at 6e-5 with the
-head at 10x, warm-up and poly to 0). Start the backbone from ImageNet weights with
+head at 10x, warm-up and poly to 0), then the model's (``models.get_spec(name).recipe``: the
+Swin and ViT models' AdamW at 6e-5). Start the backbone from ImageNet weights with
 ``--config.init_from`` (a converted checkpoint, ``python -m attnzoo.convert``).
 """
 

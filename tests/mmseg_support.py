@@ -94,9 +94,10 @@ def config_path(stem: str) -> Path:
     return found[0]
 
 
-def model_config(stem: str):
+def model_config(stem: str, **backbone):
     """mmseg's model config of config ``stem`` as :func:`build` builds it (no pretrained
-    weights, BN for SyncBN, no data preprocessor), and the whole config.
+    weights, BN for SyncBN, no data preprocessor; ``backbone`` fields updated), and the whole
+    config.
 
     One slip of mmseg 1.2.2's configs is read through: ``sem_fpn/fpn_r101_4xb4-160k_ade20k``
     assigns ``model`` twice, the second (its data preprocessor) dropping the first's
@@ -112,6 +113,7 @@ def model_config(stem: str):
     model_cfg.data_preprocessor = None
     if "_r101" in stem and model_cfg.backbone.get("depth") == 50:
         model_cfg.backbone.depth = 101
+    model_cfg.backbone.update(backbone)
 
     def no_sync_bn(node):
         if isinstance(node, dict):
@@ -127,13 +129,13 @@ def model_config(stem: str):
     return model_cfg, cfg
 
 
-def build(stem: str):
-    """mmseg's model of config ``stem`` (:func:`model_config`), randomly initialised, in eval
-    mode, with its config."""
+def build(stem: str, **backbone):
+    """mmseg's model of config ``stem`` (:func:`model_config`, ``backbone`` fields updated),
+    randomly initialised, in eval mode, with its config."""
     install_mmcv_ops()
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
     register_all_modules()
-    model_cfg, cfg = model_config(stem)
+    model_cfg, cfg = model_config(stem, **backbone)
     return MODELS.build(model_cfg).eval(), cfg

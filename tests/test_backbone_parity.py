@@ -257,3 +257,111 @@ def test_timm_swin_weights_give_timms_stage_features():
     restored, _ = load_backbone(save_backbone(__import__("tempfile").mkdtemp(), module,
                                               variables))
     assert restored == module
+
+
+@pytest.mark.parametrize("fields", [
+    dict(interpolate_mode="bicubic", final_norm=True, with_cls_token=True, patch_bias=True),
+    dict(interpolate_mode="bilinear", final_norm=False, with_cls_token=False, patch_bias=False)])
+def test_vit_equals_mmsegs_vision_transformer(fields):
+    """A narrow ViT (48 wide, 4 layers, patch 8, position embedding learned for 64 x 64) with
+    the random weights of mmseg's ``VisionTransformer``, converted with the mmseg converter's
+    renames: the outputs of layers 1 and 3 within 1e-4 of mmseg's float64 run at 45 x 61 (the
+    patch embedding's corner padding; the 8 x 8 position grid resized to 6 x 8 as ``fields``
+    say; the class token kept or dropped; a final norm or none; mmseg 1.x's patch conv without
+    a bias converted with a zero one)."""
+    from helpers import randomize_torch
+
+    from attnzoo import backbones
+    from attnzoo.convert.mmseg import BACKBONE_RENAMES, _with_patch_bias, split_in_proj
+    from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+
+    pytest.importorskip("mmseg_support").install_mmcv_ops()
+    from mmseg.models.backbones import VisionTransformer
+
+    reference = randomize_torch(VisionTransformer(
+        img_size=64, patch_size=8, embed_dims=48, num_layers=4, num_heads=3, out_indices=(1, 3),
+        norm_cfg=dict(type="LN", eps=1e-6), **fields))
+    reference.eval()  # (mmseg's ViT.train returns None)
+    module = backbones.create("vit_t16", embed_dim=48, depth=4, num_heads=3, patch_size=8,
+                              img_size=(64, 64), out_indices=(1, 3),
+                              **{k: v for k, v in fields.items() if k != "patch_bias"})
+    x = np.random.default_rng(7).standard_normal((2, 3, 45, 61))
+    target = {k: {"backbone": v} for k, v in target_shapes(
+        module, np.zeros((1, 64, 64, 3), np.float32)).items()}
+    state_dict = _with_patch_bias(split_in_proj(
+        {f"backbone.{k}": v.numpy() for k, v in reference.state_dict().items()}))
+    variables = convert_state_dict(state_dict, target, regex_renames=BACKBONE_RENAMES)
+    variables = {k: v["backbone"] for k, v in variables.items()}
+    with torch.no_grad():
+        want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
+    levels_close(module, variables, want, x)
+
+
+@pytest.mark.parametrize("timm_name", ["vit_small_patch16_224", "deit_base_patch16_384"])
+def test_timm_vit_weights_give_timms_layer_outputs(timm_name):
+    """timm's ViT / DeiT (narrow: 64 wide, 4 layers, random weights) converts for
+    ``init_from``: attnzoo's outputs of layers 2 and 4 are timm's ``forward_intermediates``
+    (without its final norm; with it, the ``final_norm`` backbone's last output), within 1e-4;
+    to a backbone of another ``img_size`` the position embedding converts resized as mmseg's
+    ``VisionTransformer.resize_pos_embed`` resizes it when it loads these weights."""
+    from helpers import randomize_torch
+
+    from attnzoo.convert import save_backbone
+    from attnzoo.convert.backbones import timm_backbone
+
+    pytest.importorskip("mmseg_support").install_mmcv_ops()
+    from mmseg.models.backbones import VisionTransformer
+
+    size = int(timm_name[-3:])
+    model = randomize_torch(timm.create_model(timm_name, pretrained=False, embed_dim=64, depth=4,
+                                              num_heads=2, img_size=64)).eval()
+    name, kwargs = timm_backbone(timm_name)
+    assert (name, kwargs) == ({"small": "vit_s16"}.get(timm_name.split("_")[1], "vit_b16"),
+                              {"img_size": (size, size)})
+    narrow = dict(embed_dim=64, depth=4, num_heads=2, out_indices=(1, 3))
+    sd = model.state_dict()
+    x = np.random.default_rng(8).standard_normal((1, 3, 64, 64))
+    with torch.no_grad():
+        layers = model.double().forward_intermediates(torch.from_numpy(x), indices=[1, 3],
+                                                      norm=False, intermediates_only=True)
+        last = model.norm(model.forward_intermediates(torch.from_numpy(x), indices=[3],
+                                                      norm=False, intermediates_only=True)[0]
+                          .flatten(2).transpose(1, 2)).transpose(1, 2).reshape(1, 64, 4, 4)
+    for final_norm, want in ((False, [t.numpy() for t in layers]),
+                             (True, [layers[0].numpy(), last.numpy()])):
+        module, variables = from_timm(timm_name, sd, fields={
+            **narrow, "img_size": (64, 64), "final_norm": final_norm})
+        levels_close(module, variables, want, x)
+    module, variables = from_timm(timm_name, sd, fields={**narrow, "img_size": (96, 80)})
+    want = VisionTransformer.resize_pos_embed(sd["pos_embed"].double(), (6, 5), (4, 4), "bicubic")
+    np.testing.assert_allclose(np.asarray(variables["params"]["pos_embed"]), want.numpy(),
+                               rtol=0, atol=1e-6 * float(want.abs().max()))
+    restored, _ = load_backbone(save_backbone(__import__("tempfile").mkdtemp(), module,
+                                              variables))
+    assert restored == module
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"img_size": (8, 64)}, r"img_size must be \(H, W\), each at least patch_size 16"),
+    ({"out_indices": (3, 12)}, r"out_indices must be increasing layer indices in \[0, 12\)"),
+    ({"interpolate_mode": "nearest"}, r"interpolate_mode must be one of"),
+    ({"embed_dim": 100}, r"embed_dim 100 must divide by num_heads 12")])
+def test_bad_vit_fields_are_named(fields, match):
+    from attnzoo import backbones
+
+    with pytest.raises(ValueError, match=match):
+        backbones.create("vit_b16", **fields)
+
+
+def test_a_vit_checkpoint_of_another_size_is_refused_by_key():
+    """DeiT-S weights into DeiT-B's config: every mis-shaped key is named."""
+    from attnzoo import models
+    from attnzoo.convert import from_mmseg
+    from attnzoo.convert.torch_weights import target_shapes
+
+    small = models.create("upernet_deit_s16", num_classes=150)
+    shapes = target_shapes(small, np.zeros((1, 64, 64, 3), np.float32))
+    state_dict = {"backbone.pos_embed": np.zeros(shapes["params"]["backbone"]["pos_embed"].shape,
+                                                 np.float32)}
+    with pytest.raises(ConversionError, match=r"backbone\.pos_embed.*\(1, 1025, 384\)"):
+        from_mmseg("vit_deit-b16_upernet_8xb2-80k_ade20k-512x512", state_dict)

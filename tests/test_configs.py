@@ -18,6 +18,8 @@ from attnzoo import engine, heads, models
     ("mmseg.py:attention_unet_small,ade20k", "attention_unet_small", (512, 512), 160_000),
     ("mmseg.py:segformer_mit_b0,ade20k", "segformer_mit_b0", (512, 512), 160_000),
     ("mmseg.py:segformer_mit_b5,cityscapes1024", "segformer_mit_b5", (1024, 1024), 160_000),
+    ("mmseg.py:upernet_swin_t,ade20k", "upernet_swin_t", (512, 512), 160_000),
+    ("mmseg.py:upernet_deit_s16_ln_mln,ade20k", "upernet_deit_s16_ln_mln", (512, 512), 160_000),
     ("quickstart.py", "danet_r18_d8", (128, 128), 1000),
     ("quickstart.py:ccnet", "ccnet_r18_d8", (128, 128), 1000),
     ("quickstart.py:psanet", "psanet_r18_d8", (128, 128), 1000),
@@ -31,6 +33,10 @@ def test_shipped_configs_build_their_model(spec, name, crop, steps):
         assert config.optimizer.name == "adamw" and config.optimizer.learning_rate == 6e-5
         assert config.optimizer.warmup_steps == 1500 and config.optimizer.power == 1.0
         assert dict(config.optimizer.lr_mult) == {"head": 10.0} and config.eval_batch_size == 1
+    elif "swin" in spec or "deit" in spec:  # mmseg's Swin / ViT recipe, whatever the head
+        assert config.optimizer.name == "adamw" and config.optimizer.learning_rate == 6e-5
+        assert config.optimizer.weight_decay == 0.01 and config.optimizer.warmup_steps == 1500
+        assert config.optimizer.power == 1.0 and not config.optimizer.lr_mult
     elif spec.startswith("mmseg"):
         assert config.optimizer.name == "sgd" and config.optimizer.learning_rate == 0.01
         assert config.optimizer.momentum == 0.9 and config.optimizer.weight_decay == 5e-4

@@ -58,16 +58,18 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "fpn_r101_4xb4-160k_ade20k-512x512",
         "swin-base-patch4-window12-in22k-384x384-pre_upernet_8xb2-160k_ade20k-512x512",
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
-        "segformer_mit-b5_8xb2-160k_ade20k-640x640"]
+        "segformer_mit-b5_8xb2-160k_ade20k-640x640",
+        "vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512",
+        "vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512"]
 
 
-def compare(stem, size=(51, 75), seed=0):
+def compare(stem, size=(51, 75), seed=0, **backbone):
     """attnzoo in float32 against mmseg in float64, within max(1e-4, 2x PyTorch's own float32
     error on the same case) of the largest logit: deep networks with random weights amplify
     float32 rounding (PyTorch float32 is 5e-7 to 9e-5 off its float64 run on these cases).
     51 x 75 images (7 x 10 features at output stride 8) in the default run, 72 x 88 in the
-    slow one."""
-    model, _ = mmseg_support.build(stem)
+    slow one. ``backbone``: fields of mmseg's backbone config to override."""
+    model, _ = mmseg_support.build(stem, **backbone)
     randomize_torch(model, seed)
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     x = np.random.default_rng(seed).standard_normal((2, 3, *size))
@@ -101,6 +103,16 @@ def test_hrnet_logits_equal_mmsegs(stem, seed):
     2.3e-4 off its float64 run and attnzoo float32 9.5e-4 (6e-6 on the other image; measured
     here); on seed 1 they are 7.6e-5 and 1.8e-5."""
     compare(stem, seed=seed)
+
+
+@pytest.mark.parametrize("stem,patch_bias", [
+    ("vit_deit-s16-ln_mln_upernet_8xb2-160k_ade20k-512x512", True),
+    pytest.param("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512", False, marks=pytest.mark.slow)])
+def test_vit_logits_equal_mmsegs(stem, patch_bias):
+    """The ViT models (a class token, the position embedding resized bicubically to the input's
+    grid, mmseg's MultiLevelNeck or none): with the patch conv's bias of mmseg 0.x, which
+    trained the published checkpoints, and without it, as mmseg 1.x builds these configs."""
+    compare(stem, patch_bias=patch_bias)
 
 
 @pytest.mark.slow

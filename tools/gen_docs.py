@@ -45,26 +45,40 @@ def blocks_table() -> str:
 
 
 def _pattern(names: list[str]) -> str:
-    """Model names as one pattern where they are every combination of their varying parts
-    (``danet_r{18,50,101}_d{8,16}``, ``fcn_hr{18,48,18s}``), else listed."""
-    token_lists = [n.split("_") for n in names]
-    if len({len(t) for t in token_lists}) != 1:
-        return ", ".join(f"`{n}`" for n in names)
-    parts, combinations = [], 1
-    for tokens in zip(*token_lists):
-        values = sorted(set(tokens), key=lambda t: (len(t), t))
+    """Model names as few patterns: names of as many ``_``-separated parts that are every
+    combination of their varying parts make one (``danet_r{18,50,101}_d{8,16}``,
+    ``fcn_hr{18,48,18s}``, ``upernet_swin_{t,s,b,l}``); others are split by their first
+    varying part until they do, in the order given."""
+    groups: dict[int, list[list[str]]] = {}
+    for name in names:
+        groups.setdefault(len(name.split("_")), []).append(name.split("_"))
+    return ", ".join(p for tokens in groups.values() for p in _product_patterns(tokens))
+
+
+def _product_patterns(token_lists: list[list[str]]) -> list[str]:
+    """:func:`_pattern` for names of equally many parts."""
+    parts, combinations, first_varying = [], 1, None
+    for i, tokens in enumerate(zip(*token_lists)):
+        values = list(dict.fromkeys(tokens))
         if len(values) == 1:
             parts.append(values[0])
             continue
+        first_varying = i if first_varying is None else first_varying
+        values = sorted(values, key=lambda t: (len(t), t)) if all(
+            re.search(r"\d", v) for v in values) else values
         stem = re.match(r"\D*", values[0]).group()
-        if not all(v.startswith(stem) and re.fullmatch(r"\d+[a-z]?", v[len(stem):])
-                   for v in values):
-            return ", ".join(f"`{n}`" for n in names)
-        parts.append(f"{stem}{{{','.join(v[len(stem):] for v in values)}}}")
+        if stem and all(v.startswith(stem) and re.fullmatch(r"\d+[a-z]?", v[len(stem):])
+                        for v in values):
+            parts.append(f"{stem}{{{','.join(v[len(stem):] for v in values)}}}")
+        else:
+            parts.append(f"{{{','.join(values)}}}")
         combinations *= len(values)
-    if combinations != len(names):
-        return ", ".join(f"`{n}`" for n in names)
-    return "`" + "_".join(parts) + "`"
+    if combinations == len(token_lists):
+        return ["`" + "_".join(parts) + "`"]
+    split: dict[str, list[list[str]]] = {}
+    for tokens in token_lists:
+        split.setdefault(tokens[first_varying], []).append(tokens)
+    return [p for group in split.values() for p in _product_patterns(group)]
 
 
 def families_table() -> str:

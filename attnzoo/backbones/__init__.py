@@ -8,10 +8,11 @@
 (fields of :class:`MixVisionTransformer`) and timm's HRNets ``hrnet_w18_small``,
 ``hrnet_w18_small_v2``, ``hrnet_w{18,30,32,40,44,48,64}`` (fields of :class:`HRNet`; mmseg's
 HRNetV2-W18-small, -W18 and -W48 are ``hrnet_w18_small_v2``, ``hrnet_w18``, ``hrnet_w48``)
-and the Swin Transformers ``swin_{t,s,b,l}`` (window 7) and ``swin_{b,l}_w12`` (fields of
-:class:`SwinTransformer`). Keyword arguments override any field.
-Every backbone returns ``{"c1": ..., "c4": ...}`` and has ``feature_info()``
-and ``in_channels``.
+the Swin Transformers ``swin_{t,s,b,l}`` (window 7) and ``swin_{b,l}_w12`` (fields of
+:class:`SwinTransformer`) and the Vision Transformers ``vit_{t,s,b,l}16`` (fields of
+:class:`VisionTransformer`; DeiT-S / -B are ``vit_s16`` / ``vit_b16``). Keyword arguments
+override any field. Every backbone returns ``{"c1": ..., "c4": ...}`` (a ViT one feature per
+``out_indices`` entry, all of stride 16) and has ``feature_info()`` and ``in_channels``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import flax.linen as nn
 from attnzoo._registry import Registry
 from attnzoo.backbones.hrnet import HRModule, HRNet
 from attnzoo.backbones.swin import PatchMerging, SwinBlock, SwinTransformer
+from attnzoo.backbones.vit import VisionTransformer
 from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
     BLOCKS,
@@ -85,6 +87,14 @@ for _size, (_dim, _depths, _heads) in _SWINS.items():
         BACKBONES.add(f"swin_{_size}{_suffix}", (SwinTransformer, dict(
             embed_dim=_dim, depths=_depths, num_heads=_heads, window_size=_window)))
 
+# ViT (Dosovitskiy et al., ICLR 2021, Table 1; Ti / S from DeiT, Touvron et al. 2021): patch 16,
+# the position embedding on timm's 224 x 224 grid (mmseg's recipes set their crop).
+_VITS = {"t": (192, 12, 3), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16)}
+for _size, (_dim, _depth, _heads) in _VITS.items():
+    BACKBONES.add(f"vit_{_size}16", (VisionTransformer, dict(
+        embed_dim=_dim, depth=_depth, num_heads=_heads,
+        out_indices=tuple(range(_depth // 4 - 1, _depth, _depth // 4)))))
+
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
     """Build backbone ``name``; ``kwargs`` override its fields (e.g. ``output_stride=8``;
@@ -113,5 +123,5 @@ def list_backbones() -> list[str]:
 __all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet", "MiTBlock",
            "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "PatchMerging",
            "ResNeStBottleneck", "ResNet", "ResidualBlock", "SelectiveKernelBasic",
-           "SelectiveKernelBottleneck", "SwinBlock", "SwinTransformer", "create",
-           "list_backbones"]
+           "SelectiveKernelBottleneck", "SwinBlock", "SwinTransformer", "VisionTransformer",
+           "create", "list_backbones"]

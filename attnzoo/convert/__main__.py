@@ -9,6 +9,8 @@
         --out DIR
     python -m attnzoo.convert --source torchvision:resnet101 --checkpoint r101.pth \\
         --out DIR --output-stride 8
+    python -m attnzoo.convert --source timm:deit_small_patch16_224 \\
+        --checkpoint deit_small_patch16_224-cd65a155.pth --model upernet_deit_s16_ln_mln --out DIR
 
 Nothing is downloaded: ``--checkpoint`` is a ``.pth``/``.pt``/``.bin`` (read
 with torch) or ``.safetensors`` (read with numpy) file; for ``transformers:segformer``, the
@@ -20,6 +22,9 @@ hub SegFormer of 150 / 19 classes SegFormer's ADE20K / Cityscapes one, or ``--pr
 ``engine.restore(DIR)`` and ``train.py --config.init_from=DIR`` take. A
 backbone (``timm:``, ``torchvision:``) becomes ``DIR/variables/`` and
 ``DIR/attnzoo_backbone.json``; restore with ``attnzoo.convert.load_backbone(DIR)``.
+``--model`` builds a timm backbone with the fields of the registered model it will initialise
+(``train.py --config.init_from=DIR``): a ViT's position embedding resized to the model's grid,
+its final norm.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                              "model.safetensors)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
+    parser.add_argument("--model", default=None,
+                        help="timm:MODEL: the registered attnzoo model the backbone will "
+                             "initialise; the backbone gets that model's backbone fields (a "
+                             "ViT's position-embedding grid and final norm)")
     parser.add_argument("--protocol", default=None, choices=PROTOCOLS_OF_SEGFORMER,
                         help="transformers:segformer: the evaluation protocol to record "
                              "(default from the classes: 150 -> ADE20K 512, 19 -> Cityscapes)")
@@ -77,11 +86,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--source must be mmseg:CONFIG_STEM, transformers:segformer, timm:MODEL or "
                      f"torchvision:MODEL; "
                      f"got {args.source!r}")
-    module, variables = convert(model, load_state_dict(args.checkpoint), args.output_stride)
+    if args.model is not None:
+        if library != "timm":
+            parser.error(f"--model applies to timm:MODEL sources; got {args.source!r}")
+        fields = _backbone_fields_of(args.model, model)
+        module, variables = from_timm(model, load_state_dict(args.checkpoint),
+                                      args.output_stride, fields)
+    else:
+        module, variables = convert(model, load_state_dict(args.checkpoint), args.output_stride)
     out = save_backbone(args.out, module, variables, source=args.source)
     n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))
     print(f"wrote {args.source} ({n:,} parameters, output stride {args.output_stride}) to {out}")
     return 0
+
+
+def _backbone_fields_of(model: str, timm_model: str) -> dict:
+    """The backbone fields of registered model ``model``, which must be built on the backbone
+    timm's ``timm_model`` converts to."""
+    from attnzoo import models
+    from attnzoo.convert.backbones import timm_backbone
+
+    spec = models.get_spec(model)
+    name = timm_backbone(timm_model)[0]
+    if getattr(spec, "backbone", None) != name:
+        raise ValueError(f"--model {model!r} is not built on {name!r} (timm's {timm_model!r}): "
+                         f"its backbone is {getattr(spec, 'backbone', None)!r}")
+    return dict(spec.backbone_kwargs)
 
 
 if __name__ == "__main__":

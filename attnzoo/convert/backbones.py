@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import backbones
+from attnzoo.backbones.vit import resize_pos_embed
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
 
 # Classifier keys of the references (ResNets' ``fc``, HRNet's classification head): not part of
@@ -31,6 +32,8 @@ _BACKBONE_KEYS = r"^(?!(fc|classifier|incre_modules|downsamp_modules|final_layer
 _TIMM_RENAMES = ((r"^(layer\d+\.\d+)\.se\.", r"\1.attn."),)
 # timm's Swin names: swin_<size>_patch4_window<M>_<224|384> (attnzoo's swin_<t|s|b|l>[_w12])
 _TIMM_SWIN = re.compile(r"swin_(tiny|small|base|large)_patch4_window(7|12)_(224|384)")
+# timm's ViT / DeiT names: <vit|deit>_<size>_patch16_<224|384>[.<tag>] (attnzoo's vit_<t|s|b|l>16)
+_TIMM_VIT = re.compile(r"(?:vit|deit)_(tiny|small|base|large)_patch16_(224|384)(?:\.[a-z0-9_]+)?")
 META_FILE = "attnzoo_backbone.json"
 
 
@@ -40,6 +43,9 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
     if m:
         kwargs: dict[str, Any] = {"attn": m[1]} if m[1] else {}
         return f"resnet{m[2]}_{ {'': 'v1b', 'c': 'v1c', 'd': 'v1d'}[m[3]] }", kwargs
+    m = _TIMM_VIT.fullmatch(model_name)
+    if m and not (model_name.startswith("deit") and m[1] == "large"):
+        return f"vit_{m[1][0]}16", {"img_size": (int(m[2]), int(m[2]))}
     m = _TIMM_SWIN.fullmatch(model_name)
     name = f"swin_{m[1][0]}{'_w12' if m[2] == '12' else ''}" if m else model_name
     if name in backbones.list_backbones() and re.match(r"skresnet|resnest|hrnet_|swin_", name):
@@ -48,7 +54,8 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
         f"model_name={model_name!r} is not a timm model attnzoo can rebuild; supported: "
         "[se|eca]resnet{18,34,50,101,152}[c|d], skresnet{18,34,50}, resnest{14,26,50}d, "
         "resnest101e, hrnet_w18_small[_v2], hrnet_w{18,30,32,40,44,48,64}, "
-        "swin_{tiny,small,base,large}_patch4_window7_224, swin_{base,large}_patch4_window12_384"
+        "swin_{tiny,small,base,large}_patch4_window7_224, swin_{base,large}_patch4_window12_384, "
+        "vit_{tiny,small,base,large}_patch16_{224,384}, deit_{tiny,small,base}_patch16_{224,384}"
     )
 
 
@@ -83,6 +90,36 @@ def _timm_swin_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> d
     return out
 
 
+def _timm_vit_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> dict[str, Any]:
+    """timm's ViT / DeiT keys as attnzoo's, as mmseg's ``vit2mmseg`` and ``VisionTransformer``
+    load them: ``blocks.<i>`` are ``layers.<i>`` (``norm1`` / ``norm2`` as ``ln1`` / ``ln2``, the
+    stacked ``attn.qkv`` split into ``query`` / ``key`` / ``value``); timm's final ``norm`` is
+    the final LayerNorm ``ln1`` of a ``final_norm`` backbone and dropped otherwise, as is the
+    classifier (``head``); the position embedding is resized (``module.interpolate_mode``) from
+    timm's square grid to the backbone's ``img_size`` grid when they differ."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key.startswith(("head.", "fc_norm.")) or (key.startswith("norm.")
+                                                      and not module.final_norm):
+            continue
+        value = to_numpy(value)
+        qkv = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", key)
+        if qkv:
+            for part, name in zip(np.split(value, 3, axis=0), ("query", "key", "value")):
+                out[f"layers.{qkv[1]}.attn.{name}.{qkv[2]}"] = part
+            continue
+        if key == "pos_embed":
+            side = int(round(np.sqrt(value.shape[1] - 1)))
+            value = np.asarray(resize_pos_embed(
+                jnp.asarray(value, jnp.float32), (side, side), module.grid,
+                module.interpolate_mode))
+        key = re.sub(r"^blocks\.(\d+)\.norm(\d)\.", r"layers.\1.ln\2.", key)
+        key = re.sub(r"^blocks\.", "layers.", key)
+        key = re.sub(r"^norm\.", "ln1.", key)
+        out[re.sub(r"^patch_embed\.proj\.", "patch_embed_projection.", key)] = value
+    return out
+
+
 def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
              output_stride: int) -> tuple[nn.Module, dict]:
     cls = backbones.BACKBONES.get(name)[0]
@@ -94,13 +131,15 @@ def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
     module = backbones.create(name, **kwargs)
     if cls is backbones.SwinTransformer:
         state_dict = _timm_swin_state_dict(state_dict, module)
+    if cls is backbones.VisionTransformer:
+        state_dict = _timm_vit_state_dict(state_dict, module)
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS,
                                       regex_renames=_TIMM_RENAMES)
 
 
-def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
-              ) -> tuple[nn.Module, dict]:
+def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32,
+              fields: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict]:
     """The attnzoo backbone matching timm's ``model_name`` and its variables.
 
     For the ResNets, ``backbone.apply(variables, x_nhwc)["c4"]`` equals timm's
@@ -111,9 +150,15 @@ def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int
     gets timm's trunk; its stage outputs go through per-stage norms timm lacks, started as
     identity affine maps (mmseg's start when it loads these weights). The classifiers are
     dropped; any other unknown, missing or mis-shaped key raises ``ConversionError``.
+
+    A ViT / DeiT (``<vit|deit>_<size>_patch16_<224|384>``) gets timm's encoder;
+    ``fields`` overrides the backbone's fields, as a segmentor fine-tuned from these weights
+    builds it (``models.get_spec(name).backbone_kwargs``: mmseg's recipes learn the position
+    embedding for their crop, to which timm's is resized bicubically, and may add a final
+    norm, which timm's ``norm`` fills, as mmseg's ``vit2mmseg`` and ``VisionTransformer``).
     """
     name, kwargs = timm_backbone(model_name)
-    return _convert(name, kwargs, state_dict, output_stride)
+    return _convert(name, {**kwargs, **(fields or {})}, state_dict, output_stride)
 
 
 def from_torchvision(model_name: str, state_dict: Mapping[str, Any], output_stride: int = 32
@@ -161,7 +206,8 @@ _LEGACY_BLOCK_FIELDS = ("sk_kwargs", "radix", "avd")
 
 # Backbones other than the ResNet family are saved as their class and fields (``"kind"``).
 _KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet,
-                                      "SwinTransformer": backbones.SwinTransformer}
+                                      "SwinTransformer": backbones.SwinTransformer,
+                                      "VisionTransformer": backbones.VisionTransformer}
 
 
 def _backbone_fields(module: nn.Module) -> dict[str, Any]:

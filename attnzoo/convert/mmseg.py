@@ -61,6 +61,11 @@ _STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+?)_(?P<gpus>\d
 _SWIN_STEM = re.compile(r"swin-(?P<size>tiny|small|base|large)-patch4-window(?P<window>7|12)"
                         r"-in(?:1|22)k(?:-384x384)?-pre_(?P<family>[a-z0-9]+)_(?P<gpus>\d+)xb"
                         r"(?P<batch>\d+)-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9]+-\d+x\d+)")
+# the ViT-UPerNet configs (folder vit) name the backbone first too:
+# vit_<vit|deit>-<size>16[-ln][_mln]_<family>_..., the model <family>_<vit|deit>_<size>16[_ln][_mln]
+_VIT_STEM = re.compile(r"vit_(?P<backbone>(?:vit|deit)-[a-z]\d+(?:-ln)?(?:_mln)?)_"
+                       r"(?P<family>[a-z0-9]+)_(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<iterations>\d+)k_"
+                       r"(?P<protocol>[a-z0-9]+-\d+x\d+)")
 
 # What every family shares. Backbones: ResNetV1c's deep stem (timm's conv1.* / bn1; its basic
 # blocks leave their second conv undilated: ``mmseg_recipe``) and mmseg's MixVisionTransformer
@@ -84,6 +89,12 @@ BACKBONE_RENAMES = (
     (r"^(backbone\.stages\.\d+\.blocks\.\d+\.attn)\.w_msa\.", r"\1."),
     (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.0\.0\.", r"\1.mlp.fc1."),
     (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
+    # ViT (its patch embedding's by Swin's rename above) and mmseg's MultiLevelNeck
+    (r"^(backbone\.layers\.\d+\.attn)\.attn\.out_proj\.", r"\1.proj."),
+    (r"^(backbone\.layers\.\d+\.attn)\.attn\.(query|key|value)\.", r"\1.\2."),
+    (r"^(backbone\.layers\.\d+)\.ffn\.layers\.0\.0\.", r"\1.mlp.fc1."),
+    (r"^(backbone\.layers\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
+    (r"^neck\.(lateral_convs|convs)\.(\d+)\.conv\.", r"neck.\1.\2."),
 )
 # Heads: the decode and auxiliary heads' prefixes and classifiers (``cls_seg``), mmcv's Scale.
 HEAD_RENAMES = (
@@ -168,7 +179,8 @@ def _unsupported(stem: str, why: str) -> ValueError:
     return ValueError(
         f"config {stem!r} is not an mmseg config attnzoo rebuilds ({why}); supported: "
         f"<family>_<backbone>_<gpus>xb<batch>-<iterations>k_<dataset>-<crop> (Swin's: "
-        f"swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_...) with family in "
+        f"swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_...; ViT-UPerNet's: "
+        f"vit_<vit|deit>-<size>16[-ln][_mln]_<family>_...) with family in "
         f"{supported}, <family>_<backbone> a registered model (models.list_models(), '-' for "
         f"'_') and <dataset>-<crop> in {list(PROTOCOLS)}, e.g. "
         f"'danet_r50-d8_4xb2-80k_cityscapes-512x1024' (published ones: "
@@ -177,7 +189,7 @@ def _unsupported(stem: str, why: str) -> ValueError:
 
 def mmseg_recipe(stem: str) -> MmsegRecipe:
     """Parse mmseg config ``stem``; ValueError naming the supported families and datasets."""
-    m = _STEM.fullmatch(stem) or _SWIN_STEM.fullmatch(stem)
+    m = _SWIN_STEM.fullmatch(stem) or _VIT_STEM.fullmatch(stem) or _STEM.fullmatch(stem)
     if m is None:
         raise _unsupported(stem, "not of mmseg's stem pattern")
     if m["family"] not in heads.list_families() or \
@@ -239,6 +251,18 @@ def split_in_proj(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_patch_bias(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A ViT state dict with its patch embedding's bias: mmseg 0.x (which trained the published
+    checkpoints) gave the patch conv a bias, mmseg 1.x's ``VisionTransformer`` defaults to none
+    (``patch_bias=False``); a checkpoint without it converts with a zero bias, the same
+    function."""
+    weight = "backbone.patch_embed.projection.weight"
+    bias = "backbone.patch_embed.projection.bias"
+    if weight in state_dict and bias not in state_dict:
+        return {**state_dict, bias: np.zeros(state_dict[weight].shape[0], np.float32)}
+    return state_dict
+
+
 def from_mmseg(config: str, state_dict: Mapping[str, Any] | str | Path
                ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, variables)`` of mmseg config ``config`` from its trained weights.
@@ -266,6 +290,8 @@ def from_mmseg(config: str, state_dict: Mapping[str, Any] | str | Path
     state_dict = split_in_proj({k: to_numpy(v) for k, v in state_dict.items()})
     if family.mmseg_state_dict is not None:
         state_dict = family.mmseg_state_dict(state_dict)
+    if isinstance(model.backbone, backbones.VisionTransformer):
+        state_dict = _with_patch_bias(state_dict)
     target = target_shapes(model, jnp.zeros((1, 64, 64, 3), jnp.float32))
     return model, convert_state_dict(state_dict, target, regex_renames=mmseg_renames(family))
 

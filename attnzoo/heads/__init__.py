@@ -32,6 +32,7 @@ from attnzoo.heads.encnet import EncHead
 from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.gcnet import GCHead
 from attnzoo.heads.isanet import ISAHead
+from attnzoo.heads.necks import NECKS, MultiLevelNeck, create_neck, list_necks
 from attnzoo.heads.non_local import NLHead
 from attnzoo.heads.polarized import PolarizedHead
 from attnzoo.heads.psanet import PSANetHead
@@ -43,6 +44,7 @@ from attnzoo.heads.upernet import UPerHead
 
 __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DMHead",
            "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "EncHead", "FAMILIES",
-           "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead", "NLHead", "OCRHead", "PSANetHead",
-           "PSPHead", "PolarizedHead", "SegFormerHead", "UPerHead", "create", "get_family", "list_families",
-           "list_heads", "register", "register_family"]
+           "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead", "MultiLevelNeck", "NECKS",
+           "NLHead", "OCRHead", "PSANetHead", "PSPHead", "PolarizedHead", "SegFormerHead",
+           "UPerHead", "create", "create_neck", "get_family", "list_families", "list_heads",
+           "list_necks", "register", "register_family"]

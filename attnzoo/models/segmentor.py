@@ -37,6 +37,8 @@ class EncoderDecoder(nn.Module):
     Attributes:
       backbone: a module returning a dict of features (``c1`` .. ``c4``) with
         an ``in_channels`` field.
+      neck: a module remaking that dict before the heads read it (mmseg's necks,
+        :mod:`attnzoo.heads.necks`: a ViT's one-stride features made a pyramid), or None.
       head: the decode head, reading ``in_feature`` (a feature name, or a tuple of names:
         the head then gets the list of those features, or with ``resize_concat`` one array).
       resize_concat: the features of a tuple ``in_feature`` are resized bilinearly (with
@@ -56,6 +58,7 @@ class EncoderDecoder(nn.Module):
     backbone: nn.Module
     head: nn.Module
     aux_head: nn.Module | None = None
+    neck: nn.Module | None = None
     in_feature: str | tuple[str, ...] = "c4"
     resize_concat: bool = False
     aux_feature: str = "c3"
@@ -82,6 +85,8 @@ class EncoderDecoder(nn.Module):
         check_image(images, self.backbone.in_channels, "images", "in_channels")
         size = images.shape[1:3]
         feats = self.backbone(images, train=train)
+        if self.neck is not None:
+            feats = self.neck(feats, train=train)
         head_input = (feats[self.in_feature] if isinstance(self.in_feature, str)
                       else [feats[k] for k in self.in_feature])
         if self.resize_concat and isinstance(head_input, list):

@@ -31,14 +31,20 @@ class EncoderDecoderSpec:
         of one fixed stride (MiT).
       backbone_kwargs: fields of the backbone (e.g. ``{"attn": "se"}``).
       head_kwargs: fields of the head (e.g. ``{"channels": 512}``).
-      aux_head: the auxiliary head's name (reading ``c3``), or None.
+      aux_head: the auxiliary head's name (reading ``aux_feature``), or None.
       aux_kwargs: its fields.
       aux_weight: its loss weight.
+      aux_feature: the feature the auxiliary head reads (``"c3"``).
+      neck: a ``heads.list_necks()`` name between the backbone and the heads, or None.
+      neck_kwargs: its fields.
       in_feature: the feature the head reads (``"c4"``), or a tuple of them
         (SegFormer's head reads ``("c1", "c2", "c3", "c4")``).
       resize_concat: the head reads the features of ``in_feature`` resized to the first's size
         and concatenated (mmseg's ``input_transform="resize_concat"``: HRNet's heads).
       family: the head family (``heads.list_families()``) it was registered from, or None.
+      recipe: engine config fields (dotted names) its training recipe sets beyond mmseg's
+        schedule and the family's :attr:`~attnzoo.heads.Family.recipe`: the backbone's (mmseg
+        trains its Swin and ViT models with AdamW whatever the head).
     """
 
     backbone: str
@@ -50,9 +56,13 @@ class EncoderDecoderSpec:
     aux_kwargs: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: {"channels": 256, "num_convs": 1, "concat_input": False})
     aux_weight: float = 0.4
+    aux_feature: str = "c3"
+    neck: str | None = None
+    neck_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     in_feature: str | tuple[str, ...] = "c4"
     resize_concat: bool = False
     family: str | None = None
+    recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
               backbone_kwargs: Mapping[str, Any] | None = None,
@@ -87,8 +97,11 @@ class EncoderDecoderSpec:
                                                 "aux_channels"))
         crf_layer = None if crf is None else blocks.create("crf", num_classes=num_classes,
                                                            dtype=dtype, **crf)
-        return EncoderDecoder(backbone, head, aux, in_feature=self.in_feature,
+        neck = (None if self.neck is None
+                else heads.create_neck(self.neck, dtype=dtype, **self.neck_kwargs))
+        return EncoderDecoder(backbone, head, aux, neck, in_feature=self.in_feature,
                               resize_concat=self.resize_concat, aux_weight=self.aux_weight,
+                              aux_feature=self.aux_feature,
                               align_corners=align_corners,
                               crf=crf_layer, **kwargs)
 

@@ -28,6 +28,13 @@ into descriptions (:class:`EncoderDecoderSpec`):
   ``hrnet_w48``), the head reading its four branches resized to the first's size and
   concatenated (the family's ``set_head_kwargs["hrnet"]`` sizes it by their width; no
   auxiliary head), as mmsegmentation's ``fcn_hr18.py`` / ``ocrnet_hr18.py`` model files.
+* ``vit``: ``<family>_{vit_b16,deit_s16,deit_b16}[_mln|_ln_mln]`` on a
+  :class:`~attnzoo.backbones.VisionTransformer` (``vit_b16`` / ``vit_s16``, the position
+  embedding learned for 512 x 512; DeiT and the ``ln`` models with stochastic depth 0.1) whose
+  layers 3, 6, 9, 12 feed the head (512 channels) directly or through mmseg's
+  ``MultiLevelNeck`` (``mln``: rescaled by 4, 2, 1, 1/2 to strides 4 to 32), ``ln`` adding a
+  final LayerNorm; an auxiliary FCN head (256 channels, loss weight 0.4) on the fourth level,
+  as mmsegmentation's ``upernet_vit-b16_ln_mln.py`` model file and its ``vit`` configs.
 """
 
 from __future__ import annotations
@@ -91,6 +98,13 @@ def resnet_fpn_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
 
 
 SWINS = ("t", "s", "b", "l", "b_w12", "l_w12")
+# mmseg's recipe for its Swin and ViT models (configs/swin, configs/vit): AdamW (lr 6e-5, betas
+# 0.9 / 0.999, weight decay 0.01, none on position embeddings, tokens and norms), linear
+# warm-up over 1500 steps from 1e-6 of the rate, then poly (power 1) to 0
+TRANSFORMER_RECIPE = {
+    "optimizer.name": "adamw", "optimizer.learning_rate": 6e-5, "optimizer.b1": 0.9,
+    "optimizer.b2": 0.999, "optimizer.weight_decay": 0.01, "optimizer.schedule": "poly",
+    "optimizer.power": 1.0, "optimizer.min_lr": 0.0, "optimizer.warmup_steps": 1500}
 
 
 def swin_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
@@ -99,7 +113,8 @@ def swin_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
         backbone=f"swin_{k}", head=family.head, output_stride=None,
         head_kwargs={"channels": 512}, aux_head="fcn",
         aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
-        in_feature=("c1", "c2", "c3", "c4"), family=family.name) for k in SWINS}
+        in_feature=("c1", "c2", "c3", "c4"), family=family.name, recipe=TRANSFORMER_RECIPE)
+        for k in SWINS}
 
 
 HRNETS = {"hr18s": "hrnet_w18_small_v2", "hr18": "hrnet_w18", "hr48": "hrnet_w48"}
@@ -117,9 +132,37 @@ def hrnet_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     return out
 
 
+# mmseg's vit configs: <network>_<size>16 with no neck, "mln" (its MultiLevelNeck) or "ln_mln"
+# (the neck and a final LayerNorm); DeiT is the ViT trained otherwise (stochastic depth 0.1 in
+# mmseg's recipes, as its "ln" ViT-B)
+VITS = {"vit_b16": "vit_b16", "deit_s16": "vit_s16", "deit_b16": "vit_b16"}
+VIT_NECKS = ("", "_mln", "_ln_mln")
+
+
+def vit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``vit`` model set of ``family``."""
+    out = {}
+    for short, backbone in VITS.items():
+        width = backbones.create(backbone).embed_dim
+        for neck in VIT_NECKS:
+            final_norm = neck == "_ln_mln"
+            out[f"{family.name}_{short}{neck}"] = EncoderDecoderSpec(
+                backbone=backbone, head=family.head, output_stride=None,
+                backbone_kwargs={"img_size": (512, 512), "final_norm": final_norm,
+                                 "drop_path_rate": 0.1 if short.startswith("deit") or final_norm
+                                 else 0.0},
+                neck="multilevel" if neck else None,
+                neck_kwargs={"out_channels": width} if neck else {},
+                head_kwargs={"channels": 512}, aux_head="fcn",
+                aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
+                aux_feature="c4", in_feature=("c1", "c2", "c3", "c4"), family=family.name,
+                recipe=TRANSFORMER_RECIPE)
+    return out
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
-    "hrnet": hrnet_models, "swin": swin_models}
+    "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)

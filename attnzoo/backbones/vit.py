@@ -1,0 +1,169 @@
+"""Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
+Image Recognition at Scale", ICLR 2021; DeiT, Touvron et al., ICML 2021, is the same network
+trained otherwise) as a segmentation backbone, as mmsegmentation's ``VisionTransformer``
+builds it.
+
+* patch embedding: the image zero-padded at the bottom / right to a multiple of the patch size
+  ``P`` (mmseg's ``AdaptivePadding(padding="corner")``), a ``P x P`` stride-``P`` conv;
+* a class token prepended and a learned absolute position embedding added,
+
+  .. math:: z_0 = [x_{cls}; x_p^1 E; \\dots; x_p^N E] + E_{pos},
+
+  ``E_pos`` learned on the ``img_size / P`` grid and resized to the input's grid (bicubic
+  unless ``interpolate_mode`` says bilinear, PyTorch's ``align_corners=False``; the class
+  token's entry as it is) whenever the two differ, as mmseg does at every forward;
+* ``depth`` pre-norm Transformer encoder layers
+  (:class:`~attnzoo.blocks.TransformerEncoderLayer`,
+  :math:`z' = z + MSA(LN(z)),\\ z'' = z' + MLP(LN(z'))`), the last optionally followed by a
+  LayerNorm (``final_norm``, mmseg's ``norm1``);
+* the outputs of the layers ``out_indices`` without the class token, as ``(B, H/P, W/P, C)``
+  maps: ``{"c1": ..., "c<k>": ...}``, all of stride ``P``.
+
+Submodules are named as mmseg's state dict after the renames of :mod:`attnzoo.convert.mmseg`
+(``patch_embed_projection``; ``layers_<i>`` with ``ln1``, ``attn/{query,key,value,proj}``,
+``ln2``, ``mlp/{fc1,fc2}``; ``ln1`` for the final norm; parameters ``cls_token``,
+``pos_embed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnzoo import ops
+from attnzoo._checks import check_choice, check_image, check_positive
+from attnzoo.blocks.common import Dtype, conv
+from attnzoo.blocks.transformer import TransformerEncoderLayer
+from attnzoo.backbones.swin import pad_to_multiple
+
+Array = jax.Array
+
+INTERPOLATE_MODES = ("bicubic", "bilinear")
+
+
+def resize_pos_embed(pos_embed: Array, grid: tuple[int, int], size: tuple[int, int],
+                     mode: str = "bicubic") -> Array:
+    """mmseg's ``VisionTransformer.resize_pos_embed``: ``(1, 1 + gh gw, C)`` position embedding
+    (class token first, then the ``grid`` in row-major order) with its grid part resized to
+    ``size`` (``mode`` as ``F.interpolate``'s, ``align_corners=False``); the class token's
+    entry kept."""
+    gh, gw = grid
+    cls, patches = pos_embed[:, :1], pos_embed[:, 1:].reshape(1, gh, gw, -1)
+    if (gh, gw) != tuple(size):
+        patches = (ops.resize_bicubic(patches, size) if mode == "bicubic"
+                   else ops.resize_bilinear(patches, size))
+    return jnp.concatenate([cls, patches.reshape(1, size[0] * size[1], -1)], axis=1)
+
+
+class VisionTransformer(nn.Module):
+    """The ViT backbone (module docstring).
+
+    Attributes:
+      embed_dim: token width ``C`` (192 ViT-Ti, 384 ViT-S / DeiT-S, 768 ViT-B, 1024 ViT-L).
+      depth: encoder layers.
+      num_heads: attention heads.
+      mlp_ratio: MLP width over ``C``.
+      patch_size: ``P``.
+      img_size: ``(H, W)`` the position embedding is learned for (its grid is
+        ``img_size // P``; mmseg's recipes set the training crop).
+      out_indices: the layers (0-based) whose outputs are returned, as ``c1``, ``c2``, ...
+      qkv_bias: biases on the attention's query, key and value maps.
+      patch_bias: a bias on the patch embedding conv (ViT's, timm's, and mmseg 0.x's, which
+        trained the published checkpoints; mmseg 1.x's configs build it without).
+      with_cls_token: keep the class token in the sequence the layers see (SETR-MLA drops it
+        after adding the position embedding).
+      final_norm: a LayerNorm after the last layer.
+      interpolate_mode: how the position embedding is resized (``"bicubic"``, ``"bilinear"``).
+      ln_eps: the LayerNorms' epsilon (1e-6 in mmseg's ViT configs and timm).
+      dropout: dropout after the position embedding, the attention projections and in the
+        MLPs (mmseg's ``drop_rate``).
+      drop_path_rate: stochastic depth of the MLP branches, rising linearly over the layers
+        from 0 to this (0.1 in mmseg's DeiT recipes).
+      in_channels: channels of the input images.
+      memory_efficient: chunked exact attention in every layer.
+    """
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    img_size: tuple[int, int] = (224, 224)
+    out_indices: Sequence[int] = (2, 5, 8, 11)
+    qkv_bias: bool = True
+    patch_bias: bool = True
+    with_cls_token: bool = True
+    final_norm: bool = False
+    interpolate_mode: str = "bicubic"
+    ln_eps: float = 1e-6
+    dropout: float = 0.0
+    drop_path_rate: float = 0.0
+    in_channels: int = 3
+    memory_efficient: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "depth", "num_heads", "patch_size", "in_channels"):
+            check_positive(getattr(self, name), name)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must divide by num_heads "
+                             f"{self.num_heads}")
+        size = tuple(self.img_size)
+        if len(size) != 2 or min(size) < self.patch_size:
+            raise ValueError(f"img_size must be (H, W), each at least patch_size "
+                             f"{self.patch_size}; got {self.img_size}")
+        indices = tuple(self.out_indices)
+        if not indices or any(not 0 <= i < self.depth for i in indices) or \
+                list(indices) != sorted(set(indices)):
+            raise ValueError(f"out_indices must be increasing layer indices in [0, "
+                             f"{self.depth}); got {self.out_indices}")
+        check_choice(self.interpolate_mode, INTERPOLATE_MODES, "interpolate_mode")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
+        super().__post_init__()
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid the position embedding is learned for."""
+        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+
+    def feature_info(self) -> dict[str, tuple[int, int]]:
+        """``{"c1": (channels, stride), ...}`` of the features ``__call__`` returns."""
+        return {f"c{k + 1}": (self.embed_dim, self.patch_size)
+                for k in range(len(self.out_indices))}
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+        check_image(x, self.in_channels, "x", "in_channels")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = conv(self.embed_dim, self.patch_size, stride=self.patch_size, padding=0,
+                 use_bias=self.patch_bias, name="patch_embed_projection", **kw)(
+            pad_to_multiple(x, self.patch_size))
+        b, h, w, c = x.shape
+        init = nn.initializers.truncated_normal(0.02)
+        cls_token = self.param("cls_token", init, (1, 1, c), self.param_dtype)
+        pos_embed = self.param("pos_embed", init, (1, 1 + self.grid[0] * self.grid[1], c),
+                               self.param_dtype)
+        tokens = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, c)).astype(x.dtype),
+                                  x.reshape(b, h * w, c)], axis=1)
+        tokens = tokens + resize_pos_embed(pos_embed, self.grid, (h, w),
+                                           self.interpolate_mode).astype(x.dtype)
+        tokens = nn.Dropout(self.dropout)(tokens, deterministic=not train)
+        if not self.with_cls_token:
+            tokens = tokens[:, 1:]
+        rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+        features: dict[str, Array] = {}
+        for i in range(self.depth):
+            tokens = TransformerEncoderLayer(
+                self.num_heads, self.mlp_ratio, self.qkv_bias, self.dropout, rates[i],
+                self.ln_eps, self.memory_efficient, name=f"layers_{i}", **kw)(tokens, train=train)
+            if i == self.depth - 1 and self.final_norm:
+                tokens = nn.LayerNorm(self.ln_eps, name="ln1", **kw)(tokens)
+            if i in self.out_indices:
+                patches = tokens[:, 1:] if self.with_cls_token else tokens
+                features[f"c{len(features) + 1}"] = patches.reshape(b, h, w, c)
+        return features
