@@ -365,3 +365,27 @@ def test_a_vit_checkpoint_of_another_size_is_refused_by_key():
                                                  np.float32)}
     with pytest.raises(ConversionError, match=r"backbone\.pos_embed.*\(1, 1025, 384\)"):
         from_mmseg("vit_deit-b16_upernet_8xb2-80k_ade20k-512x512", state_dict)
+
+
+@pytest.mark.slow
+def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
+    """``--model``: timm's DeiT-S (224 x 224, random weights) written as the backbone of
+    ``upernet_deit_s16_ln_mln`` (position embedding for 512 x 512, final norm), whose
+    ``backbone`` variables it fits exactly; a model on another backbone is refused by name."""
+    from attnzoo import models
+    from attnzoo.convert.torch_weights import target_shapes
+
+    weights = tmp_path / "deit_s.pth"
+    torch.save(timm.create_model("deit_small_patch16_224", pretrained=False).state_dict(), weights)
+    out = tmp_path / "converted"
+    assert convert_main(["--source", "timm:deit_small_patch16_224", "--checkpoint", str(weights),
+                         "--out", str(out), "--model", "upernet_deit_s16_ln_mln"]) == 0
+    module, variables = load_backbone(out)
+    assert module.img_size == (512, 512) and module.final_norm
+    model = models.create("upernet_deit_s16_ln_mln", num_classes=150)
+    want = target_shapes(model, np.zeros((1, 64, 64, 3), np.float32))["params"]["backbone"]
+    assert jax.tree.map(lambda a: a.shape, variables["params"]) == jax.tree.map(
+        lambda a: a.shape, want)
+    with pytest.raises(ValueError, match=r"--model 'upernet_swin_t' is not built on 'vit_s16'"):
+        convert_main(["--source", "timm:deit_small_patch16_224", "--checkpoint", str(weights),
+                      "--out", str(out), "--model", "upernet_swin_t"])
