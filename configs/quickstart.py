@@ -8,8 +8,9 @@ per-class table, saves a checkpoint and writes predictions.png. The argument
 picks another head family for the same budget, ``configs/quickstart.py:ccnet`` (any of
 ``attnzoo.heads.list_families()``): the analogue of the DANet paper's ablation, see
 ``benchmarks/quickstart_heads.py``. A family is trained on the small model of its first
-model set (:data:`SMALL`): the quarter-width ResNet-18-D8 (undilated for ``upernet``), or
-SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``.
+model set (:data:`SMALL`): the quarter-width ResNet-18-D8 (undilated for ``upernet``),
+SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``, or Segmenter on ViT-Ti
+(5.7M) for ``segmenter``.
 """
 
 from attnzoo import heads
@@ -24,6 +25,7 @@ SMALL = {
     "resnet_fpn": ("r18", {"backbone_kwargs": {"width": 16, "stem_width": 16},
                            "head_channels": 32, "aux_channels": 16}),
     "mit": ("mit_b0", {"head_channels": 64}),
+    "segmenter": ("vit_t_mask", {"backbone_kwargs": {"img_size": (128, 128)}}),
 }
 
 

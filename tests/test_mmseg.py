@@ -60,7 +60,9 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "segformer_mit-b2_8xb1-160k_cityscapes-1024x1024",
         "segformer_mit-b5_8xb2-160k_ade20k-640x640",
         "vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512",
-        "vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512"]
+        "vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512",
+        "segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512",
+        "segmenter_vit-l_mask_8xb1-160k_ade20k-512x512"]
 
 
 def compare(stem, size=(51, 75), seed=0, **backbone):
@@ -172,6 +174,18 @@ def test_every_published_config_has_a_recipe_matching_its_row():
     c = from_fields(mmseg_recipe("segformer_mit-b0_8xb2-160k_ade20k-512x512").config_fields())
     assert c.model.name == "segformer_mit_b0" and c.model.head_kwargs.to_dict() == {
         "channels": 256, "stage_norm": True}
+    assert c.optimizer.name == "adamw" and dict(c.optimizer.lr_mult) == {"head": 10.0}
+    c = from_fields(mmseg_recipe("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512").config_fields())
+    assert c.optimizer.name == "adamw" and c.optimizer.learning_rate == 6e-5
+    # Segmenter: [-1, 1] pixels, SGD at 1e-3, sliding windows; ViT-L's config reads ADE20K at 640
+    c = from_fields(mmseg_recipe("segmenter_vit-b_mask_8xb1-160k_ade20k-512x512").config_fields())
+    assert tuple(c.model.pixel_mean) == tuple(c.model.pixel_std) == (127.5,) * 3
+    assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.weight_decay) == (
+        "sgd", 0.001, 0.0)
+    assert c.eval.mode == "slide" and tuple(c.eval.stride) == (480, 480) and c.batch_size == 8
+    c = from_fields(mmseg_recipe("segmenter_vit-l_mask_8xb1-160k_ade20k-512x512").config_fields())
+    assert tuple(c.dataset.crop_size) == tuple(c.eval.crop_size) == (640, 640)
+    assert tuple(c.eval.stride) == (608, 608) and tuple(c.dataset.eval_scale) == (2560, 640)
 
 
 def test_the_published_checkpoints_file_is_mmsegs_metafiles():

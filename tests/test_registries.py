@@ -38,6 +38,7 @@ BLOCK_KWARGS = {
 # head -> fields beside ``num_classes`` and ``channels``
 HEAD_KWARGS = {
     "psanet": {"mask_size": (13, 21)},  # 2h - 1 of the features covers them (97 x 97 default)
+    "segmenter_mask": {"num_heads": 2},  # 16 channels: ViT-B's 12 heads do not divide them
 }
 
 

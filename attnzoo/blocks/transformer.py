@@ -18,6 +18,21 @@ from attnzoo.blocks.common import DropPath, Dtype
 
 Array = jax.Array
 
+LAYER_RENAMES = ((r"attn\.attn\.out_proj\.", "attn.proj."),
+                 (r"attn\.attn\.(query|key|value)\.", r"attn.\1."),
+                 (r"ffn\.layers\.0\.0\.", "mlp.fc1."),
+                 (r"ffn\.layers\.1\.", "mlp.fc2."))
+"""mmseg's ``TransformerEncoderLayer`` keys inside a layer (after its ``nn.MultiheadAttention``
+``in_proj`` is split in ``query`` / ``key`` / ``value``) as :class:`TransformerEncoderLayer`'s:
+``(pattern, replacement)`` pairs for the part after the layer's own prefix."""
+
+
+def layer_renames(prefix: str) -> tuple[tuple[str, str], ...]:
+    """:data:`LAYER_RENAMES` for the layers whose keys start with regex ``prefix`` (e.g.
+    ``r"backbone\.layers\.\d+\."``): anchored patterns keeping the prefix."""
+    return tuple((f"^({prefix})" + pattern, r"\1" + replacement.replace("\\1", "\\2"))
+                 for pattern, replacement in LAYER_RENAMES)
+
 
 class Mlp(nn.Module):
     """``fc2(GELU(fc1(x)))`` (exact GELU, PyTorch's), ``hidden`` wide: the Transformer MLP.

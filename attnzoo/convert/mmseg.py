@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import backbones, heads, models
+from attnzoo.blocks.transformer import layer_renames
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
 
 # mmseg's dataset configs: classes, crop, test-time resize (keep ratio), inference mode and
@@ -53,7 +54,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                            mode="whole", stride=(426, 426), align_corners=False),
 }
 
-_STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9-]+?)_(?P<gpus>\d+)xb(?P<batch>\d+)"
+_STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9_-]+?)_(?P<gpus>\d+)xb(?P<batch>\d+)"
                    r"-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9]+-\d+x\d+)")
 # the Swin configs name the backbone (and its ImageNet pretraining) first:
 # swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_<gpus>xb<batch>-..., the
@@ -90,10 +91,7 @@ BACKBONE_RENAMES = (
     (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.0\.0\.", r"\1.mlp.fc1."),
     (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
     # ViT (its patch embedding's by Swin's rename above) and mmseg's MultiLevelNeck
-    (r"^(backbone\.layers\.\d+\.attn)\.attn\.out_proj\.", r"\1.proj."),
-    (r"^(backbone\.layers\.\d+\.attn)\.attn\.(query|key|value)\.", r"\1.\2."),
-    (r"^(backbone\.layers\.\d+)\.ffn\.layers\.0\.0\.", r"\1.mlp.fc1."),
-    (r"^(backbone\.layers\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
+    *layer_renames(r"backbone\.layers\.\d+\."),
     (r"^neck\.(lateral_convs|convs)\.(\d+)\.conv\.", r"neck.\1.\2."),
 )
 # Heads: the decode and auxiliary heads' prefixes and classifiers (``cls_seg``), mmcv's Scale.
@@ -103,6 +101,13 @@ HEAD_RENAMES = (
     (r"^(head|aux_head)\.conv_seg\.", r"\1.cls.conv_seg."),
     (r"\.gamma\.scale$", ".gamma"),
 )
+
+# configs whose name contradicts their dataset file: the protocol and config fields they have.
+# mmseg's Segmenter-L config is named for ADE20K 512x512 but reads ade20k_640x640.py (640 crops,
+# images resized to 2560 x 640 for training and testing).
+_CONFIG_SLIPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "segmenter_vit-l_mask_8xb1-160k_ade20k-512x512": (
+        "ade20k-640x640", {"dataset.scale": (2560, 640), "dataset.eval_scale": (2560, 640)})}
 
 # the columns of mmseg_checkpoints.csv
 FIELDS = ("family", "config", "dataset", "crop", "schedule", "checkpoint", "miou", "miou_ms")
@@ -122,6 +127,10 @@ class MmsegRecipe:
       protocol: the :data:`PROTOCOLS` key (``"cityscapes-512x1024"``).
       iterations: the schedule's length in steps.
       batch_size: the global batch (GPUs x images per GPU).
+      fields: engine config fields beyond the protocol's: the family's and the model's recipes
+        (``heads.Family.recipe``, ``EncoderDecoderSpec.recipe``: optimiser, pixel
+        normalisation), the family's evaluation (``heads.Family.mmseg_eval``) and a config's
+        own dataset settings where its name contradicts them.
     """
 
     stem: str
@@ -131,6 +140,7 @@ class MmsegRecipe:
     protocol: str
     iterations: int
     batch_size: int
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def dataset(self) -> str:
@@ -156,7 +166,7 @@ class MmsegRecipe:
                 "model.backbone_kwargs": dict(self.model_kwargs.get("backbone_kwargs", {})),
                 "model.head_kwargs": dict(self.model_kwargs.get("head_kwargs", {})),
                 "num_steps": self.iterations, "batch_size": self.batch_size,
-                **protocol_fields(self.protocol)}
+                **protocol_fields(self.protocol), **self.fields}
 
 
 def protocol_fields(protocol: str) -> dict[str, Any]:
@@ -216,8 +226,13 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
         kwargs["head_kwargs"] = head_kwargs
     if protocol["align_corners"]:
         kwargs["align_corners"] = True
-    return MmsegRecipe(stem, m["family"], model, kwargs, m["protocol"],
-                       int(m["iterations"]) * 1000, int(m["gpus"]) * int(m["batch"]))
+    protocol_name, fields = _CONFIG_SLIPS.get(stem, (m["protocol"], {}))
+    family = heads.get_family(m["family"])
+    fields = {**family.recipe, **getattr(models.get_spec(model), "recipe", {}),
+              **(family.mmseg_eval(PROTOCOLS[protocol_name]["crop"]) if family.mmseg_eval
+                 else {}), **fields}
+    return MmsegRecipe(stem, m["family"], model, kwargs, protocol_name,
+                       int(m["iterations"]) * 1000, int(m["gpus"]) * int(m["batch"]), fields)
 
 
 def mmseg_model(stem: str) -> nn.Module:

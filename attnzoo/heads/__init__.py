@@ -39,6 +39,7 @@ from attnzoo.heads.psanet import PSANetHead
 from attnzoo.heads.ocrnet import OCRHead
 from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
+from attnzoo.heads.segmenter import SegmenterMaskHead
 from attnzoo.heads.sem_fpn import FPNHead
 from attnzoo.heads.upernet import UPerHead
 
@@ -46,5 +47,6 @@ __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead"
            "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "EncHead", "FAMILIES",
            "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead", "MultiLevelNeck", "NECKS",
            "NLHead", "OCRHead", "PSANetHead", "PSPHead", "PolarizedHead", "SegFormerHead",
+           "SegmenterMaskHead",
            "UPerHead", "create", "create_neck", "get_family", "list_families", "list_heads",
            "list_necks", "register", "register_family"]

@@ -159,7 +159,9 @@ class Family:
         :mod:`attnzoo.models.zoo` (``"resnet"``: ``<name>_r{18,50,101}_d{8,16}``; ``"mit"``:
         ``<name>_mit_b{0..5}``; ``"hrnet"``: ``<name>_hr{18s,18,48}``; ``"resnet_fpn"``:
         ``<name>_r{18,50,101}``, undilated; ``"swin"``: ``<name>_swin_{t,s,b,l}``,
-        ``<name>_swin_{b,l}_w12``); the first is the quickstart's.
+        ``<name>_swin_{b,l}_w12``; ``"vit"``: ``<name>_{vit_b16,deit_s16,deit_b16}[_mln|_ln_mln]``;
+        ``"segmenter"``: ``<name>_vit_{t,s,b,l}_mask``, ``<name>_vit_s_fcn``); the first is the
+        quickstart's.
       set_head_kwargs: head fields the family sets on a model set's models, by model set: a
         function of the width of the features the head reads (HRNet's heads read the
         concatenation of its four branches, and mmseg sizes them by it).
@@ -175,6 +177,9 @@ class Family:
         ``"ade20k"``; ``"*"``: every dataset).
       mmseg_state_dict: a rewrite of the whole mmseg state dict (numpy arrays) for a weight
         laid out otherwise than attnzoo's, applied before the renames; None for none.
+      mmseg_eval: engine config fields (dotted names) of the evaluation its mmseg configs set
+        instead of their dataset's, as a function of the crop (Segmenter's sliding windows);
+        None for none.
     """
 
     name: str
@@ -190,6 +195,7 @@ class Family:
     mmseg_renames: tuple[tuple[str, str], ...] | None = None
     mmseg_head_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     mmseg_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    mmseg_eval: Callable[[tuple[int, int]], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         unanchored = [p for p, _ in self.mmseg_renames or () if not p.startswith("^")]

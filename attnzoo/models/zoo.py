@@ -35,6 +35,12 @@ into descriptions (:class:`EncoderDecoderSpec`):
   ``MultiLevelNeck`` (``mln``: rescaled by 4, 2, 1, 1/2 to strides 4 to 32), ``ln`` adding a
   final LayerNorm; an auxiliary FCN head (256 channels, loss weight 0.4) on the fourth level,
   as mmsegmentation's ``upernet_vit-b16_ln_mln.py`` model file and its ``vit`` configs.
+* ``segmenter``: ``<family>_vit_{t,s,b,l}_mask`` on a ViT (``vit_{t,s,b,l}16``, the position
+  embedding learned for 512 x 512, 640 x 640 for L; a final LayerNorm; stochastic depth 0.1),
+  the head (as wide as the ViT, as many attention heads) reading its last layer; and
+  ``<family>_vit_s_fcn``, a 1x1 conv on ViT-S's patches instead (the paper's linear decoder);
+  no auxiliary head, as mmsegmentation's ``segmenter_vit-b16_mask.py`` and ``segmenter``
+  configs.
 """
 
 from __future__ import annotations
@@ -160,9 +166,36 @@ def vit_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     return out
 
 
+# mmseg's segmenter configs: ViT-Ti / S / B / L (the position embedding for the crop: 640 x 640
+# for L), its last layer through a final LayerNorm, stochastic depth 0.1
+SEGMENTERS = {"t": "vit_t16", "s": "vit_s16", "b": "vit_b16", "l": "vit_l16"}
+
+
+def segmenter_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``segmenter`` model set of ``family``."""
+    out = {}
+    for size, backbone in SEGMENTERS.items():
+        vit = backbones.create(backbone)
+        crop = (640, 640) if size == "l" else (512, 512)
+        fields = {"img_size": crop, "final_norm": True, "out_indices": (vit.depth - 1,),
+                  "drop_path_rate": 0.1}
+        out[f"{family.name}_vit_{size}_mask"] = EncoderDecoderSpec(
+            backbone=backbone, head=family.head, output_stride=None, backbone_kwargs=fields,
+            head_kwargs={"channels": vit.embed_dim, "num_heads": vit.num_heads}, aux_head=None,
+            in_feature="c1", family=family.name)
+        if size == "s":  # the paper's linear decoder (Table 3): a 1x1 conv on the patches
+            out[f"{family.name}_vit_s_fcn"] = EncoderDecoderSpec(
+                backbone=backbone, head="fcn", output_stride=None, backbone_kwargs=fields,
+                head_kwargs={"channels": vit.embed_dim, "num_convs": 0, "concat_input": False,
+                             "dropout": 0.0},
+                aux_head=None, in_feature="c1", family=family.name)
+    return out
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
-    "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models}
+    "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models,
+    "segmenter": segmenter_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
