@@ -389,3 +389,43 @@ def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
     with pytest.raises(ValueError, match=r"--model 'upernet_swin_t' is not built on 'vit_s16'"):
         convert_main(["--source", "timm:deit_small_patch16_224", "--checkpoint", str(weights),
                       "--out", str(out), "--model", "upernet_swin_t"])
+
+
+@pytest.mark.parametrize("kind,size", [("PCPVT", (45, 61)), ("SVT", (45, 61)),
+                                       ("SVT", (56, 61)), ("SVT", (56, 48))])
+def test_twins_equals_mmsegs_pcpvt_and_svt(kind, size):
+    """Narrow Twins (16-32-48-64 wide, 2 layers per stage, SVT's groups 3 x 3) with the random
+    weights of mmseg's ``PCPVT`` / ``SVT``, converted with the mmseg converter's renames: the
+    four outputs within 1e-4 of mmseg's float64 run. The sizes pad the patch embeddings, and
+    SVT's groups (stage 1: 12 x 16, 14 x 16, 14 x 12 positions) at the right only, at the bottom
+    and right (masked pairs) and at the bottom only (mmseg's mask then masks nothing)."""
+    from helpers import randomize_torch
+
+    from attnzoo import backbones
+    from attnzoo.convert.mmseg import BACKBONE_RENAMES, split_in_proj
+    from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+
+    pytest.importorskip("mmseg_support").install_mmcv_ops()
+    from mmseg.models import backbones as mmseg_backbones
+
+    fields = dict(embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], depths=[2, 2, 2, 2],
+                  mlp_ratios=[2, 2, 4, 4], sr_ratios=[4, 2, 2, 1], qkv_bias=True)
+    if kind == "SVT":
+        fields.update(windiow_sizes=[3, 3, 3, 3], norm_after_stage=True)
+    reference = randomize_torch(getattr(mmseg_backbones, kind)(drop_path_rate=0.2, **fields))
+    reference.eval()
+    ours = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+            if k not in ("qkv_bias", "windiow_sizes")}
+    if kind == "SVT":
+        ours["window_sizes"] = (3, 3, 3, 3)
+    module = backbones.create("svt_s" if kind == "SVT" else "pcpvt_s", **ours)
+    x = np.random.default_rng(9).standard_normal((2, 3, *size))
+    target = {k: {"backbone": v} for k, v in target_shapes(
+        module, np.zeros((1, 64, 64, 3), np.float32)).items()}
+    variables = convert_state_dict(
+        split_in_proj({f"backbone.{k}": v.numpy() for k, v in reference.state_dict().items()}),
+        target, regex_renames=BACKBONE_RENAMES)
+    variables = {k: v["backbone"] for k, v in variables.items()}
+    with torch.no_grad():
+        want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
+    levels_close(module, variables, want, x)

@@ -62,7 +62,11 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512",
         "vit_deit-b16-ln_mln_upernet_8xb2-160k_ade20k-512x512",
         "segmenter_vit-s_fcn_8xb1-160k_ade20k-512x512",
-        "segmenter_vit-l_mask_8xb1-160k_ade20k-512x512"]
+        "segmenter_vit-l_mask_8xb1-160k_ade20k-512x512",
+        "twins_pcpvt-s_fpn_fpnhead_8xb4-80k_ade20k-512x512",
+        "twins_svt-s_uperhead_8xb2-160k_ade20k-512x512",
+        "twins_pcpvt-l_uperhead_8xb2-160k_ade20k-512x512",
+        "twins_svt-l_fpn_fpnhead_8xb4-80k_ade20k-512x512"]
 
 
 def compare(stem, size=(51, 75), seed=0, **backbone):

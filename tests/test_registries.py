@@ -146,10 +146,12 @@ def test_head_traces_jitted_in_bfloat16_at_an_odd_size_with_its_declared_outputs
         head.init(jax.random.key(0), wrong)
 
 
-# the HRNets wider than W18, the Swins larger than Swin-T and the ViTs larger than ViT-S differ
-# from them in their widths, depths and windows only: traced in the slow set
+# the HRNets wider than W18, the Swins larger than Swin-T, the ViTs larger than ViT-S and the
+# Twins larger than S differ from them in their widths, depths and windows only: traced in the
+# slow set
 BACKBONES = [pytest.param(n, marks=pytest.mark.slow)
-             if re.fullmatch(r"hrnet_w(?!18)\d+|swin_[sbl](_w12)?|vit_[bl]16", n) else n
+             if re.fullmatch(r"hrnet_w(?!18)\d+|swin_[sbl](_w12)?|vit_[bl]16|(pcpvt|svt)_[bl]", n)
+             else n
              for n in backbones.list_backbones()]
 
 
@@ -183,13 +185,13 @@ def _first_model_of_each_kind():
 
 
 # models whose inference (eval-mode) path is traced too; every model's training path is: the
-# ResNet-50 / -101, output-stride-16, HRNet-W18 / -W48, Swin-S / B / L and ViT-B ones and the
-# DeiT-S with a final norm in the slow set (they differ from the R-18 / HRNet-W18-small / Swin-T
+# ResNet-50 / -101, output-stride-16, HRNet-W18 / -W48, Swin-S / B / L, ViT-B and Twins-B / L
+# ones and the DeiT-S with a final norm in the slow set (they differ from the R-18 / HRNet-W18-small / Swin-T
 # / DeiT-S model of their family in the backbone's depth, width, window, dilations or final
 # norm only, which the backbones' own check covers)
 INFERENCE_TRACED = _first_model_of_each_kind()
 _SLOW_MODEL = re.compile(r".*(_r(50|101)(_d8)?|_d16|_hr(18|48)|_swin_[sbl](_w12)?"
-                         r"|_(vit|deit)_b16(_ln)?(_mln)?|_deit_s16_ln_mln)")
+                         r"|_(vit|deit)_b16(_ln)?(_mln)?|_deit_s16_ln_mln|_(pcpvt|svt)_[bl])")
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if _SLOW_MODEL.fullmatch(n) else n
           for n in models.list_models()]
 

@@ -19,7 +19,9 @@ OTHER_BACKBONES = {"ocrnet_hr18s": {"widths": (8, 16, 32, 64)},
                    "upernet_swin_t": {"embed_dim": 32, "depths": (2, 2, 2, 2),
                                       "num_heads": (1, 2, 4, 8)},
                    "upernet_deit_s16_mln": {"embed_dim": 32, "depth": 4, "num_heads": 2,
-                                            "out_indices": (0, 1, 2, 3), "img_size": (64, 64)}}
+                                            "out_indices": (0, 1, 2, 3), "img_size": (64, 64)},
+                   "fpn_svt_s": {"embed_dims": (16, 32, 48, 64), "num_heads": (1, 2, 3, 4),
+                                 "depths": (2, 2, 2, 2)}}
 
 
 def family_config(family, model=None):

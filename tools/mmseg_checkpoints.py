@@ -11,12 +11,15 @@ dataset, the crop and the schedule (from the stem), the checkpoint file name (th
 the metafile's ``Weights`` URL) and the published ``mIoU`` and ``mIoU(ms+flip)`` as the metafile
 states them (OpenMMLab's runs; not measured by attnzoo).
 
-Two slips of mmseg 1.2.2's metafiles are read through, and the stems must come out distinct:
+Three slips of mmseg 1.2.2's metafiles are read through, and the stems must come out distinct:
 a ``Name`` naming no shipped config is read with the folder's family as its prefix (the emanet
 metafile's ``eemanet_r50-d8_...``), and a ``Name`` contradicting its own checkpoint's schedule
 takes the config of the checkpoint's schedule when mmseg ships one (the deeplabv3plus metafile
 names its R-101 80k ADE20K model ``..._4xb4-160k_ade20k-512x512``, as the 160k one; the
-checkpoint file says ``512x512_80k_ade20k``).
+checkpoint file says ``512x512_80k_ade20k``), and a ``Name`` naming another model than its
+checkpoint's takes the config named as the checkpoint when mmseg ships one (the twins metafile
+lists its SVT-L UPerNet, weights ``twins_svt-l_uperhead_8x2_...``, as a second
+``twins_pcpvt-l_uperhead_8xb2-160k_ade20k-512x512``).
 """
 
 from __future__ import annotations
@@ -68,14 +71,22 @@ def rows(configs: Path) -> list[dict[str, str]]:
 
 def stem_of(model: dict, folder: Path) -> str:
     """The config stem of metafile entry ``model`` of family folder ``folder``: its ``Name``,
-    read with the folder's name as its family prefix when ``folder`` holds no such config, and
-    the config of its checkpoint's schedule where the two disagree and ``folder`` holds it."""
+    read with the folder's name as its family prefix when ``folder`` holds no such config, with
+    the model its checkpoint file names and the config of its checkpoint's schedule where they
+    disagree and ``folder`` holds that config."""
     name = model["Name"]
     if not (folder / f"{name}.py").is_file() and "_" in name:
         renamed = f"{folder.name}_{name.split('_', 1)[1]}"
         if (folder / f"{renamed}.py").is_file():
             name = renamed
-    weights = re.search(r"_(\d+)k_", model.get("Weights", "").rsplit("/", 1)[-1])
+    weights_file = model.get("Weights", "").rsplit("/", 1)[-1]
+    trained = re.match(r"(.+?)_\d+x\d+_", weights_file)
+    named_model = re.match(r"(.+?)_\d+xb\d+-", name)
+    if trained and named_model and trained[1] != named_model[1]:
+        other = trained[1] + name[len(named_model[1]):]
+        if (folder / f"{other}.py").is_file():
+            name = other
+    weights = re.search(r"_(\d+)k_", weights_file)
     named = re.search(r"-(\d+)k_", name)
     if weights and named and weights[1] != named[1]:
         fixed = name.replace(named[0], f"-{weights[1]}k_", 1)

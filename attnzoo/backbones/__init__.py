@@ -10,7 +10,8 @@
 HRNetV2-W18-small, -W18 and -W48 are ``hrnet_w18_small_v2``, ``hrnet_w18``, ``hrnet_w48``)
 the Swin Transformers ``swin_{t,s,b,l}`` (window 7) and ``swin_{b,l}_w12`` (fields of
 :class:`SwinTransformer`) and the Vision Transformers ``vit_{t,s,b,l}16`` (fields of
-:class:`VisionTransformer`; DeiT-S / -B are ``vit_s16`` / ``vit_b16``). Keyword arguments
+:class:`VisionTransformer`; DeiT-S / -B are ``vit_s16`` / ``vit_b16``) and the Twins
+``pcpvt_{s,b,l}`` / ``svt_{s,b,l}`` (fields of :class:`Twins`). Keyword arguments
 override any field. Every backbone returns ``{"c1": ..., "c4": ...}`` (a ViT one feature per
 ``out_indices`` entry, all of stride 16) and has ``feature_info()`` and ``in_channels``.
 """
@@ -24,6 +25,7 @@ import flax.linen as nn
 from attnzoo._registry import Registry
 from attnzoo.backbones.hrnet import HRModule, HRNet
 from attnzoo.backbones.swin import PatchMerging, SwinBlock, SwinTransformer
+from attnzoo.backbones.twins import Twins
 from attnzoo.backbones.vit import VisionTransformer
 from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
@@ -95,6 +97,18 @@ for _size, (_dim, _depth, _heads) in _VITS.items():
         embed_dim=_dim, depth=_depth, num_heads=_heads,
         out_indices=tuple(range(_depth // 4 - 1, _depth, _depth // 4)))))
 
+# Twins (Chu et al., NeurIPS 2021, Table 1 / mmseg's twins configs): PCPVT-S / B / L differ in
+# depth; SVT-S / B / L in width and depth, with LSA groups of 7 and a norm after each stage.
+for _size, _depths in (("s", (3, 4, 6, 3)), ("b", (3, 4, 18, 3)), ("l", (3, 8, 27, 3))):
+    BACKBONES.add(f"pcpvt_{_size}", (Twins, dict(depths=_depths)))
+for _size, _dims, _heads, _depths in (
+        ("s", (64, 128, 256, 512), (2, 4, 8, 16), (2, 2, 10, 4)),
+        ("b", (96, 192, 384, 768), (3, 6, 12, 24), (2, 2, 18, 2)),
+        ("l", (128, 256, 512, 1024), (4, 8, 16, 32), (2, 2, 18, 2))):
+    BACKBONES.add(f"svt_{_size}", (Twins, dict(
+        embed_dims=_dims, num_heads=_heads, depths=_depths, mlp_ratios=(4, 4, 4, 4),
+        window_sizes=(7, 7, 7, 7), norm_after_stage=True)))
+
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
     """Build backbone ``name``; ``kwargs`` override its fields (e.g. ``output_stride=8``;
@@ -123,5 +137,5 @@ def list_backbones() -> list[str]:
 __all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet", "MiTBlock",
            "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "PatchMerging",
            "ResNeStBottleneck", "ResNet", "ResidualBlock", "SelectiveKernelBasic",
-           "SelectiveKernelBottleneck", "SwinBlock", "SwinTransformer", "VisionTransformer",
+           "SelectiveKernelBottleneck", "SwinBlock", "SwinTransformer", "Twins", "VisionTransformer",
            "create", "list_backbones"]

@@ -78,7 +78,7 @@ BACKBONE_RENAMES = (
     (r"^backbone\.layers\.(\d+)\.0\.projection\.", r"backbone.patch_embed_\1.proj."),
     (r"^backbone\.layers\.(\d+)\.0\.norm\.", r"backbone.patch_embed_\1.norm."),
     (r"^backbone\.layers\.(\d+)\.1\.(\d+)\.", r"backbone.block_\1_\2."),
-    (r"^backbone\.layers\.(\d+)\.2\.", r"backbone.norm_\1."),
+    (r"^backbone\.layers\.(\d+)\.2\.(weight|bias)$", r"backbone.norm_\1.\2"),
     (r"^(backbone\.block_\d+_\d+)\.attn\.attn\.out_proj\.", r"\1.attn.proj."),
     (r"^(backbone\.block_\d+_\d+)\.attn\.attn\.(query|key|value)\.", r"\1.attn.\2."),
     (r"^(backbone\.block_\d+_\d+)\.ffn\.layers\.0\.", r"\1.mlp.fc1."),
@@ -92,6 +92,8 @@ BACKBONE_RENAMES = (
     (r"^(backbone\.stages\.\d+\.blocks\.\d+)\.ffn\.layers\.1\.", r"\1.mlp.fc2."),
     # ViT (its patch embedding's by Swin's rename above) and mmseg's MultiLevelNeck
     *layer_renames(r"backbone\.layers\.\d+\."),
+    # Twins (its GSA layers' attention and every layer's MLP)
+    *layer_renames(r"backbone\.layers\.\d+\.\d+\."),
     (r"^neck\.(lateral_convs|convs)\.(\d+)\.conv\.", r"neck.\1.\2."),
 )
 # Heads: the decode and auxiliary heads' prefixes and classifiers (``cls_seg``), mmcv's Scale.
@@ -101,6 +103,13 @@ HEAD_RENAMES = (
     (r"^(head|aux_head)\.conv_seg\.", r"\1.cls.conv_seg."),
     (r"\.gamma\.scale$", ".gamma"),
 )
+
+# the Twins configs (folder twins): twins_<pcpvt|svt>-<s|b|l>_<fpn_fpnhead|uperhead>_..., the
+# model <fpn|upernet>_<pcpvt|svt>_<s|b|l>
+_TWINS_STEM = re.compile(r"twins_(?P<net>pcpvt|svt)-(?P<size>[sbl])_(?P<head>fpn_fpnhead|uperhead)"
+                         r"_(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<iterations>\d+)k_"
+                         r"(?P<protocol>[a-z0-9]+-\d+x\d+)")
+_TWINS_FAMILIES = {"fpn_fpnhead": "fpn", "uperhead": "upernet"}
 
 # configs whose name contradicts their dataset file: the protocol and config fields they have.
 # mmseg's Segmenter-L config is named for ADE20K 512x512 but reads ade20k_640x640.py (640 crops,
@@ -190,7 +199,8 @@ def _unsupported(stem: str, why: str) -> ValueError:
         f"config {stem!r} is not an mmseg config attnzoo rebuilds ({why}); supported: "
         f"<family>_<backbone>_<gpus>xb<batch>-<iterations>k_<dataset>-<crop> (Swin's: "
         f"swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_...; ViT-UPerNet's: "
-        f"vit_<vit|deit>-<size>16[-ln][_mln]_<family>_...) with family in "
+        f"vit_<vit|deit>-<size>16[-ln][_mln]_<family>_...; Twins': twins_<pcpvt|svt>-<s|b|l>_"
+        f"<fpn_fpnhead|uperhead>_...) with family in "
         f"{supported}, <family>_<backbone> a registered model (models.list_models(), '-' for "
         f"'_') and <dataset>-<crop> in {list(PROTOCOLS)}, e.g. "
         f"'danet_r50-d8_4xb2-80k_cityscapes-512x1024' (published ones: "
@@ -199,19 +209,24 @@ def _unsupported(stem: str, why: str) -> ValueError:
 
 def mmseg_recipe(stem: str) -> MmsegRecipe:
     """Parse mmseg config ``stem``; ValueError naming the supported families and datasets."""
-    m = _SWIN_STEM.fullmatch(stem) or _VIT_STEM.fullmatch(stem) or _STEM.fullmatch(stem)
+    m = (_SWIN_STEM.fullmatch(stem) or _VIT_STEM.fullmatch(stem) or _TWINS_STEM.fullmatch(stem)
+         or _STEM.fullmatch(stem))
     if m is None:
         raise _unsupported(stem, "not of mmseg's stem pattern")
-    if m["family"] not in heads.list_families() or \
-            heads.get_family(m["family"]).mmseg_renames is None:
-        raise _unsupported(stem, f"family {m['family']!r}")
+    family_name = _TWINS_FAMILIES[m["head"]] if m.re is _TWINS_STEM else m["family"]
+    if family_name not in heads.list_families() or \
+            heads.get_family(family_name).mmseg_renames is None:
+        raise _unsupported(stem, f"family {family_name!r}")
     if m.re is _SWIN_STEM:
         written = stem.partition("_")[0]
         backbone = f"swin_{m['size'][0]}{'_w12' if m['window'] == '12' else ''}"
+    elif m.re is _TWINS_STEM:
+        written = f"{m['net']}-{m['size']}"
+        backbone = f"{m['net']}_{m['size']}"
     else:
         written = m["backbone"]
         backbone = written.replace("-", "_")
-    model = f"{m['family']}_{backbone}"
+    model = f"{family_name}_{backbone}"
     if model not in models.list_models():
         raise _unsupported(stem, f"backbone {written!r}: no model {model!r}")
     if m["protocol"] not in PROTOCOLS:
@@ -221,17 +236,17 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
     backbone = backbones.BACKBONES.get(models.get_spec(model).backbone)
     if backbone[1].get("block_cls") is backbones.BasicBlock:  # mmseg's ResNet-18/34
         kwargs["backbone_kwargs"] = {"block_kwargs": {"dilate_conv2": False}}
-    head_kwargs = heads.get_family(m["family"]).mmseg_head_fields(protocol["dataset"])
+    head_kwargs = heads.get_family(family_name).mmseg_head_fields(protocol["dataset"])
     if head_kwargs:
         kwargs["head_kwargs"] = head_kwargs
     if protocol["align_corners"]:
         kwargs["align_corners"] = True
     protocol_name, fields = _CONFIG_SLIPS.get(stem, (m["protocol"], {}))
-    family = heads.get_family(m["family"])
+    family = heads.get_family(family_name)
     fields = {**family.recipe, **getattr(models.get_spec(model), "recipe", {}),
               **(family.mmseg_eval(PROTOCOLS[protocol_name]["crop"]) if family.mmseg_eval
                  else {}), **fields}
-    return MmsegRecipe(stem, m["family"], model, kwargs, protocol_name,
+    return MmsegRecipe(stem, family_name, model, kwargs, protocol_name,
                        int(m["iterations"]) * 1000, int(m["gpus"]) * int(m["batch"]), fields)
 
 

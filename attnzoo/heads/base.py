@@ -160,13 +160,17 @@ class Family:
         ``<name>_mit_b{0..5}``; ``"hrnet"``: ``<name>_hr{18s,18,48}``; ``"resnet_fpn"``:
         ``<name>_r{18,50,101}``, undilated; ``"swin"``: ``<name>_swin_{t,s,b,l}``,
         ``<name>_swin_{b,l}_w12``; ``"vit"``: ``<name>_{vit_b16,deit_s16,deit_b16}[_mln|_ln_mln]``;
-        ``"segmenter"``: ``<name>_vit_{t,s,b,l}_mask``, ``<name>_vit_s_fcn``); the first is the
-        quickstart's.
+        ``"segmenter"``: ``<name>_vit_{t,s,b,l}_mask``, ``<name>_vit_s_fcn``; ``"twins"``:
+        ``<name>_{pcpvt,svt}_{s,b,l}``); the first is the quickstart's.
       set_head_kwargs: head fields the family sets on a model set's models, by model set: a
         function of the width of the features the head reads (HRNet's heads read the
         concatenation of its four branches, and mmseg sizes them by it).
       recipe: engine config fields its recipe sets beyond mmseg's schedule (dotted names,
         e.g. ``{"optimizer.name": "adamw"}``).
+      set_recipe: engine config fields its recipe sets on a model set's models, by model set,
+        over the model set's own (mmseg trains Semantic FPN on Twins with AdamW at 1e-4, its
+        UPerNets on Transformers at 6e-5 with warm-up); the zoo puts them in each model's
+        ``recipe``.
       quickstart: ``config.model`` fields the quickstart sets for it (e.g. PSANet's mask
         size for the quickstart's 16 x 16 features).
       mmseg_renames: ``(pattern, replacement)`` pairs (``re.sub``, in order, each pattern
@@ -188,6 +192,7 @@ class Family:
     model_sets: tuple[str, ...] = ("resnet",)
     set_head_kwargs: Mapping[str, Callable[[int], Mapping[str, Any]]] = dataclasses.field(
         default_factory=dict)
+    set_recipe: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     in_feature: str | tuple[str, ...] = "c4"
     auxiliary: bool = True
     recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -82,9 +82,21 @@ def _neck_into_head(state_dict: dict[str, Any]) -> dict[str, Any]:
             for k, v in state_dict.items()}
 
 
+def _head_kwargs(_: int) -> dict[str, int]:
+    """mmseg's Semantic FPN: the head 128 wide (its neck 256) whatever the backbone."""
+    return {"channels": 128}
+
+
+# mmseg's twins_*_fpn_fpnhead configs: AdamW at 1e-4, weight decay 1e-4, no warm-up, the 80k
+# schedule's poly decay (power 0.9 to 1e-4)
+TWINS_RECIPE = {"optimizer.name": "adamw", "optimizer.learning_rate": 1e-4,
+                "optimizer.weight_decay": 1e-4, "optimizer.warmup_steps": 0,
+                "optimizer.power": 0.9, "optimizer.min_lr": 1e-4}
+
 register_family(Family(
-    name="fpn", head="fpn", model_sets=("resnet_fpn",), in_feature=("c1", "c2", "c3", "c4"),
-    auxiliary=False, set_head_kwargs={"resnet_fpn": lambda _: {"channels": 128}},
+    name="fpn", head="fpn", model_sets=("resnet_fpn", "twins"), in_feature=("c1", "c2", "c3", "c4"),
+    auxiliary=False, set_head_kwargs={"resnet_fpn": _head_kwargs, "twins": _head_kwargs},
+    set_recipe={"twins": TWINS_RECIPE},
     quickstart={"head_kwargs": {"neck_channels": 32}},
     summary="Semantic FPN: a feature pyramid whose levels are upsampled and summed "
             "(Kirillov et al., CVPR 2019)",

@@ -58,7 +58,7 @@ class UPerHead(DecodeHead):
 
 
 register_family(Family(
-    name="upernet", head="uper", model_sets=("resnet_fpn", "swin", "vit"),
+    name="upernet", head="uper", model_sets=("resnet_fpn", "swin", "vit", "twins"),
     in_feature=("c1", "c2", "c3", "c4"),
     summary="unified perceptual parsing: a feature pyramid with pyramid pooling on top "
             "(Xiao et al., ECCV 2018)",

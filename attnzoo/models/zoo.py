@@ -41,6 +41,11 @@ into descriptions (:class:`EncoderDecoderSpec`):
   ``<family>_vit_s_fcn``, a 1x1 conv on ViT-S's patches instead (the paper's linear decoder);
   no auxiliary head, as mmsegmentation's ``segmenter_vit-b16_mask.py`` and ``segmenter``
   configs.
+* ``twins``: ``<family>_{pcpvt,svt}_{s,b,l}`` on a :class:`~attnzoo.backbones.Twins`, the head
+  reading all four stages (512 channels unless the family's ``set_head_kwargs["twins"]`` say
+  otherwise) and an auxiliary FCN head (256 channels, loss weight 0.4; unless the family has
+  none) on stage 3, as mmsegmentation's ``twins_pcpvt-s_upernet.py`` / ``twins_pcpvt-s_fpn.py``
+  model files; mmseg's AdamW recipe (and the family's ``set_recipe["twins"]`` over it).
 """
 
 from __future__ import annotations
@@ -192,10 +197,31 @@ def segmenter_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     return out
 
 
+# mmseg's twins configs: stochastic depth 0.2, 0.3 for SVT-L and for UPerNet on PCPVT-B / L
+TWINS = ("pcpvt_s", "pcpvt_b", "pcpvt_l", "svt_s", "svt_b", "svt_l")
+
+
+def twins_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``twins`` model set of ``family``."""
+    out = {}
+    for backbone in TWINS:
+        deeper = backbone == "svt_l" or (family.head == "uper"
+                                          and backbone in ("pcpvt_b", "pcpvt_l"))
+        out[f"{family.name}_{backbone}"] = EncoderDecoderSpec(
+            backbone=backbone, head=family.head, output_stride=None,
+            backbone_kwargs={"drop_path_rate": 0.3 if deeper else 0.2},
+            head_kwargs={"channels": 512, **_set_head_kwargs(family, "twins", backbone)},
+            aux_head="fcn" if family.auxiliary else None,
+            aux_kwargs={"channels": 256, "num_convs": 1, "concat_input": False},
+            in_feature=("c1", "c2", "c3", "c4"), family=family.name,
+            recipe={**TRANSFORMER_RECIPE, **family.set_recipe.get("twins", {})})
+    return out
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
     "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models,
-    "segmenter": segmenter_models}
+    "segmenter": segmenter_models, "twins": twins_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
