@@ -9,8 +9,8 @@ picks another head family for the same budget, ``configs/quickstart.py:ccnet`` (
 ``attnzoo.heads.list_families()``): the analogue of the DANet paper's ablation, see
 ``benchmarks/quickstart_heads.py``. A family is trained on the small model of its first
 model set (:data:`SMALL`): the quarter-width ResNet-18-D8 (undilated for ``upernet``),
-SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``, or Segmenter on ViT-Ti
-(5.7M) for ``segmenter``.
+SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``, Segmenter on ViT-Ti
+(5.7M) for ``segmenter``, or SETR-naive on a 4-layer ViT 64 wide for ``setr``.
 """
 
 from attnzoo import heads
@@ -26,6 +26,9 @@ SMALL = {
                            "head_channels": 32, "aux_channels": 16}),
     "mit": ("mit_b0", {"head_channels": 64}),
     "segmenter": ("vit_t_mask", {"backbone_kwargs": {"img_size": (128, 128)}}),
+    "setr": ("vit_l_naive", {"backbone_kwargs": {
+        "img_size": (128, 128), "embed_dim": 64, "depth": 4, "num_heads": 2,
+        "out_indices": (0, 1, 2, 3)}, "head_channels": 32, "aux_channels": 16}),
 }
 
 

@@ -36,9 +36,10 @@ def representative(family):
 
 
 MMSEG_FAMILIES = sorted({c.family for c in published_checkpoints().values()})
-# SegFormer's parity runs in the slow set (a 3.7M-parameter Transformer: ~25 s here); one
+# SegFormer's and SETR's parity run in the slow set (SETR's ViT-L: ~11 s here; its heads and
+# neck are compared alone in the default one, test_setr_heads_equal_mmsegs); one
 # ResNet-18 config (mmseg's basic blocks: an undilated second conv) in the default set
-FAST = [pytest.param(representative(f), marks=pytest.mark.slow) if f == "segformer"
+FAST = [pytest.param(representative(f), marks=pytest.mark.slow) if f in ("segformer", "setr")
         else representative(f) for f in MMSEG_FAMILIES] + [
     "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"]
 SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k-512x512",
@@ -66,7 +67,10 @@ SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k
         "twins_pcpvt-s_fpn_fpnhead_8xb4-80k_ade20k-512x512",
         "twins_svt-s_uperhead_8xb2-160k_ade20k-512x512",
         "twins_pcpvt-l_uperhead_8xb2-160k_ade20k-512x512",
-        "twins_svt-l_fpn_fpnhead_8xb4-80k_ade20k-512x512"]
+        "twins_svt-l_fpn_fpnhead_8xb4-80k_ade20k-512x512",
+        "setr_vit-l_pup_8xb1-80k_cityscapes-768x768",
+        "setr_vit-l-mla_8xb1-160k_ade20k-512x512",
+        "setr_vit-l_naive_8xb1-80k_cityscapes-768x768"]
 
 
 def compare(stem, size=(51, 75), seed=0, **backbone):
@@ -125,6 +129,69 @@ def test_vit_logits_equal_mmsegs(stem, patch_bias):
 @pytest.mark.parametrize("stem", SLOW)
 def test_logits_equal_mmsegs_r101_ade20k_and_769(stem):
     compare(stem, size=(72, 88), seed=1)
+
+
+@pytest.mark.parametrize("variant", ["pup", "mla"])
+def test_setr_heads_equal_mmsegs(variant):
+    """SETR's decoders alone, narrow (32-wide ViT maps of 5 x 7, random weights and BN
+    statistics): SETR-PUP's head (LayerNorm, two 3x3 conv-upsampling steps of x2) and
+    SETR-MLA's neck and head (four levels) against mmseg's ``SETRUPHead`` / ``MLANeck`` +
+    ``SETRMLAHead`` in float64, converted with the mmseg converter's renames; 1e-5 of the
+    largest logit."""
+    from attnzoo.convert.mmseg import HEAD_RENAMES
+    from attnzoo.convert.torch_weights import convert_state_dict, target_shapes
+
+    mmseg_support.install_mmcv_ops()
+    from mmseg.models.decode_heads import SETRMLAHead, SETRUPHead
+    from mmseg.models.necks import MLANeck
+
+    bn = dict(type="BN", requires_grad=True)
+    rng = np.random.default_rng(3)
+    levels = [rng.standard_normal((2, 32, 5, 7)) for _ in range(4)]
+    if variant == "pup":
+        reference = torch.nn.ModuleDict({"decode_head": SETRUPHead(
+            in_channels=32, channels=16, num_classes=5, in_index=3, num_convs=2, up_scale=2,
+            kernel_size=3, norm_cfg=bn, dropout_ratio=0.0)})
+        ours = heads.create("setr_up", num_classes=5, channels=16, num_convs=2, up_scale=2,
+                            kernel_size=3)
+        inputs = levels[3].transpose(0, 2, 3, 1)
+    else:
+        reference = torch.nn.ModuleDict({
+            "neck": MLANeck([32] * 4, 16, norm_cfg=bn, act_cfg=dict(type="ReLU")),
+            "decode_head": SETRMLAHead(in_channels=(16,) * 4, channels=32, mla_channels=8,
+                                       in_index=(0, 1, 2, 3), num_classes=5, norm_cfg=bn,
+                                       dropout_ratio=0.0)})
+        neck = heads.create_neck("mla", out_channels=16)
+        head = heads.create("setr_mla", num_classes=5, channels=32, mla_channels=8)
+        inputs = {f"c{i + 1}": x.transpose(0, 2, 3, 1) for i, x in enumerate(levels)}
+    randomize_torch(reference, 3).eval()
+    state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
+    with torch.no_grad():
+        x = [torch.from_numpy(t) for t in levels]
+        reference.double()
+        if variant == "mla":
+            x = list(reference["neck"](x))
+        want = reference["decode_head"](x).numpy().transpose(0, 2, 3, 1)
+    f32 = jax.tree.map(lambda a: np.asarray(a, np.float32), inputs)
+    if variant == "pup":
+        target = {k: {"head": v} for k, v in target_shapes(ours, f32).items()}
+        variables = convert_state_dict(state_dict, target, regex_renames=HEAD_RENAMES)
+        got = ours.apply({k: v["head"] for k, v in variables.items()}, f32)["out"]
+    else:
+        neck_out = jax.eval_shape(neck.init_with_output, jax.random.key(0), f32)[0]
+        target = {}
+        levels_in = [np.zeros(a.shape, np.float32) for a in neck_out.values()]
+        for part, module, x in (("neck", neck, f32), ("head", head, levels_in)):
+            for k, v in target_shapes(module, x).items():
+                target.setdefault(k, {})[part] = v
+        variables = convert_state_dict(state_dict, target, regex_renames=HEAD_RENAMES)
+        part = lambda name: {k: v[name] for k, v in variables.items() if name in v}  # noqa: E731
+        levels_out = neck.apply(part("neck"), f32)
+        got = head.apply(part("head"), list(levels_out.values()))["out"]
+    got = np.asarray(got)
+    assert got.shape == want.shape
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= 1e-5, f"max relative error {err:.2e}"
 
 
 def test_psa_mask_equals_a_loop_over_positions():
@@ -190,6 +257,17 @@ def test_every_published_config_has_a_recipe_matching_its_row():
     c = from_fields(mmseg_recipe("segmenter_vit-l_mask_8xb1-160k_ade20k-512x512").config_fields())
     assert tuple(c.dataset.crop_size) == tuple(c.eval.crop_size) == (640, 640)
     assert tuple(c.eval.stride) == (608, 608) and tuple(c.dataset.eval_scale) == (2560, 640)
+    # SETR: its auxiliary heads' fields and learning rate by dataset, sliding windows, heads at
+    # 10x; the position embedding learned for the crop
+    c = from_fields(mmseg_recipe("setr_vit-l_naive_8xb2-160k_ade20k-512x512").config_fields())
+    assert c.model.aux_kwargs.to_dict() == {"num_convs": 2} and c.eval.mode == "slide"
+    assert tuple(c.model.backbone_kwargs.img_size) == (512, 512)
+    assert dict(c.optimizer.lr_mult) == {"head": 10.0, "aux_head_0": 10.0, "aux_head_1": 10.0,
+                                         "aux_head_2": 10.0}
+    c = from_fields(mmseg_recipe("setr_vit-l_mla_8xb1-80k_cityscapes-768x768").config_fields())
+    assert not c.model.aux_kwargs and c.optimizer.learning_rate == 2e-3
+    assert tuple(c.eval.stride) == (512, 512) and tuple(c.model.backbone_kwargs.img_size) == (
+        768, 768)
 
 
 def test_the_published_checkpoints_file_is_mmsegs_metafiles():

@@ -39,6 +39,10 @@ BLOCK_KWARGS = {
 HEAD_KWARGS = {
     "psanet": {"mask_size": (13, 21)},  # 2h - 1 of the features covers them (97 x 97 default)
     "segmenter_mask": {"num_heads": 2},  # 16 channels: ViT-B's 12 heads do not divide them
+    # SETR's decoders upsample the features themselves: here by 1, so that the logits are at
+    # the features' size as the other heads'; 4 levels of 4 make the MLA head's 16 channels
+    "setr_up": {"up_scale": 1},
+    "setr_mla": {"up_scale": 1, "mla_channels": 4},
 }
 
 
@@ -185,13 +189,14 @@ def _first_model_of_each_kind():
 
 
 # models whose inference (eval-mode) path is traced too; every model's training path is: the
-# ResNet-50 / -101, output-stride-16, HRNet-W18 / -W48, Swin-S / B / L, ViT-B and Twins-B / L
+# ResNet-50 / -101, output-stride-16, HRNet-W18 / -W48, Swin-S / B / L, ViT-B / L and Twins-B / L
 # ones and the DeiT-S with a final norm in the slow set (they differ from the R-18 / HRNet-W18-small / Swin-T
 # / DeiT-S model of their family in the backbone's depth, width, window, dilations or final
 # norm only, which the backbones' own check covers)
 INFERENCE_TRACED = _first_model_of_each_kind()
 _SLOW_MODEL = re.compile(r".*(_r(50|101)(_d8)?|_d16|_hr(18|48)|_swin_[sbl](_w12)?"
-                         r"|_(vit|deit)_b16(_ln)?(_mln)?|_deit_s16_ln_mln|_(pcpvt|svt)_[bl])")
+                         r"|_(vit|deit)_b16(_ln)?(_mln)?|_deit_s16_ln_mln|_(pcpvt|svt)_[bl]"
+                         r"|_vit_[bl]_\w+)")
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if _SLOW_MODEL.fullmatch(n) else n
           for n in models.list_models()]
 

@@ -43,6 +43,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "cityscapes-769x769": dict(dataset="cityscapes", num_classes=19, crop=(769, 769),
                                scale=(2049, 1025), mode="slide", stride=(513, 513),
                                align_corners=True),
+    "cityscapes-768x768": dict(dataset="cityscapes", num_classes=19, crop=(768, 768),
+                               scale=(2049, 1025), mode="whole", stride=(512, 512),
+                               align_corners=False),
     "ade20k-512x512": dict(dataset="ade20k", num_classes=150, crop=(512, 512), scale=(2048, 512),
                            mode="whole", stride=(341, 341), align_corners=False),
     # SegFormer's: 1024x1024 windows of stride 768 on Cityscapes; ADE20K at 640 (the B5 recipe
@@ -100,7 +103,7 @@ BACKBONE_RENAMES = (
 HEAD_RENAMES = (
     (r"^decode_head\.", "head."),
     (r"^auxiliary_head\.", "aux_head."),
-    (r"^(head|aux_head)\.conv_seg\.", r"\1.cls.conv_seg."),
+    (r"^(head|aux_head(?:\.\d+)?)\.conv_seg\.", r"\1.cls.conv_seg."),
     (r"\.gamma\.scale$", ".gamma"),
 )
 
@@ -138,7 +141,7 @@ class MmsegRecipe:
       batch_size: the global batch (GPUs x images per GPU).
       fields: engine config fields beyond the protocol's: the family's and the model's recipes
         (``heads.Family.recipe``, ``EncoderDecoderSpec.recipe``: optimiser, pixel
-        normalisation), the family's evaluation (``heads.Family.mmseg_eval``) and a config's
+        normalisation), the family's own (``heads.Family.mmseg_fields``) and a config's
         own dataset settings where its name contradicts them.
     """
 
@@ -174,6 +177,7 @@ class MmsegRecipe:
                 "model.align_corners": bool(self.model_kwargs.get("align_corners", False)),
                 "model.backbone_kwargs": dict(self.model_kwargs.get("backbone_kwargs", {})),
                 "model.head_kwargs": dict(self.model_kwargs.get("head_kwargs", {})),
+                "model.aux_kwargs": dict(self.model_kwargs.get("aux_kwargs", {})),
                 "num_steps": self.iterations, "batch_size": self.batch_size,
                 **protocol_fields(self.protocol), **self.fields}
 
@@ -234,6 +238,7 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
     protocol = PROTOCOLS[m["protocol"]]
     kwargs: dict[str, Any] = {}
     backbone = backbones.BACKBONES.get(models.get_spec(model).backbone)
+    backbone_cls = backbone[0]
     if backbone[1].get("block_cls") is backbones.BasicBlock:  # mmseg's ResNet-18/34
         kwargs["backbone_kwargs"] = {"block_kwargs": {"dilate_conv2": False}}
     head_kwargs = heads.get_family(family_name).mmseg_head_fields(protocol["dataset"])
@@ -244,8 +249,15 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
     protocol_name, fields = _CONFIG_SLIPS.get(stem, (m["protocol"], {}))
     family = heads.get_family(family_name)
     fields = {**family.recipe, **getattr(models.get_spec(model), "recipe", {}),
-              **(family.mmseg_eval(PROTOCOLS[protocol_name]["crop"]) if family.mmseg_eval
+              **(family.mmseg_fields(model, PROTOCOLS[protocol_name]) if family.mmseg_fields
                  else {}), **fields}
+    for key in ("backbone_kwargs", "head_kwargs", "aux_kwargs"):  # fields that build the model
+        if f"model.{key}" in fields:
+            kwargs[key] = {**kwargs.get(key, {}), **fields.pop(f"model.{key}")}
+    if isinstance(backbone_cls, type) and issubclass(backbone_cls, backbones.VisionTransformer):
+        # mmseg's ViT configs learn the position embedding for their crop
+        kwargs["backbone_kwargs"] = {"img_size": PROTOCOLS[protocol_name]["crop"],
+                                     **kwargs.get("backbone_kwargs", {})}
     return MmsegRecipe(stem, family_name, model, kwargs, protocol_name,
                        int(m["iterations"]) * 1000, int(m["gpus"]) * int(m["batch"]), fields)
 

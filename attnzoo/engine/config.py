@@ -14,7 +14,7 @@ Fields (defaults in :func:`default_config`):
   (``"auto"`` | ``"products"`` | ``"xla"``: how the convolutions are computed,
   :mod:`attnzoo.ops.conv`; the jitted steps trace under it).
 * ``model``: ``name`` (``attnzoo.models.list_models()``), ``backbone_kwargs``,
-  ``head_kwargs``, ``head_channels``, ``aux_channels``, ``memory_efficient``,
+  ``head_kwargs``, ``aux_kwargs`` (fields of the auxiliary heads), ``head_channels``, ``aux_channels``, ``memory_efficient``,
   ``align_corners`` (bilinear resizing of the logits and in the heads, as
   mmsegmentation's 769x769 Cityscapes recipes), ``crf`` (a trainable CRF-as-RNN layer
   after the head, ``attnzoo.blocks.DenseCRF``) and its fields ``crf_kwargs``
@@ -88,7 +88,7 @@ def default_config() -> ConfigDict:
     c.compute_dtype = "float32"
     c.conv_implementation = "auto"
     c.model = ConfigDict(dict(
-        name="danet_r50_d8", backbone_kwargs={}, head_kwargs={},
+        name="danet_r50_d8", backbone_kwargs={}, head_kwargs={}, aux_kwargs={},
         head_channels=config_dict.placeholder(int), aux_channels=config_dict.placeholder(int),
         memory_efficient=False, align_corners=False, crf=False, crf_kwargs={},
         pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,

@@ -43,7 +43,8 @@ class TrainState:
 def build_model(config: Mapping[str, Any]) -> nn.Module:
     """The segmentor ``config.model`` names, computing in ``config.compute_dtype``.
 
-    The model fields that are set (non-empty ``backbone_kwargs`` / ``head_kwargs``,
+    The model fields that are set (non-empty ``backbone_kwargs`` / ``head_kwargs`` /
+    ``aux_kwargs``,
     ``head_channels`` / ``aux_channels`` not None, ``memory_efficient`` / ``align_corners``
     true, ``crf`` true with its ``crf_kwargs``, ``pixel_mean`` / ``pixel_std`` other than
     ImageNet's) go to ``models.create`` as overrides; a model they do not apply to refuses
@@ -53,6 +54,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     normalisation = {k: tuple(m[k]) for k in ("pixel_mean", "pixel_std")}
     overrides = {
         "backbone_kwargs": dict(m["backbone_kwargs"]), "head_kwargs": dict(m["head_kwargs"]),
+        "aux_kwargs": dict(m["aux_kwargs"]),
         "head_channels": m["head_channels"], "aux_channels": m["aux_channels"],
         "memory_efficient": bool(m["memory_efficient"]), "align_corners": bool(m["align_corners"]),
         "crf": dict(m["crf_kwargs"]) if m["crf"] else None,

@@ -181,9 +181,10 @@ class Family:
         ``"ade20k"``; ``"*"``: every dataset).
       mmseg_state_dict: a rewrite of the whole mmseg state dict (numpy arrays) for a weight
         laid out otherwise than attnzoo's, applied before the renames; None for none.
-      mmseg_eval: engine config fields (dotted names) of the evaluation its mmseg configs set
-        instead of their dataset's, as a function of the crop (Segmenter's sliding windows);
-        None for none.
+      mmseg_fields: engine config fields (dotted names) an mmseg config of the family sets beyond
+        its dataset's protocol and the recipes, given the model and the protocol (a dict with
+        ``dataset``, ``crop``, ...): Segmenter's and SETR's sliding windows, a per-dataset
+        learning rate, ``"model.aux_kwargs"`` (which restore the checkpoint too); None for none.
     """
 
     name: str
@@ -200,7 +201,7 @@ class Family:
     mmseg_renames: tuple[tuple[str, str], ...] | None = None
     mmseg_head_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     mmseg_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    mmseg_eval: Callable[[tuple[int, int]], Mapping[str, Any]] | None = None
+    mmseg_fields: Callable[[str, Mapping[str, Any]], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         unanchored = [p for p, _ in self.mmseg_renames or () if not p.startswith("^")]

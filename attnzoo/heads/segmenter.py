@@ -4,6 +4,9 @@ embeddings attended jointly with the patch tokens, masks by scalar products."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,8 +94,9 @@ class SegmenterMaskHead(DecodeHead):
         return {"out": masks.reshape(b, h, w, k)}
 
 
-def _eval_fields(crop: tuple[int, int]) -> dict[str, object]:
+def _mmseg_fields(model: str, protocol: Mapping[str, Any]) -> dict[str, Any]:
     """mmseg's Segmenter configs test in windows of the crop, 32 pixels of overlap."""
+    crop = protocol["crop"]
     return {"eval.mode": "slide", "eval.stride": (crop[0] - 32, crop[1] - 32)}
 
 
@@ -107,4 +111,4 @@ register_family(Family(
     recipe={"optimizer.learning_rate": 0.001, "optimizer.weight_decay": 0.0,
             "model.pixel_mean": (127.5, 127.5, 127.5), "model.pixel_std": (127.5, 127.5, 127.5)},
     mmseg_renames=layer_renames(r"layers\.\d+\."),
-    mmseg_eval=_eval_fields))
+    mmseg_fields=_mmseg_fields))

@@ -29,7 +29,8 @@ class EncoderDecoder(nn.Module):
 
     ``__call__(images, *, train=False)`` returns a dict of logits
     ``(B, H, W, num_classes)`` upsampled bilinearly to the input: ``"out"``
-    always; in training (and at init) also ``"aux"`` and the outputs the head
+    always; in training (and at init) also ``"aux"`` (``"aux_<feature>"`` for each of several
+    auxiliary heads) and the outputs the head
     declares in its ``branches`` (DANet's ``"pam"``, ``"cam"``; EncNet's image-level
     ``"se"`` logits ``(B, num_classes)``, returned as they are).
     :meth:`loss_terms` says how a trainer weighs them.
@@ -44,8 +45,9 @@ class EncoderDecoder(nn.Module):
       resize_concat: the features of a tuple ``in_feature`` are resized bilinearly (with
         ``align_corners``) to the first's size and concatenated along channels, as mmseg's
         ``input_transform="resize_concat"`` (HRNet's heads read its four branches so).
-      aux_head: the auxiliary head, reading ``aux_feature`` (training only).
-      aux_weight: the auxiliary loss weight (0.4, as mmsegmentation).
+      aux_head: the auxiliary head, reading ``aux_feature`` (training only); or a tuple of
+        them, one per feature of a tuple ``aux_feature`` (SETR's, on several ViT layers).
+      aux_weight: the loss weight of each auxiliary output (0.4, as mmsegmentation).
       align_corners: of the bilinear upsampling to the input size (mmseg's flag).
       crf: a CRF-as-RNN layer (``blocks.create("crf", ...)``) refining ``"out"`` at input
         size on the image (the normalised input mapped back to RGB 0-255 with ``pixel_mean`` /
@@ -57,11 +59,11 @@ class EncoderDecoder(nn.Module):
 
     backbone: nn.Module
     head: nn.Module
-    aux_head: nn.Module | None = None
+    aux_head: nn.Module | tuple[nn.Module, ...] | None = None
     neck: nn.Module | None = None
     in_feature: str | tuple[str, ...] = "c4"
     resize_concat: bool = False
-    aux_feature: str = "c3"
+    aux_feature: str | tuple[str, ...] = "c3"
     aux_weight: float = 0.4
     align_corners: bool = False
     crf: nn.Module | None = None
@@ -76,9 +78,17 @@ class EncoderDecoder(nn.Module):
         named = getattr(self.head, "branch_losses", {})
         terms += [{"output": k, "loss": named.get(k, "cross_entropy"), "weight": w}
                   for k, w in getattr(self.head, "branches", ())]
-        if self.aux_head is not None:
-            terms.append({"output": "aux", "loss": "cross_entropy", "weight": self.aux_weight})
+        terms += [{"output": name, "loss": "cross_entropy", "weight": self.aux_weight}
+                  for name in self._aux_outputs()]
         return terms
+
+    def _aux_outputs(self) -> list[str]:
+        """The auxiliary outputs' names: ``"aux"``, or ``"aux_<feature>"`` for each of several."""
+        if self.aux_head is None:
+            return []
+        if isinstance(self.aux_head, tuple):
+            return [f"aux_{feature}" for feature in self.aux_feature]
+        return ["aux"]
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
@@ -96,7 +106,11 @@ class EncoderDecoder(nn.Module):
                                    for f in head_input[1:]], axis=-1)
         outputs = self.head(head_input, train=train)
         if self.aux_head is not None and (train or self.is_initializing()):
-            outputs["aux"] = self.aux_head(feats[self.aux_feature], train=train)["out"]
+            aux = self.aux_head if isinstance(self.aux_head, tuple) else (self.aux_head,)
+            features = ((self.aux_feature,) if isinstance(self.aux_feature, str)
+                        else self.aux_feature)
+            for name, head, feature in zip(self._aux_outputs(), aux, features, strict=True):
+                outputs[name] = head(feats[feature], train=train)["out"]
         outputs = {k: resize_logits(v, size, self.align_corners) if v.ndim == 4 else v
                    for k, v in outputs.items()}
         if self.crf is not None:

@@ -34,7 +34,8 @@ class EncoderDecoderSpec:
       aux_head: the auxiliary head's name (reading ``aux_feature``), or None.
       aux_kwargs: its fields.
       aux_weight: its loss weight.
-      aux_feature: the feature the auxiliary head reads (``"c3"``).
+      aux_feature: the feature the auxiliary head reads (``"c3"``); a tuple of them for one
+        auxiliary head (of the same kind and fields) on each (SETR's).
       neck: a ``heads.list_necks()`` name between the backbone and the heads, or None.
       neck_kwargs: its fields.
       in_feature: the feature the head reads (``"c4"``), or a tuple of them
@@ -56,7 +57,7 @@ class EncoderDecoderSpec:
     aux_kwargs: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: {"channels": 256, "num_convs": 1, "concat_input": False})
     aux_weight: float = 0.4
-    aux_feature: str = "c3"
+    aux_feature: str | tuple[str, ...] = "c3"
     neck: str | None = None
     neck_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     in_feature: str | tuple[str, ...] = "c4"
@@ -66,12 +67,13 @@ class EncoderDecoderSpec:
 
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
               backbone_kwargs: Mapping[str, Any] | None = None,
-              head_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
+              head_kwargs: Mapping[str, Any] | None = None,
+              aux_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
               head_channels: int | None = None, aux_channels: int | None = None,
               align_corners: bool = False, crf: Mapping[str, Any] | None = None,
               **kwargs: Any) -> EncoderDecoder:
-        """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` update the
-        description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
+        """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` / ``aux_kwargs``
+        update the description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
         narrow CPU-sized model), ``memory_efficient`` switches the heads and backbones that
         have exact memory-bounded attention (DANet, non-local, MiT) to it, ``align_corners`` sets the flag of
         the heads' and the output's bilinear resizing (mmseg's 769x769 recipes); ``crf`` (the
@@ -91,10 +93,14 @@ class EncoderDecoderSpec:
                               for m in (backbone, head))
         aux = None
         if self.aux_head is not None:
-            aux = heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
-                               align_corners=align_corners,
-                               **_with_channels(self.aux_kwargs, None, aux_channels,
-                                                "aux_channels"))
+            def make_aux() -> nn.Module:
+                return heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
+                                    align_corners=align_corners,
+                                    **_with_channels(self.aux_kwargs, aux_kwargs, aux_channels,
+                                                     "aux_channels"))
+
+            aux = (make_aux() if isinstance(self.aux_feature, str)
+                   else tuple(make_aux() for _ in self.aux_feature))
         crf_layer = None if crf is None else blocks.create("crf", num_classes=num_classes,
                                                            dtype=dtype, **crf)
         neck = (None if self.neck is None

@@ -46,6 +46,12 @@ into descriptions (:class:`EncoderDecoderSpec`):
   otherwise) and an auxiliary FCN head (256 channels, loss weight 0.4; unless the family has
   none) on stage 3, as mmsegmentation's ``twins_pcpvt-s_upernet.py`` / ``twins_pcpvt-s_fpn.py``
   model files; mmseg's AdamW recipe (and the family's ``set_recipe["twins"]`` over it).
+* ``setr``: ``<family>_vit_l_{naive,pup,mla}`` on ViT-L (the position embedding learned for
+  768 x 768 and resized bilinearly): SETR-naive and -PUP read layers 10, 15, 20, 24, the head
+  the last and an auxiliary SETR head each of the others; SETR-MLA reads layers 6, 12, 18, 24
+  without the class token through the MLA neck, its head all four levels and an auxiliary
+  1x1 conv each; the heads at 10x the learning rate; as mmsegmentation's ``setr_naive.py`` /
+  ``setr_pup.py`` / ``setr_mla.py`` model files and its ``setr`` configs.
 """
 
 from __future__ import annotations
@@ -218,10 +224,39 @@ def twins_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     return out
 
 
+def setr_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``setr`` model set of ``family`` (its heads and necks are SETR's own)."""
+    vit = {"img_size": (768, 768), "interpolate_mode": "bilinear"}
+    up = {"channels": 256, "num_convs": 1, "up_scale": 4, "kernel_size": 1}
+    variants = {
+        "naive": dict(backbone_kwargs={**vit, "out_indices": (9, 14, 19, 23)}, head="setr_up",
+                      head_kwargs=up, aux_head="setr_up", aux_kwargs=up,
+                      aux_feature=("c1", "c2", "c3"), in_feature="c4"),
+        "pup": dict(backbone_kwargs={**vit, "out_indices": (9, 14, 19, 23)}, head="setr_up",
+                    head_kwargs={**up, "num_convs": 4, "up_scale": 2, "kernel_size": 3},
+                    aux_head="setr_up", aux_kwargs={**up, "num_convs": 2, "kernel_size": 3},
+                    aux_feature=("c1", "c2", "c3"), in_feature="c4"),
+        "mla": dict(backbone_kwargs={**vit, "out_indices": (5, 11, 17, 23),
+                                     "with_cls_token": False},
+                    head="setr_mla", head_kwargs={"channels": 512, "mla_channels": 128},
+                    neck="mla", neck_kwargs={"out_channels": 256}, aux_head="fcn",
+                    aux_kwargs={"channels": 256, "num_convs": 0, "kernel_size": 1,
+                                "concat_input": False, "dropout": 0.0},
+                    aux_feature=("c1", "c2", "c3", "c4"), in_feature=("c1", "c2", "c3", "c4")),
+    }
+    out = {}
+    for name, fields in variants.items():
+        heads_at_10x = ["head"] + [f"aux_head_{i}" for i in range(len(fields["aux_feature"]))]
+        out[f"{family.name}_vit_l_{name}"] = EncoderDecoderSpec(
+            backbone="vit_l16", output_stride=None, family=family.name,
+            recipe={"optimizer.lr_mult": {k: 10.0 for k in heads_at_10x}}, **fields)
+    return out
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
     "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models,
-    "segmenter": segmenter_models, "twins": twins_models}
+    "segmenter": segmenter_models, "twins": twins_models, "setr": setr_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
