@@ -10,7 +10,8 @@ picks another head family for the same budget, ``configs/quickstart.py:ccnet`` (
 ``benchmarks/quickstart_heads.py``. A family is trained on the small model of its first
 model set (:data:`SMALL`): the quarter-width ResNet-18-D8 (undilated for ``upernet``),
 SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``, Segmenter on ViT-Ti
-(5.7M) for ``segmenter``, or SETR-naive on a 4-layer ViT 64 wide for ``setr``.
+(5.7M) for ``segmenter``, SETR-naive on a 4-layer ViT 64 wide for ``setr``, or TransUNet on
+a one-block-per-stage ResNet half as wide and a 4-layer ViT 64 wide for ``transunet``.
 """
 
 from attnzoo import heads
@@ -29,6 +30,10 @@ SMALL = {
     "setr": ("vit_l_naive", {"backbone_kwargs": {
         "img_size": (128, 128), "embed_dim": 64, "depth": 4, "num_heads": 2,
         "out_indices": (0, 1, 2, 3)}, "head_channels": 32, "aux_channels": 16}),
+    "hybrid": ("r50_vit_b16", {"backbone_kwargs": {
+        "img_size": (128, 128), "embed_dim": 64, "depth": 4, "num_heads": 2, "out_indices": (3,),
+        "resnet_layers": (1, 1, 1), "resnet_width": 32},
+        "head_channels": 64, "head_kwargs": {"decoder_channels": (64, 32, 16, 16)}}),
 }
 
 

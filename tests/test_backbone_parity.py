@@ -370,8 +370,9 @@ def test_a_vit_checkpoint_of_another_size_is_refused_by_key():
 @pytest.mark.slow
 def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
     """``--model``: timm's DeiT-S (224 x 224, random weights) written as the backbone of
-    ``upernet_deit_s16_ln_mln`` (position embedding for 512 x 512, final norm), whose
-    ``backbone`` variables it fits exactly; a model on another backbone is refused by name."""
+    ``upernet_deit_s16_ln_mln`` (position embedding for 512 x 512, final norm), and timm's
+    R50+ViT-B/16 (384) as TransUNet's (224), whose ``backbone`` variables they fit exactly; a
+    model on another backbone is refused by name."""
     from attnzoo import models
     from attnzoo.convert.torch_weights import target_shapes
 
@@ -389,6 +390,16 @@ def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
     with pytest.raises(ValueError, match=r"--model 'upernet_swin_t' is not built on 'vit_s16'"):
         convert_main(["--source", "timm:deit_small_patch16_224", "--checkpoint", str(weights),
                       "--out", str(out), "--model", "upernet_swin_t"])
+    # TransUNet from timm's R50+ViT-B/16 at 384: the position embedding to its 224 grid
+    weights = tmp_path / "r50_vit.pth"
+    torch.save(timm.create_model("vit_base_r50_s16_384", pretrained=False).state_dict(), weights)
+    assert convert_main(["--source", "timm:vit_base_r50_s16_384", "--checkpoint", str(weights),
+                         "--out", str(out), "--model", "transunet_r50_vit_b16"]) == 0
+    module, variables = load_backbone(out)
+    want = target_shapes(models.create("transunet_r50_vit_b16", num_classes=9),
+                         np.zeros((1, 64, 64, 3), np.float32))["params"]["backbone"]
+    assert module.img_size == (224, 224) and jax.tree.map(
+        lambda a: a.shape, variables["params"]) == jax.tree.map(lambda a: a.shape, want)
 
 
 @pytest.mark.parametrize("kind,size", [("PCPVT", (45, 61)), ("SVT", (45, 61)),
@@ -429,3 +440,85 @@ def test_twins_equals_mmsegs_pcpvt_and_svt(kind, size):
     with torch.no_grad():
         want = [t.numpy() for t in reference.double()(torch.from_numpy(x))]
     levels_close(module, variables, want, x)
+
+
+def test_r50_vit_hybrid_equals_timms_and_its_resnet_pads_as_tensorflow():
+    """timm's R50+ViT-B/16 hybrid (``vit_base_r50_s16_384``, its ViT narrowed to 2 layers 64
+    wide, random weights) converts (``from_timm``): attnzoo's ``c4`` is timm's
+    ``forward_features`` without the class token, its ``c1`` .. ``c3`` timm's ResNet stem (before
+    the pooling) and first two stages; the ResNet alone also at 45 x 61 (TensorFlow's "same"
+    padding, odd sizes), all within 1e-4 of timm's float64 run."""
+    from helpers import randomize_torch
+
+    from attnzoo.backbones.resnetv2 import ResNetV2
+
+    model = randomize_torch(timm.create_model("vit_base_r50_s16_384", pretrained=False,
+                                              embed_dim=64, depth=2, num_heads=2,
+                                              img_size=64)).eval()
+    module, variables = from_timm("vit_base_r50_s16_384", model.state_dict(), fields=dict(
+        embed_dim=64, depth=2, num_heads=2, img_size=(64, 64), out_indices=(1,)))
+    resnet = model.patch_embed.backbone.double()
+
+    def timm_resnet(x):
+        stem = resnet.stem.norm(resnet.stem.conv(x))
+        out, y = [stem], resnet.stem.pool(stem)
+        for stage in resnet.stages:
+            y = stage(y)
+            out.append(y)
+        return out
+
+    x = np.random.default_rng(10).standard_normal((1, 3, 64, 64))
+    with torch.no_grad():
+        tokens = model.double().forward_features(torch.from_numpy(x))[:, 1:]
+        want = [t.numpy() for t in timm_resnet(torch.from_numpy(x))[:3]]
+    want.append(tokens.transpose(1, 2).reshape(1, 64, 4, 4).numpy())
+    levels_close(module, variables, want, x)
+    odd = np.random.default_rng(11).standard_normal((1, 3, 45, 61))
+    with torch.no_grad():
+        want = [t.numpy() for t in timm_resnet(torch.from_numpy(odd))]
+    levels_close(ResNetV2(), {"params": variables["params"]["resnet"]}, want, odd)
+
+
+def test_transunet_decoder_equals_its_definition_in_torch():
+    """TransUNet's cascaded upsampler (narrow, random weights and BN statistics) against its
+    definition written with PyTorch's functions in float64: a 3x3 conv-BN-ReLU, then per block
+    bilinear x2 upsampling with aligned corners (to the skip's size), the skip concatenated, two
+    3x3 conv-BN-ReLU; a 3x3 conv to the classes. Features of a 45 x 61 image (the skips' odd
+    sizes: 23 x 31, 12 x 16, 6 x 8); 1e-5 of the largest logit."""
+    import torch.nn.functional as F
+
+    from attnzoo import heads
+    from helpers import randomize_inputs
+
+    head = heads.create("cup", num_classes=5, channels=24, decoder_channels=(16, 12, 8, 8))
+    rng = np.random.default_rng(12)
+    feats = [rng.standard_normal((2, h, w, c)).astype(np.float32)
+             for h, w, c in ((23, 31, 8), (12, 16, 12), (6, 8, 16), (3, 4, 20))]
+    variables = head.init(jax.random.key(0), feats)
+    variables = randomize_inputs(variables, 13)
+    variables["batch_stats"] = jax.tree.map(lambda v: np.abs(v) + 0.5,
+                                            variables["batch_stats"])
+    got = np.asarray(head.apply(variables, feats)["out"])
+    p = jax.tree.map(lambda a: torch.from_numpy(np.asarray(a, np.float64)), variables)
+
+    def cbr(x, name):
+        kernel = p["params"][name]["conv"]["kernel"].permute(3, 2, 0, 1)
+        bn, stats = p["params"][name]["bn"], p["batch_stats"][name]["bn"]
+        y = F.batch_norm(F.conv2d(x, kernel, padding=1), stats["mean"], stats["var"],
+                         bn["scale"], bn["bias"], eps=1e-5)
+        return F.relu(y)
+
+    t = [torch.from_numpy(f.astype(np.float64)).permute(0, 3, 1, 2) for f in feats]
+    x = cbr(t[3], "conv_more")
+    for i, skip in enumerate([t[2], t[1], t[0], None]):
+        size = skip.shape[2:] if skip is not None else (2 * x.shape[2], 2 * x.shape[3])
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+        if skip is not None:
+            x = torch.cat([x, skip], 1)
+        x = cbr(cbr(x, f"blocks_{i}_conv1"), f"blocks_{i}_conv2")
+    seg = p["params"]["segmentation_head"]
+    want = F.conv2d(x, seg["kernel"].permute(3, 2, 0, 1), seg["bias"], padding=1)
+    want = want.permute(0, 2, 3, 1).numpy()
+    assert got.shape == want.shape == (2, 46, 62, 5)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= 1e-5, f"max relative error {err:.2e}"

@@ -43,6 +43,7 @@ HEAD_KWARGS = {
     # the features' size as the other heads'; 4 levels of 4 make the MLA head's 16 channels
     "setr_up": {"up_scale": 1},
     "setr_mla": {"up_scale": 1, "mla_channels": 4},
+    "cup": {"decoder_channels": (16, 8, 8)},  # a block per skip: no upsampling past the finest
 }
 
 

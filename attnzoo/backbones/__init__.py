@@ -11,7 +11,8 @@ HRNetV2-W18-small, -W18 and -W48 are ``hrnet_w18_small_v2``, ``hrnet_w18``, ``hr
 the Swin Transformers ``swin_{t,s,b,l}`` (window 7) and ``swin_{b,l}_w12`` (fields of
 :class:`SwinTransformer`) and the Vision Transformers ``vit_{t,s,b,l}16`` (fields of
 :class:`VisionTransformer`; DeiT-S / -B are ``vit_s16`` / ``vit_b16``) and the Twins
-``pcpvt_{s,b,l}`` / ``svt_{s,b,l}`` (fields of :class:`Twins`). Keyword arguments
+``pcpvt_{s,b,l}`` / ``svt_{s,b,l}`` (fields of :class:`Twins`) and the R50+ViT-B/16 hybrid
+``r50_vit_b16`` (fields of :class:`HybridVisionTransformer`). Keyword arguments
 override any field. Every backbone returns ``{"c1": ..., "c4": ...}`` (a ViT one feature per
 ``out_indices`` entry, all of stride 16) and has ``feature_info()`` and ``in_channels``.
 """
@@ -26,7 +27,8 @@ from attnzoo._registry import Registry
 from attnzoo.backbones.hrnet import HRModule, HRNet
 from attnzoo.backbones.swin import PatchMerging, SwinBlock, SwinTransformer
 from attnzoo.backbones.twins import Twins
-from attnzoo.backbones.vit import VisionTransformer
+from attnzoo.backbones.resnetv2 import ResNetV2
+from attnzoo.backbones.vit import HybridVisionTransformer, VisionTransformer
 from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
     BLOCKS,
@@ -96,6 +98,8 @@ for _size, (_dim, _depth, _heads) in _VITS.items():
     BACKBONES.add(f"vit_{_size}16", (VisionTransformer, dict(
         embed_dim=_dim, depth=_depth, num_heads=_heads,
         out_indices=tuple(range(_depth // 4 - 1, _depth, _depth // 4)))))
+# the R50+ViT-B/16 hybrid (ViT paper; TransUNet's encoder), its position embedding for 224 x 224
+BACKBONES.add("r50_vit_b16", (HybridVisionTransformer, dict(img_size=(224, 224))))
 
 # Twins (Chu et al., NeurIPS 2021, Table 1 / mmseg's twins configs): PCPVT-S / B / L differ in
 # depth; SVT-S / B / L in width and depth, with LSA groups of 7 and a norm after each stage.
@@ -137,5 +141,6 @@ def list_backbones() -> list[str]:
 __all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet", "MiTBlock",
            "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "PatchMerging",
            "ResNeStBottleneck", "ResNet", "ResidualBlock", "SelectiveKernelBasic",
-           "SelectiveKernelBottleneck", "SwinBlock", "SwinTransformer", "Twins", "VisionTransformer",
+           "SelectiveKernelBottleneck", "HybridVisionTransformer", "ResNetV2", "SwinBlock", "SwinTransformer", "Twins",
+           "VisionTransformer",
            "create", "list_backbones"]

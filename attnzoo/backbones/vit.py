@@ -37,6 +37,7 @@ from attnzoo import ops
 from attnzoo._checks import check_choice, check_image, check_positive
 from attnzoo.blocks.common import Dtype, conv
 from attnzoo.blocks.transformer import TransformerEncoderLayer
+from attnzoo.backbones.resnetv2 import ResNetV2
 from attnzoo.backbones.swin import pad_to_multiple
 
 Array = jax.Array
@@ -127,22 +128,34 @@ class VisionTransformer(nn.Module):
         super().__post_init__()
 
     @property
+    def stride(self) -> int:
+        """The tokens' stride on the image: the patch size."""
+        return self.patch_size
+
+    @property
     def grid(self) -> tuple[int, int]:
         """The patch grid the position embedding is learned for."""
-        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+        return self.img_size[0] // self.stride, self.img_size[1] // self.stride
 
     def feature_info(self) -> dict[str, tuple[int, int]]:
         """``{"c1": (channels, stride), ...}`` of the features ``__call__`` returns."""
-        return {f"c{k + 1}": (self.embed_dim, self.patch_size)
-                for k in range(len(self.out_indices))}
+        return {f"c{k + 1}": (self.embed_dim, self.stride) for k in range(len(self.out_indices))}
+
+    def embed(self, x: Array) -> tuple[Array, dict[str, Array]]:
+        """The patch embedding (module docstring) of images ``x``: the ``(B, h, w, C)`` map of
+        tokens, and no other features (call inside ``__call__``)."""
+        x = conv(self.embed_dim, self.patch_size, stride=self.patch_size, padding=0,
+                 use_bias=self.patch_bias, name="patch_embed_projection",
+                 dtype=self.dtype, param_dtype=self.param_dtype)(
+            pad_to_multiple(x, self.patch_size))
+        return x, {}
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         check_image(x, self.in_channels, "x", "in_channels")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = conv(self.embed_dim, self.patch_size, stride=self.patch_size, padding=0,
-                 use_bias=self.patch_bias, name="patch_embed_projection", **kw)(
-            pad_to_multiple(x, self.patch_size))
+        x, features = self.embed(x)
+        features = dict(features)
         b, h, w, c = x.shape
         init = nn.initializers.truncated_normal(0.02)
         cls_token = self.param("cls_token", init, (1, 1, c), self.param_dtype)
@@ -156,7 +169,6 @@ class VisionTransformer(nn.Module):
         if not self.with_cls_token:
             tokens = tokens[:, 1:]
         rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
-        features: dict[str, Array] = {}
         for i in range(self.depth):
             tokens = TransformerEncoderLayer(
                 self.num_heads, self.mlp_ratio, self.qkv_bias, self.dropout, rates[i],
@@ -167,3 +179,43 @@ class VisionTransformer(nn.Module):
                 patches = tokens[:, 1:] if self.with_cls_token else tokens
                 features[f"c{len(features) + 1}"] = patches.reshape(b, h, w, c)
         return features
+
+
+class HybridVisionTransformer(VisionTransformer):
+    """The R50+ViT hybrid (ViT paper, Sec. 3.1; TransUNet's encoder): the patch embedding reads
+    the stride-16 map of a :class:`~attnzoo.backbones.resnetv2.ResNetV2` (``resnet``: stem and
+    three stages) through a ``patch_size`` conv (1: a linear map of each position;
+    ``patch_embed_projection``), then the ViT as in :class:`VisionTransformer`. Returns the
+    ResNet's stem and first stages as ``c1`` .. ``c3`` (strides 2, 4, 8: TransUNet's skip
+    connections) and the ViT's outputs after them (``c4``, stride 16).
+
+    Attributes:
+      resnet_layers: bottlenecks per ResNet stage ((3, 4, 9)).
+      resnet_width: the ResNet's stem width (64).
+    """
+
+    patch_size: int = 1
+    out_indices: Sequence[int] = (11,)
+    final_norm: bool = True
+    resnet_layers: Sequence[int] = (3, 4, 9)
+    resnet_width: int = 64
+
+    @property
+    def stride(self) -> int:
+        """The tokens' stride: the ResNet's times the patch size."""
+        return 4 * 2 ** (len(self.resnet_layers) - 1) * self.patch_size
+
+    def feature_info(self) -> dict[str, tuple[int, int]]:
+        """``{"c1": (channels, stride), ...}`` of the features ``__call__`` returns."""
+        resnet = ResNetV2(self.resnet_layers, self.resnet_width, parent=None).feature_info()
+        skips = {k: resnet[k] for k in list(resnet)[:-1]}
+        return {**skips, **{f"c{len(skips) + k + 1}": (self.embed_dim, self.stride)
+                            for k in range(len(self.out_indices))}}
+
+    def embed(self, x: Array) -> tuple[Array, dict[str, Array]]:
+        """The ResNet's map through the patch embedding, and the ResNet's earlier features."""
+        feats = ResNetV2(self.resnet_layers, self.resnet_width, self.in_channels, name="resnet",
+                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        *skips, last = feats
+        x, _ = super().embed(feats[last])
+        return x, {k: feats[k] for k in skips}

@@ -28,7 +28,7 @@ LAYER_RENAMES = ((r"attn\.attn\.out_proj\.", "attn.proj."),
 
 
 def layer_renames(prefix: str) -> tuple[tuple[str, str], ...]:
-    """:data:`LAYER_RENAMES` for the layers whose keys start with regex ``prefix`` (e.g.
+    r""":data:`LAYER_RENAMES` for the layers whose keys start with regex ``prefix`` (e.g.
     ``r"backbone\.layers\.\d+\."``): anchored patterns keeping the prefix."""
     return tuple((f"^({prefix})" + pattern, r"\1" + replacement.replace("\\1", "\\2"))
                  for pattern, replacement in LAYER_RENAMES)

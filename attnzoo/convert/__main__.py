@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _backbone_fields_of(model: str, timm_model: str) -> dict:
-    """The backbone fields of registered model ``model``, which must be built on the backbone
-    timm's ``timm_model`` converts to."""
-    from attnzoo import models
+    """The backbone fields of registered model ``model`` (its backbone's registered ones and the
+    model's own), which must be built on the backbone timm's ``timm_model`` converts to."""
+    from attnzoo import backbones, models
     from attnzoo.convert.backbones import timm_backbone
 
     spec = models.get_spec(model)
@@ -111,7 +111,7 @@ def _backbone_fields_of(model: str, timm_model: str) -> dict:
     if getattr(spec, "backbone", None) != name:
         raise ValueError(f"--model {model!r} is not built on {name!r} (timm's {timm_model!r}): "
                          f"its backbone is {getattr(spec, 'backbone', None)!r}")
-    return dict(spec.backbone_kwargs)
+    return {**backbones.BACKBONES.get(name)[1], **spec.backbone_kwargs}
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
     if m:
         kwargs: dict[str, Any] = {"attn": m[1]} if m[1] else {}
         return f"resnet{m[2]}_{ {'': 'v1b', 'c': 'v1c', 'd': 'v1d'}[m[3]] }", kwargs
+    if re.fullmatch(r"vit_base_r50_s16_(224|384)(\.[a-z0-9_]+)?", model_name):
+        size = int(model_name.split(".")[0][-3:])
+        return "r50_vit_b16", {"img_size": (size, size)}
     m = _TIMM_VIT.fullmatch(model_name)
     if m and not (model_name.startswith("deit") and m[1] == "large"):
         return f"vit_{m[1][0]}16", {"img_size": (int(m[2]), int(m[2]))}
@@ -55,7 +58,8 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
         "[se|eca]resnet{18,34,50,101,152}[c|d], skresnet{18,34,50}, resnest{14,26,50}d, "
         "resnest101e, hrnet_w18_small[_v2], hrnet_w{18,30,32,40,44,48,64}, "
         "swin_{tiny,small,base,large}_patch4_window7_224, swin_{base,large}_patch4_window12_384, "
-        "vit_{tiny,small,base,large}_patch16_{224,384}, deit_{tiny,small,base}_patch16_{224,384}"
+        "vit_{tiny,small,base,large}_patch16_{224,384}, deit_{tiny,small,base}_patch16_{224,384}, "
+        "vit_base_r50_s16_384"
     )
 
 
@@ -96,7 +100,8 @@ def _timm_vit_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> di
     stacked ``attn.qkv`` split into ``query`` / ``key`` / ``value``); timm's final ``norm`` is
     the final LayerNorm ``ln1`` of a ``final_norm`` backbone and dropped otherwise, as is the
     classifier (``head``); the position embedding is resized (``module.interpolate_mode``) from
-    timm's square grid to the backbone's ``img_size`` grid when they differ."""
+    timm's square grid to the backbone's ``img_size`` grid when they differ; a hybrid's
+    ``patch_embed.backbone`` is its ``resnet``."""
     out: dict[str, Any] = {}
     for key, value in state_dict.items():
         if key.startswith(("head.", "fc_norm.")) or (key.startswith("norm.")
@@ -116,6 +121,7 @@ def _timm_vit_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> di
         key = re.sub(r"^blocks\.(\d+)\.norm(\d)\.", r"layers.\1.ln\2.", key)
         key = re.sub(r"^blocks\.", "layers.", key)
         key = re.sub(r"^norm\.", "ln1.", key)
+        key = re.sub(r"^patch_embed\.backbone\.", "resnet.", key)  # the hybrid's ResNet
         out[re.sub(r"^patch_embed\.proj\.", "patch_embed_projection.", key)] = value
     return out
 
@@ -131,7 +137,7 @@ def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
     module = backbones.create(name, **kwargs)
     if cls is backbones.SwinTransformer:
         state_dict = _timm_swin_state_dict(state_dict, module)
-    if cls is backbones.VisionTransformer:
+    if issubclass(cls, backbones.VisionTransformer):
         state_dict = _timm_vit_state_dict(state_dict, module)
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS,
@@ -207,7 +213,9 @@ _LEGACY_BLOCK_FIELDS = ("sk_kwargs", "radix", "avd")
 # Backbones other than the ResNet family are saved as their class and fields (``"kind"``).
 _KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet,
                                       "SwinTransformer": backbones.SwinTransformer,
-                                      "VisionTransformer": backbones.VisionTransformer}
+                                      "VisionTransformer": backbones.VisionTransformer,
+                                      "HybridVisionTransformer":
+                                          backbones.HybridVisionTransformer}
 
 
 def _backbone_fields(module: nn.Module) -> dict[str, Any]:

@@ -41,13 +41,14 @@ from attnzoo.heads.pspnet import PSPHead
 from attnzoo.heads.segformer import SegFormerHead
 from attnzoo.heads.segmenter import SegmenterMaskHead
 from attnzoo.heads.setr import MLANeck, SETRMLAHead, SETRUpHead
+from attnzoo.heads.transunet import CascadedUpsampler
 from attnzoo.heads.sem_fpn import FPNHead
 from attnzoo.heads.upernet import UPerHead
 
-__all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "Classifier", "DANetHead", "DMHead",
-           "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead", "EncHead", "FAMILIES",
-           "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead", "MLANeck", "MultiLevelNeck", "NECKS",
-           "NLHead", "OCRHead", "PSANetHead", "PSPHead", "PolarizedHead", "SegFormerHead",
-           "SETRMLAHead", "SETRUpHead", "SegmenterMaskHead",
+__all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "CascadedUpsampler", "Classifier",
+           "DANetHead", "DMHead", "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead",
+           "EncHead", "FAMILIES", "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead",
+           "MLANeck", "MultiLevelNeck", "NECKS", "NLHead", "OCRHead", "PSANetHead", "PSPHead",
+           "PolarizedHead", "SETRMLAHead", "SETRUpHead", "SegFormerHead", "SegmenterMaskHead",
            "UPerHead", "create", "create_neck", "get_family", "list_families", "list_heads",
            "list_necks", "register", "register_family"]

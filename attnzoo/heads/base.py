@@ -161,7 +161,8 @@ class Family:
         ``<name>_r{18,50,101}``, undilated; ``"swin"``: ``<name>_swin_{t,s,b,l}``,
         ``<name>_swin_{b,l}_w12``; ``"vit"``: ``<name>_{vit_b16,deit_s16,deit_b16}[_mln|_ln_mln]``;
         ``"segmenter"``: ``<name>_vit_{t,s,b,l}_mask``, ``<name>_vit_s_fcn``; ``"twins"``:
-        ``<name>_{pcpvt,svt}_{s,b,l}``); the first is the quickstart's.
+        ``<name>_{pcpvt,svt}_{s,b,l}``; ``"setr"``: ``<name>_vit_l_{naive,pup,mla}``;
+        ``"hybrid"``: ``<name>_r50_vit_b16``); the first is the quickstart's.
       set_head_kwargs: head fields the family sets on a model set's models, by model set: a
         function of the width of the features the head reads (HRNet's heads read the
         concatenation of its four branches, and mmseg sizes them by it).

@@ -52,6 +52,10 @@ into descriptions (:class:`EncoderDecoderSpec`):
   without the class token through the MLA neck, its head all four levels and an auxiliary
   1x1 conv each; the heads at 10x the learning rate; as mmsegmentation's ``setr_naive.py`` /
   ``setr_pup.py`` / ``setr_mla.py`` model files and its ``setr`` configs.
+* ``hybrid``: ``<family>_r50_vit_b16`` on the R50+ViT-B/16 hybrid
+  (:class:`~attnzoo.backbones.HybridVisionTransformer`, the position embedding for 224 x 224),
+  the head reading its ResNet's stem and first two stages and its ViT's output (512 channels;
+  no auxiliary head), as TransUNet.
 """
 
 from __future__ import annotations
@@ -253,10 +257,19 @@ def setr_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
     return out
 
 
+def hybrid_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``hybrid`` model set of ``family``."""
+    return {f"{family.name}_r50_vit_b16": EncoderDecoderSpec(
+        backbone="r50_vit_b16", head=family.head, output_stride=None,
+        head_kwargs={"channels": 512}, aux_head=None, in_feature=("c1", "c2", "c3", "c4"),
+        family=family.name)}
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
     "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models,
-    "segmenter": segmenter_models, "twins": twins_models, "setr": setr_models}
+    "segmenter": segmenter_models, "twins": twins_models, "setr": setr_models,
+    "hybrid": hybrid_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)
