@@ -522,3 +522,40 @@ def test_transunet_decoder_equals_its_definition_in_torch():
     assert got.shape == want.shape == (2, 46, 62, 5)
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err <= 1e-5, f"max relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("timm_name", ["twins_pcpvt_small", "twins_svt_small"])
+def test_timm_twins_weights_give_timms_stages(timm_name):
+    """timm's Twins (narrow: 16-32-48-64 wide, 2 layers per stage, random weights; at 64 x 64,
+    SVT's groups 2 x 2) converts for ``init_from``: PCPVT's four stage outputs are timm's
+    ``forward_intermediates``; SVT's first is timm's first normalised by the plain LayerNorm
+    after it (mmseg's SVT normalises between stages, timm's does not, so the later ones
+    differ by design); within 1e-4."""
+    from helpers import randomize_torch
+
+    from attnzoo.convert import save_backbone
+    from attnzoo.convert.backbones import timm_backbone
+
+    narrow = dict(embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], depths=[2, 2, 2, 2],
+                  mlp_ratios=[2, 2, 4, 4])
+    if "svt" in timm_name:
+        narrow["wss"] = [2, 2, 2, 2]
+    model = randomize_torch(timm.create_model(timm_name, pretrained=False, **narrow)).eval()
+    name, kwargs = timm_backbone(timm_name)
+    assert (name, kwargs) == ({"twins_pcpvt_small": "pcpvt_s", "twins_svt_small": "svt_s"}[
+        timm_name], {})
+    fields = {k: tuple(v) for k, v in narrow.items() if k != "wss"}
+    if "svt" in timm_name:
+        fields["window_sizes"] = (2, 2, 2, 2)
+    module, variables = from_timm(timm_name, model.state_dict(), fields=fields)
+    x = np.random.default_rng(14).standard_normal((1, 3, 64, 64))
+    with torch.no_grad():
+        stages = [t.numpy() for t in model.double().forward_intermediates(
+            torch.from_numpy(x), intermediates_only=True, norm=False)]
+    if "svt" in timm_name:
+        s = stages[0]
+        stages = [(s - s.mean(1, keepdims=True)) / np.sqrt(s.var(1, keepdims=True) + 1e-5)]
+    levels_close(module, variables, stages, x)
+    restored, _ = load_backbone(save_backbone(__import__("tempfile").mkdtemp(), module,
+                                              variables))
+    assert restored == module

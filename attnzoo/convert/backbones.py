@@ -46,6 +46,9 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
     if re.fullmatch(r"vit_base_r50_s16_(224|384)(\.[a-z0-9_]+)?", model_name):
         size = int(model_name.split(".")[0][-3:])
         return "r50_vit_b16", {"img_size": (size, size)}
+    m = re.fullmatch(r"twins_(pcpvt|svt)_(small|base|large)", model_name)
+    if m:
+        return f"{m[1]}_{m[2][0]}", {}
     m = _TIMM_VIT.fullmatch(model_name)
     if m and not (model_name.startswith("deit") and m[1] == "large"):
         return f"vit_{m[1][0]}16", {"img_size": (int(m[2]), int(m[2]))}
@@ -59,7 +62,7 @@ def timm_backbone(model_name: str) -> tuple[str, dict[str, Any]]:
         "resnest101e, hrnet_w18_small[_v2], hrnet_w{18,30,32,40,44,48,64}, "
         "swin_{tiny,small,base,large}_patch4_window7_224, swin_{base,large}_patch4_window12_384, "
         "vit_{tiny,small,base,large}_patch16_{224,384}, deit_{tiny,small,base}_patch16_{224,384}, "
-        "vit_base_r50_s16_384"
+        "vit_base_r50_s16_384, twins_{pcpvt,svt}_{small,base,large}"
     )
 
 
@@ -126,6 +129,35 @@ def _timm_vit_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> di
     return out
 
 
+def _timm_twins_state_dict(state_dict: Mapping[str, Any], module: nn.Module) -> dict[str, Any]:
+    """timm's Twins keys as attnzoo's (mmseg's): ``blocks`` are ``layers``, ``pos_block.<i>.proj.0``
+    ``position_encodings.<i>.proj``, the patch embeddings' ``proj`` ``projection``; a GSA
+    layer's ``q`` and stacked ``kv`` are ``query``, ``key``, ``value``. timm's final ``norm``
+    (after stage 4) is SVT's ``norm_list_3`` and is dropped for PCPVT, as the classifier; SVT's
+    norms after stages 1-3, which timm's classifier lacks, start as identity affine maps (mmseg's
+    start when it loads these weights)."""
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key.startswith("head.") or (key.startswith("norm.") and not module.norm_after_stage):
+            continue
+        value = to_numpy(value)
+        kv = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.attn\.kv\.(weight|bias)", key)
+        if kv:
+            for part, name in zip(np.split(value, 2, axis=0), ("key", "value")):
+                out[f"layers.{kv[1]}.{kv[2]}.attn.{name}.{kv[3]}"] = part
+            continue
+        key = re.sub(r"^blocks\.(\d+\.\d+)\.attn\.q\.", r"layers.\1.attn.query.", key)
+        key = re.sub(r"^blocks\.", "layers.", key)
+        key = re.sub(r"^pos_block\.(\d+)\.proj\.0\.", r"position_encodings.\1.proj.", key)
+        key = re.sub(r"^patch_embeds\.(\d+)\.proj\.", r"patch_embeds.\1.projection.", key)
+        out[re.sub(r"^norm\.", "norm_list.3.", key)] = value
+    if module.norm_after_stage:
+        for i, (channels, _) in enumerate(list(module.feature_info().values())[:3]):
+            out[f"norm_list.{i}.weight"] = np.ones(channels, np.float32)
+            out[f"norm_list.{i}.bias"] = np.zeros(channels, np.float32)
+    return out
+
+
 def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
              output_stride: int) -> tuple[nn.Module, dict]:
     cls = backbones.BACKBONES.get(name)[0]
@@ -139,6 +171,8 @@ def _convert(name: str, kwargs: dict[str, Any], state_dict: Mapping[str, Any],
         state_dict = _timm_swin_state_dict(state_dict, module)
     if issubclass(cls, backbones.VisionTransformer):
         state_dict = _timm_vit_state_dict(state_dict, module)
+    if cls is backbones.Twins:
+        state_dict = _timm_twins_state_dict(state_dict, module)
     target = target_shapes(module, jnp.zeros((1, 64, 64, module.in_channels), jnp.float32))
     return module, convert_state_dict(state_dict, target, strict_regex=_BACKBONE_KEYS,
                                       regex_renames=_TIMM_RENAMES)
@@ -162,6 +196,8 @@ def from_timm(model_name: str, state_dict: Mapping[str, Any], output_stride: int
     builds it (``models.get_spec(name).backbone_kwargs``: mmseg's recipes learn the position
     embedding for their crop, to which timm's is resized bicubically, and may add a final
     norm, which timm's ``norm`` fills, as mmseg's ``vit2mmseg`` and ``VisionTransformer``).
+    A Twins (``twins_<pcpvt|svt>_<small|base|large>``) gets timm's trunk (SVT's norms after
+    stages 1-3, which timm lacks, start as plain LayerNorms).
     """
     name, kwargs = timm_backbone(model_name)
     return _convert(name, {**kwargs, **(fields or {})}, state_dict, output_stride)
@@ -215,7 +251,8 @@ _KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet,
                                       "SwinTransformer": backbones.SwinTransformer,
                                       "VisionTransformer": backbones.VisionTransformer,
                                       "HybridVisionTransformer":
-                                          backbones.HybridVisionTransformer}
+                                          backbones.HybridVisionTransformer,
+                                      "Twins": backbones.Twins}
 
 
 def _backbone_fields(module: nn.Module) -> dict[str, Any]:
