@@ -12,16 +12,21 @@ from attnzoo import engine, heads, sharding
 from attnzoo.engine import optim
 
 
-# models of other backbones than the quickstart's, narrow: an HRNet of branches 8 to 64 wide,
-# a Swin 32 wide with 2 blocks per stage (window 7: every shifted window of a 64 x 64 image
-# is padded and masked)
-OTHER_BACKBONES = {"ocrnet_hr18s": {"widths": (8, 16, 32, 64)},
-                   "upernet_swin_t": {"embed_dim": 32, "depths": (2, 2, 2, 2),
-                                      "num_heads": (1, 2, 4, 8)},
-                   "upernet_deit_s16_mln": {"embed_dim": 32, "depth": 4, "num_heads": 2,
-                                            "out_indices": (0, 1, 2, 3), "img_size": (64, 64)},
-                   "fpn_svt_s": {"embed_dims": (16, 32, 48, 64), "num_heads": (1, 2, 3, 4),
-                                 "depths": (2, 2, 2, 2)}}
+# models of other backbones (or decoders) than the quickstart's, narrow, as config.model fields:
+# an HRNet of branches 8 to 64 wide, a Swin 32 wide with 2 blocks per stage (window 7: every
+# shifted window of a 64 x 64 image is padded and masked), ViTs of 4 layers 32 wide (UPerNet's
+# MultiLevelNeck; SETR-MLA's neck, head and four auxiliary heads), an SVT 16 to 64 wide
+VIT = {"embed_dim": 32, "depth": 4, "num_heads": 2, "out_indices": (0, 1, 2, 3),
+       "img_size": (64, 64)}
+OTHER_BACKBONES = {
+    "ocrnet_hr18s": {"backbone_kwargs": {"widths": (8, 16, 32, 64)}},
+    "upernet_swin_t": {"backbone_kwargs": {"embed_dim": 32, "depths": (2, 2, 2, 2),
+                                           "num_heads": (1, 2, 4, 8)}},
+    "upernet_deit_s16_mln": {"backbone_kwargs": VIT},
+    "setr_vit_l_mla": {"backbone_kwargs": VIT, "head_channels": None,
+                       "head_kwargs": {"channels": 32, "mla_channels": 8}, "aux_channels": 16},
+    "fpn_svt_s": {"backbone_kwargs": {"embed_dims": (16, 32, 48, 64), "num_heads": (1, 2, 3, 4),
+                                      "depths": (2, 2, 2, 2)}}}
 
 
 def family_config(family, model=None):
@@ -33,7 +38,8 @@ def family_config(family, model=None):
     config.model = quickstart.get_config(family).model
     if model is not None:
         config.model.name = model
-        config.model.backbone_kwargs = OTHER_BACKBONES[model]
+        config.model.backbone_kwargs = {}
+        config.model.update(OTHER_BACKBONES[model])
     return config
 
 
