@@ -48,6 +48,24 @@ def check_image(x: Any, channels: int, name: str = "x", field: str = "channels")
     check_channels(x, channels, name, field)
 
 
+def check_stages(module: Any, names: Sequence[str], count: int = 4) -> None:
+    """Raise ValueError unless each field of ``module`` in ``names`` gives ``count`` positive
+    entries (one per stage of a backbone)."""
+    for name in names:
+        values = tuple(getattr(module, name))
+        if len(values) != count:
+            raise ValueError(f"{name} must give {count} stages; got {values}")
+        for v in values:
+            check_positive(v, f"{name} entries")
+
+
+def check_rate(value: float, name: str) -> None:
+    """Raise ValueError unless ``value`` is a probability in [0, 1) (a dropout or stochastic
+    depth rate)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {value}")
+
+
 def check_choice(value: Any, choices: Sequence[Any], name: str) -> None:
     """Raise ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:

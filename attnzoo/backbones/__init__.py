@@ -138,9 +138,8 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-__all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet", "MiTBlock",
-           "MixFFN", "MixVisionTransformer", "OverlapPatchEmbed", "PatchMerging",
-           "ResNeStBottleneck", "ResNet", "ResidualBlock", "SelectiveKernelBasic",
-           "SelectiveKernelBottleneck", "HybridVisionTransformer", "ResNetV2", "SwinBlock", "SwinTransformer", "Twins",
-           "VisionTransformer",
-           "create", "list_backbones"]
+__all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet",
+           "HybridVisionTransformer", "MiTBlock", "MixFFN", "MixVisionTransformer",
+           "OverlapPatchEmbed", "PatchMerging", "ResNeStBottleneck", "ResNet", "ResNetV2",
+           "ResidualBlock", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "SwinBlock",
+           "SwinTransformer", "Twins", "VisionTransformer", "create", "list_backbones"]

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_image, check_positive
+from attnzoo._checks import check_image, check_positive, check_stages
 from attnzoo.backbones.resnet import BasicBlock, Bottleneck
 from attnzoo.blocks.common import Dtype, batch_norm, conv
 
@@ -123,12 +123,7 @@ class HRNet(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
-        for name in ("widths", "num_modules", "num_blocks"):
-            values = tuple(getattr(self, name))
-            if len(values) != 4:
-                raise ValueError(f"{name} must give 4 stages; got {values}")
-            for v in values:
-                check_positive(v, f"{name} entries")
+        check_stages(self, ("widths", "num_modules", "num_blocks"))
         if tuple(self.num_modules)[0] != 1:
             raise ValueError(f"stage 1 is one module: num_modules[0] must be 1; got "
                              f"{tuple(self.num_modules)}")

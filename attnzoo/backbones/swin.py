@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_image, check_positive
+from attnzoo._checks import check_image, check_positive, check_rate, check_stages
 from attnzoo.blocks.common import DropPath, Dtype, conv
 from attnzoo.blocks.transformer import Mlp
 from attnzoo.blocks.window import WindowAttention
@@ -148,12 +148,7 @@ class SwinTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
-        for name in ("depths", "num_heads"):
-            values = tuple(getattr(self, name))
-            if len(values) != 4:
-                raise ValueError(f"{name} must give 4 stages; got {values}")
-            for v in values:
-                check_positive(v, f"{name} entries")
+        check_stages(self, ("depths", "num_heads"))
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**i) % heads:
                 raise ValueError(f"stage {i + 1}'s width {self.embed_dim * 2**i} (embed_dim "
@@ -161,8 +156,7 @@ class SwinTransformer(nn.Module):
                                  f"{heads}")
         for name in ("embed_dim", "window_size", "patch_size"):
             check_positive(getattr(self, name), name)
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
+        check_rate(self.drop_path_rate, "drop_path_rate")
         super().__post_init__()
 
     def feature_info(self) -> dict[str, tuple[int, int]]:

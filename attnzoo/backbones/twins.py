@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import ops
-from attnzoo._checks import check_divisible, check_image, check_positive
+from attnzoo._checks import check_divisible, check_image, check_rate, check_stages
 from attnzoo.backbones.swin import pad_to_multiple
 from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv
 from attnzoo.blocks.efficient import SpatialReductionAttention
@@ -183,18 +183,12 @@ class Twins(nn.Module):
         fields = ["embed_dims", "depths", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes"]
         if self.window_sizes is not None:
             fields.append("window_sizes")
-        for name in fields:
-            values = tuple(getattr(self, name))
-            if len(values) != 4:
-                raise ValueError(f"{name} must give 4 stages; got {values}")
-            for v in values:
-                check_positive(v, f"{name} entries")
+        check_stages(self, fields)
         for i, (width, heads) in enumerate(zip(self.embed_dims, self.num_heads)):
             if width % heads:
                 raise ValueError(f"stage {i + 1}'s width {width} must divide by its num_heads "
                                  f"{heads}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
+        check_rate(self.drop_path_rate, "drop_path_rate")
         super().__post_init__()
 
     def feature_info(self) -> dict[str, tuple[int, int]]:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_choice, check_image, check_positive
+from attnzoo._checks import check_choice, check_image, check_positive, check_rate
 from attnzoo.blocks.common import Dtype, conv
 from attnzoo.blocks.transformer import TransformerEncoderLayer
 from attnzoo.backbones.resnetv2 import ResNetV2
@@ -123,8 +123,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"out_indices must be increasing layer indices in [0, "
                              f"{self.depth}); got {self.out_indices}")
         check_choice(self.interpolate_mode, INTERPOLATE_MODES, "interpolate_mode")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
+        check_rate(self.drop_path_rate, "drop_path_rate")
         super().__post_init__()
 
     @property
