@@ -494,8 +494,7 @@ def test_transunet_decoder_equals_its_definition_in_torch():
     rng = np.random.default_rng(12)
     feats = [rng.standard_normal((2, h, w, c)).astype(np.float32)
              for h, w, c in ((23, 31, 8), (12, 16, 12), (6, 8, 16), (3, 4, 20))]
-    variables = head.init(jax.random.key(0), feats)
-    variables = randomize_inputs(variables, 13)
+    variables = randomize_inputs(jax.eval_shape(head.init, jax.random.key(0), feats), 13)
     variables["batch_stats"] = jax.tree.map(lambda v: np.abs(v) + 0.5,
                                             variables["batch_stats"])
     got = np.asarray(head.apply(variables, feats)["out"])

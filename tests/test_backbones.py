@@ -71,13 +71,15 @@ def test_attention_kwargs_reach_the_block():
 def test_frozen_bn_never_uses_or_updates_batch_statistics():
     module = backbones.create("resnet18_v1b", frozen_bn=True)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
-    variables = module.init(jax.random.key(0), x)
-    out, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(module.init)(jax.random.key(0), x)
+    train = jax.jit(lambda m, v: m.apply(v, x, train=True, mutable=["batch_stats"]),
+                    static_argnums=0)
+    out, updates = train(module, variables)
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(variables["batch_stats"])):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(out["c4"], module.apply(variables, x)["c4"], rtol=1e-6)
+    np.testing.assert_allclose(out["c4"], jax.jit(module.apply)(variables, x)["c4"], rtol=1e-6)
     trainable = backbones.create("resnet18_v1b")
-    _, updates = trainable.apply(variables, x, train=True, mutable=["batch_stats"])
+    _, updates = train(trainable, variables)
     assert not np.allclose(updates["batch_stats"]["bn1"]["mean"],
                            variables["batch_stats"]["bn1"]["mean"])
 
