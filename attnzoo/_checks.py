@@ -3,8 +3,11 @@ that names the argument, what was expected and what came."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import difflib
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
+
 
 
 def check_rank(x: Any, rank: int | Sequence[int], name: str, layout: str = "") -> None:
@@ -32,19 +35,37 @@ def check_divisible(value: int, divisor: int, name: str, divisor_name: str) -> N
         )
 
 
+def check_floating(x: Any, name: str) -> None:
+    """Raise ValueError unless ``x`` holds floating-point numbers (integer or boolean input
+    would be computed in its own dtype and truncated)."""
+    import jax.numpy as jnp  # knows bfloat16 and the other ml_dtypes floats as floating
+
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        got = dtype if dtype is not None else type(x).__name__
+        raise ValueError(f"{name} must be a floating-point array (float32, bfloat16, ...); got "
+                         f"{got}: cast it first, e.g. {name}.astype(jnp.float32)")
+
+
 def check_channels(x: Any, channels: int, name: str = "x", field: str = "channels") -> None:
     """Raise ValueError unless the last axis of ``x`` has ``channels`` entries (the module's
-    ``field``)."""
+    ``field``); the message hints at NHWC when the channels sit on axis 1 (NCHW)."""
     if x.shape[-1] != channels:
+        hint = ""
+        if x.ndim == 4 and x.shape[1] == channels:
+            hint = (f"; axis 1 has {channels}: attnzoo takes channels last (NHWC), transpose "
+                    f"an NCHW array with {name}.transpose(0, 2, 3, 1)")
         raise ValueError(
             f"{name} has {x.shape[-1]} channels (last axis of shape {tuple(x.shape)}); "
-            f"the module was built for {field}={channels}"
+            f"the module was built for {field}={channels}{hint}"
         )
 
 
 def check_image(x: Any, channels: int, name: str = "x", field: str = "channels") -> None:
-    """Raise ValueError unless ``x`` is ``(B, H, W, channels)`` (NHWC)."""
+    """Raise ValueError unless ``x`` is a floating-point ``(B, H, W, channels)`` array
+    (NHWC)."""
     check_rank(x, 4, name, "B, H, W, C")
+    check_floating(x, name)
     check_channels(x, channels, name, field)
 
 
@@ -66,10 +87,39 @@ def check_rate(value: float, name: str) -> None:
         raise ValueError(f"{name} must be in [0, 1); got {value}")
 
 
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """``" (did you mean 'x'?)"`` naming the choice closest to a misspelt string ``value``
+    (:func:`difflib.get_close_matches`), or ``""`` when none is close."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_choice(value: Any, choices: Sequence[Any], name: str) -> None:
-    """Raise ValueError unless ``value`` is one of ``choices``."""
+    """Raise ValueError unless ``value`` is one of ``choices``, suggesting the nearest."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}"
+                         f"{did_you_mean(value, choices)}")
+
+
+def check_fields(kwargs: Mapping[str, Any], fields: Collection[str], what: str) -> None:
+    """Raise ValueError unless every keyword in ``kwargs`` is one of ``fields`` (those ``what``,
+    e.g. ``"block 'se' (SqueezeExcite)"``, takes), naming the unknown ones, the nearest field to
+    each and every field."""
+    unknown = sorted(set(kwargs) - set(fields))
+    if unknown:
+        hints = "".join(did_you_mean(k, fields) for k in unknown)
+        raise ValueError(f"{what} has no field {', '.join(map(repr, unknown))}{hints}; its "
+                         f"fields are {sorted(fields)}")
+
+
+def module_fields(cls: Any) -> list[str]:
+    """The fields a Flax module class (a dataclass) is built from, without Flax's ``parent``
+    and ``name``."""
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
 
 def mismatch_report(missing: Sequence[str], unexpected: Sequence[str],

@@ -24,6 +24,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from attnzoo import heads, models
+from attnzoo._checks import did_you_mean
 from attnzoo.engine import default_config
 
 # dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride)
@@ -71,13 +72,17 @@ def parse_arg(arg: str, **fields: Any) -> ConfigDict:
         if not sep:
             owners = [k for k, c in choices.items() if token in c]
             if len(owners) != 1:
-                raise ValueError(f"config argument {token!r} matches no field; expected {describe()}")
+                every = [c for options in choices.values() for c in options]
+                raise ValueError(f"config argument {token!r} matches no field"
+                                 f"{did_you_mean(token, every)}; expected {describe()}")
             values[owners[0]] = token
             continue
         if key not in values:
-            raise ValueError(f"config argument {key!r} is not a field; expected {describe()}")
+            raise ValueError(f"config argument {key!r} is not a field{did_you_mean(key, values)}; "
+                             f"expected {describe()}")
         if key in choices and text not in choices[key]:
-            raise ValueError(f"config argument {key}={text!r} must be one of {list(choices[key])}")
+            raise ValueError(f"config argument {key}={text!r} must be one of {list(choices[key])}"
+                             f"{did_you_mean(text, choices[key])}")
         values[key] = _typed(text, values[key], key)
     return ConfigDict(values)
 

@@ -291,7 +291,8 @@ def test_attention_unet_is_built_from_a_config_like_any_model():
     config.model.name = "attention_unet_small"
     assert isinstance(engine.build_model(config), models.AttentionUNet)
     config.model.backbone_kwargs = {"attn": "se"}
-    with pytest.raises(ValueError, match=r"\['backbone_kwargs'\] do not apply to an Attention U-Net"):
+    with pytest.raises(ValueError, match=r"model 'attention_unet_small' \(Attention U-Net, "
+                                         r"levels .*\) has no field 'backbone_kwargs'"):
         engine.build_model(config)
 
 

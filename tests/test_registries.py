@@ -91,7 +91,7 @@ def test_block_in_bfloat16_at_an_odd_size_follows_float32(name):
 
 
 @pytest.mark.parametrize("name", blocks.list_blocks())
-def test_block_refuses_a_wrong_rank_and_width_by_name(name):
+def test_block_refuses_a_wrong_rank_width_and_dtype_by_name(name):
     module, args, variables = build(name)
     first = first_array(args)
 
@@ -103,6 +103,8 @@ def test_block_refuses_a_wrong_rank_and_width_by_name(name):
         call(jnp.zeros(first.shape[:-1] + (first.shape[-1] + 1,)))
     with pytest.raises(ValueError, match="rank"):
         call(jnp.zeros(first.shape[1:]))
+    with pytest.raises(ValueError, match="must be a floating-point array"):
+        call(jnp.ones(first.shape, jnp.int32))  # not computed in integers and truncated
 
 
 def head_strides(name):

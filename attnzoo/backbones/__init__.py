@@ -23,7 +23,8 @@ from typing import Any
 
 import flax.linen as nn
 
-from attnzoo._registry import Registry
+from attnzoo._checks import check_fields, module_fields
+from attnzoo._registry import Registry, check_module_contract, doc_summary
 from attnzoo.backbones.hrnet import HRModule, HRNet
 from attnzoo.backbones.swin import PatchMerging, SwinBlock, SwinTransformer
 from attnzoo.backbones.twins import Twins
@@ -41,7 +42,40 @@ from attnzoo.backbones.resnet import (
     SelectiveKernelBottleneck,
 )
 
-BACKBONES: Registry[tuple[type[nn.Module], dict[str, Any]]] = Registry("backbone")
+
+
+def _check_backbone(name: str, entry: tuple[type[nn.Module], dict[str, Any]]) -> None:
+    cls, defaults = entry
+    what = f"backbone {name!r} ({getattr(cls, '__name__', cls)})"
+    check_module_contract(what, cls, ("dtype", "param_dtype"), "attnzoo.backbones.register")
+    check_fields(defaults, module_fields(cls), what)
+    if not callable(getattr(cls, "feature_info", None)):
+        raise ValueError(f"{what}: a backbone has a feature_info() method (its features' "
+                         "names -> (channels, stride)); see help(attnzoo.backbones.register)")
+
+
+def _describe_backbone(entry: tuple[type[nn.Module], dict[str, Any]]) -> str:
+    cls, defaults = entry
+    doc = doc_summary(cls)
+    settings = ", ".join(f"{k}={v}" for k, v in defaults.items() if not callable(v))
+    return f"{doc} ({settings})" if settings else doc
+
+
+BACKBONES: Registry[tuple[type[nn.Module], dict[str, Any]]] = Registry(
+    "backbone", check=_check_backbone, describe=_describe_backbone)
+
+
+def register(name: str, cls: type[nn.Module], **defaults: Any) -> None:
+    """Register backbone class ``cls`` as ``name``, built with the fields ``defaults`` unless
+    :func:`create`'s keywords override them.
+
+    The contract, checked here (ValueError saying what is missing): a ``flax.linen.Module``
+    class with the fields ``dtype`` and ``param_dtype`` (and every key of ``defaults``), whose
+    ``__call__(images, *, train=False)`` takes the keyword ``train`` and returns a dict of
+    NHWC features (``{"c1": ..., "c4": ...}``), with a ``feature_info()`` method giving each
+    feature's ``(channels, stride)``.
+    """
+    BACKBONES.add(name, (cls, defaults))
 
 _DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
@@ -120,11 +154,7 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
     keyword does not match."""
     cls, defaults = BACKBONES.get(name)
     fields = {**defaults, **kwargs}
-    unknown = sorted(set(fields) - set(cls.__dataclass_fields__) - {"parent", "name"})
-    if unknown:
-        allowed = sorted(set(cls.__dataclass_fields__) - {"parent", "name"})
-        raise ValueError(f"backbone {name!r} ({cls.__name__}) has no field {unknown}; "
-                         f"its fields are {allowed}")
+    check_fields(fields, [*module_fields(cls), "name"], f"backbone {name!r} ({cls.__name__})")
     for key, value in fields.items():
         if key in ("attn_kwargs", "block_kwargs") and isinstance(value, dict):
             fields[key] = tuple(sorted(value.items()))
@@ -133,13 +163,20 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
     return cls(**fields)
 
 
-def list_backbones() -> list[str]:
-    """All registered backbone names, sorted."""
-    return BACKBONES.names()
+def list_backbones(pattern: str = "*", *, describe: bool = False
+                   ) -> list[str] | dict[str, str]:
+    """The registered backbone names matching ``pattern`` (shell-style, ``"swin_*"``), sorted;
+    with ``describe``, a dict name -> the backbone's class and settings, one line."""
+    return BACKBONES.listing(pattern, describe)
 
 
 __all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet",
            "HybridVisionTransformer", "MiTBlock", "MixFFN", "MixVisionTransformer",
            "OverlapPatchEmbed", "PatchMerging", "ResNeStBottleneck", "ResNet", "ResNetV2",
            "ResidualBlock", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "SwinBlock",
-           "SwinTransformer", "Twins", "VisionTransformer", "create", "list_backbones"]
+           "SwinTransformer", "Twins", "VisionTransformer", "create", "list_backbones", "register"]
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``), not the submodules: what tab completion offers."""
+    return sorted(__all__)

@@ -103,7 +103,8 @@ class HRModule(nn.Module):
 
 
 class HRNet(nn.Module):
-    """The HRNet backbone (module docstring): ``{"c1": ..., "c4": ...}``, the four branches.
+    """HRNet (Wang et al., TPAMI 2020): four parallel branches, ``{"c1": ..., "c4": ...}``
+    (module docstring).
 
     Attributes:
       widths: the branches' widths (HRNet-W18: ``(18, 36, 72, 144)``).

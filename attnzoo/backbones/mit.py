@@ -106,7 +106,8 @@ class MiTBlock(nn.Module):
 
 
 class MixVisionTransformer(nn.Module):
-    """The MiT encoder; ``mit_b0`` .. ``mit_b5`` are registered sizes (paper Table 6).
+    """The Mix Transformer encoder of SegFormer (Xie et al., NeurIPS 2021); ``mit_b0`` ..
+    ``mit_b5`` are registered sizes (paper Table 6).
 
     Stage ``i`` embeds patches (``patch_embed_i``), runs ``depths[i]`` blocks
     (``block_i_j``) and normalises (``norm_i``); its output is ``c{i+1}``.

@@ -122,7 +122,8 @@ class SwinStage(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    """The Swin backbone (module docstring).
+    """Swin Transformer (Liu et al., ICCV 2021): shifted-window attention in four stages
+    (module docstring).
 
     Attributes:
       embed_dim: width of stage 1 (96 for Swin-T/S, 128 for B, 192 for L).

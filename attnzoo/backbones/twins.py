@@ -151,7 +151,8 @@ class TwinsLayer(nn.Module):
 
 
 class Twins(nn.Module):
-    """A Twins backbone (module docstring): PCPVT without ``window_sizes``, SVT with them.
+    """Twins (Chu et al., NeurIPS 2021): PCPVT without ``window_sizes``, SVT with them
+    (module docstring).
 
     Attributes:
       embed_dims: widths of the four stages.

@@ -60,7 +60,8 @@ def resize_pos_embed(pos_embed: Array, grid: tuple[int, int], size: tuple[int, i
 
 
 class VisionTransformer(nn.Module):
-    """The ViT backbone (module docstring).
+    """Vision Transformer (Dosovitskiy et al., ICLR 2021) / DeiT: one-stride tokens, chosen
+    layers as features (module docstring).
 
     Attributes:
       embed_dim: token width ``C`` (192 ViT-Ti, 384 ViT-S / DeiT-S, 768 ViT-B, 1024 ViT-L).

@@ -68,3 +68,8 @@ __all__ = [
     "make_divisible",
     "register",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``), not the submodules: what tab completion offers."""
+    return sorted(__all__)

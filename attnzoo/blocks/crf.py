@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_channels, check_positive, check_rank
+from attnzoo._checks import check_channels, check_floating, check_positive, check_rank
 from attnzoo.blocks.common import Dtype
 from attnzoo.blocks.registry import register
 
@@ -57,6 +57,7 @@ class DenseCRF(nn.Module):
     def __call__(self, logits: Array, image: Array, *, train: bool = False) -> Array:
         check_positive(self.num_classes, "num_classes")
         check_rank(logits, 4, "logits", "B, H, W, num_classes")
+        check_floating(logits, "logits")
         check_channels(logits, self.num_classes, "logits", "num_classes")
         thetas = (self.theta_alpha, self.theta_beta, self.theta_gamma)
         for value, name in zip(thetas, ("theta_alpha", "theta_beta", "theta_gamma")):
@@ -89,4 +90,4 @@ def _crf_example(module: DenseCRF, size: tuple[int, int] = (8, 8)) -> tuple[Arra
 register("crf", DenseCRF, paper="Zheng et al. 2015 (CRF-as-RNN)",
          follows="CRF-as-RNN's parameters",
          tested="pixel-loop mean field; densecrf (pydensecrf2); finite differences",
-         example=_crf_example)
+         example=_crf_example, size_field="num_classes")

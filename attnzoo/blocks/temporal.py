@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_channels, check_divisible, check_positive, check_rank
+from attnzoo._checks import (
+    check_channels, check_divisible, check_floating, check_positive, check_rank,
+)
 from attnzoo.blocks.common import Dtype, zero_gamma
 from attnzoo.blocks.registry import register
 
@@ -44,6 +46,7 @@ class TemporalAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         check_rank(x, 5, "x", "B, T, H, W, C")
+        check_floating(x, "x")
         check_channels(x, self.channels)
         heads, d = self.num_heads, self.channels // self.num_heads
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

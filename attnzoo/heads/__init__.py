@@ -52,3 +52,8 @@ __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "CascadedUpsampler", "Cla
            "PolarizedHead", "SETRMLAHead", "SETRUpHead", "SegFormerHead", "SegmenterMaskHead",
            "UPerHead", "create", "create_neck", "get_family", "list_families", "list_heads",
            "list_necks", "register", "register_family"]
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``), not the submodules: what tab completion offers."""
+    return sorted(__all__)

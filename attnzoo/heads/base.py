@@ -23,14 +23,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive, check_rank
-from attnzoo._registry import Registry
+from attnzoo._checks import check_fields, check_positive, check_rank, module_fields
+from attnzoo._registry import Registry, check_module_contract
 from attnzoo.blocks.common import ConvNormAct, Dtype, conv
 
 Array = jax.Array
 
-HEADS: Registry[type[nn.Module]] = Registry("head")
-register = HEADS.register
+
+def _check_head(name: str, cls: type[nn.Module]) -> None:
+    check_module_contract(f"head {name!r} ({getattr(cls, '__name__', cls)})", cls,
+                          ("num_classes", "channels", "dtype", "param_dtype"),
+                          "attnzoo.heads.register")
+
+
+HEADS: Registry[type[nn.Module]] = Registry("head", check=_check_head)
+
+
+def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator registering a decode head as ``name``.
+
+    The contract, checked here (ValueError saying what is missing): a ``flax.linen.Module``
+    class (usually a :class:`DecodeHead`) with the fields ``num_classes``, ``channels``,
+    ``dtype`` and ``param_dtype``, whose ``__call__(features, *, train=False)`` takes the
+    keyword ``train`` and returns ``{"out": logits}`` (plus the :attr:`DecodeHead.branches`'
+    outputs in training).
+    """
+    return HEADS.register(name)
 
 
 class Classifier(nn.Module):
@@ -132,13 +150,17 @@ class DecodeHead(nn.Module):
 
 def create(name: str, /, **kwargs: Any) -> nn.Module:
     """Build the head registered as ``name`` (``num_classes=`` required, e.g.
-    ``create("danet", num_classes=19, channels=512)``)."""
-    return HEADS.get(name)(**kwargs)
+    ``create("danet", num_classes=19, channels=512)``); ValueError naming a keyword that is no
+    field of the head (and the nearest field)."""
+    cls = HEADS.get(name)
+    check_fields(kwargs, [*module_fields(cls), "name"], f"head {name!r} ({cls.__name__})")
+    return cls(**kwargs)
 
 
-def list_heads() -> list[str]:
-    """All registered head names, sorted."""
-    return HEADS.names()
+def list_heads(pattern: str = "*", *, describe: bool = False) -> list[str] | dict[str, str]:
+    """The registered head names matching ``pattern`` (shell-style), sorted; with ``describe``,
+    a dict name -> the first line of the head's docstring."""
+    return HEADS.listing(pattern, describe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +237,7 @@ class Family:
         return {**self.mmseg_head_kwargs.get("*", {}), **self.mmseg_head_kwargs.get(dataset, {})}
 
 
-FAMILIES: Registry[Family] = Registry("family")
+FAMILIES: Registry[Family] = Registry("family", describe=lambda family: family.summary)
 
 
 def register_family(family: Family) -> Family:
@@ -229,6 +251,8 @@ def get_family(name: str) -> Family:
     return FAMILIES.get(name)
 
 
-def list_families() -> list[str]:
-    """All registered family names, sorted."""
-    return FAMILIES.names()
+def list_families(pattern: str = "*", *, describe: bool = False
+                  ) -> list[str] | dict[str, str]:
+    """The registered family names matching ``pattern`` (shell-style), sorted; with
+    ``describe``, a dict name -> the family's summary."""
+    return FAMILIES.listing(pattern, describe)

@@ -1,6 +1,10 @@
 """Necks: modules between a backbone and its decode head that remake the backbone's features
 (mmsegmentation's ``necks/``). A neck maps the backbone's feature dict to the one the head
-reads (the same names). ``create_neck("multilevel", out_channels=768)``, ``list_necks()``."""
+reads (the same names). ``create_neck("multilevel", out_channels=768)``, ``list_necks()``.
+
+A neck is registered with ``@NECKS.register(name)`` on a ``flax.linen.Module`` class with the
+fields ``dtype`` and ``param_dtype`` whose ``__call__(feats, *, train=False)`` takes the keyword
+``train`` (checked when it is registered)."""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._registry import Registry
+from attnzoo._checks import check_fields, module_fields
+from attnzoo._registry import Registry, check_module_contract
 from attnzoo.blocks.common import Dtype, conv
 
 Array = jax.Array
 
-NECKS: Registry[type[nn.Module]] = Registry("neck")
+NECKS: Registry[type[nn.Module]] = Registry("neck", check=lambda name, cls: check_module_contract(
+    f"neck {name!r} ({getattr(cls, '__name__', cls)})", cls, ("dtype", "param_dtype"),
+    "attnzoo.heads.necks"))
 
 
 @NECKS.register("multilevel")
@@ -59,10 +66,14 @@ class MultiLevelNeck(nn.Module):
 
 
 def create_neck(name: str, /, **kwargs: Any) -> nn.Module:
-    """Build the neck registered as ``name`` with fields ``kwargs``."""
-    return NECKS.get(name)(**kwargs)
+    """Build the neck registered as ``name`` with fields ``kwargs``; ValueError naming a keyword
+    that is no field of the neck (and the nearest field)."""
+    cls = NECKS.get(name)
+    check_fields(kwargs, [*module_fields(cls), "name"], f"neck {name!r} ({cls.__name__})")
+    return cls(**kwargs)
 
 
-def list_necks() -> list[str]:
-    """All registered neck names, sorted."""
-    return NECKS.names()
+def list_necks(pattern: str = "*", *, describe: bool = False) -> list[str] | dict[str, str]:
+    """The registered neck names matching ``pattern`` (shell-style), sorted; with ``describe``,
+    a dict name -> the first line of the neck's docstring."""
+    return NECKS.listing(pattern, describe)

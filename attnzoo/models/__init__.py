@@ -23,3 +23,8 @@ from attnzoo.models.specs import EncoderDecoderSpec, ModelSpec, UNetSpec
 __all__ = ["AttentionUNet", "EncoderDecoder", "EncoderDecoderSpec", "MODELS", "ModelSpec",
            "UNetSpec", "create", "get_spec", "list_models", "parameter_counts", "register",
            "resize_logits"]
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``), not the submodules: what tab completion offers."""
+    return sorted(__all__)

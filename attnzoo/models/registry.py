@@ -9,14 +9,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attnzoo._checks import check_fields
 from attnzoo._registry import Registry
-from attnzoo.models.specs import ModelSpec
+from attnzoo.models.specs import EncoderDecoderSpec, ModelSpec, UNetSpec
 
-MODELS: Registry[ModelSpec] = Registry("model")
+
+def _check_model(name: str, spec: ModelSpec) -> None:
+    if not isinstance(spec, (EncoderDecoderSpec, UNetSpec)):
+        raise ValueError(f"model {name!r}: a model is registered as an EncoderDecoderSpec "
+                         f"(registered backbone and heads) or a UNetSpec; got "
+                         f"{type(spec).__name__} (see help(attnzoo.models.register))")
+
+
+MODELS: Registry[ModelSpec] = Registry("model", check=_check_model,
+                                       describe=lambda spec: spec.summary())
 
 
 def register(name: str, spec: ModelSpec) -> ModelSpec:
-    """Register the description ``spec`` as model ``name``."""
+    """Register the description ``spec`` as model ``name``.
+
+    The contract, checked here and when the description is made (ValueError saying what is
+    wrong): an :class:`~attnzoo.models.EncoderDecoderSpec` naming a registered backbone,
+    head, auxiliary head and neck, each of its ``*_kwargs`` fields of that part; or a
+    :class:`~attnzoo.models.UNetSpec`.
+    """
     return MODELS.add(name, spec)
 
 
@@ -31,13 +47,17 @@ def create(name: str, /, *, num_classes: int, **overrides: Any) -> nn.Module:
     ``overrides`` go to the description's ``build`` (for encoder-decoders:
     ``backbone_kwargs``, ``head_kwargs``, ``head_channels``, ``aux_channels``,
     ``memory_efficient``, ``dtype``; see :class:`~attnzoo.models.specs.EncoderDecoderSpec`).
+    ValueError naming an override the model does not take (and the nearest it does).
     """
-    return get_spec(name).build(num_classes=num_classes, **overrides)
+    spec = get_spec(name)
+    check_fields(overrides, spec.options(), f"model {name!r} ({spec.summary()})")
+    return spec.build(num_classes=num_classes, **overrides)
 
 
-def list_models() -> list[str]:
-    """All registered model names, sorted."""
-    return MODELS.names()
+def list_models(pattern: str = "*", *, describe: bool = False) -> list[str] | dict[str, str]:
+    """The registered model names matching ``pattern`` (shell-style, ``"danet_*"``, as timm's
+    ``list_models``), sorted; with ``describe``, a dict name -> its head and backbone."""
+    return MODELS.listing(pattern, describe)
 
 
 def parameter_counts(model: nn.Module, image_size: tuple[int, int] = (64, 64)) -> tuple[int, int]:

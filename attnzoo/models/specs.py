@@ -7,6 +7,7 @@ A registered model name (``danet_r50_d8``) is one of these descriptions;
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attnzoo import backbones, blocks, heads
-from attnzoo._checks import check_positive
+from attnzoo._checks import check_fields, check_positive, module_fields
 from attnzoo.models.segmentor import AttentionUNet, EncoderDecoder
 
 Dtype = Any
@@ -64,6 +65,34 @@ class EncoderDecoderSpec:
     resize_concat: bool = False
     family: str | None = None
     recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """The parts must be registered and their fields theirs (ValueError naming the
+        nearest), so that a misspelt description fails when it is made, not when it is built."""
+        backbone_cls, _ = backbones.BACKBONES.get(self.backbone)
+        check_fields(self.backbone_kwargs, module_fields(backbone_cls),
+                     f"backbone {self.backbone!r} ({backbone_cls.__name__})")
+        parts = [(self.head, self.head_kwargs, heads.HEADS, "head")]
+        if self.aux_head is not None:
+            parts.append((self.aux_head, self.aux_kwargs, heads.HEADS, "head"))
+        if self.neck is not None:
+            parts.append((self.neck, self.neck_kwargs, heads.NECKS, "neck"))
+        for name, kwargs, registry, kind in parts:
+            cls = registry.get(name)
+            check_fields(kwargs, module_fields(cls), f"{kind} {name!r} ({cls.__name__})")
+
+    def options(self) -> list[str]:
+        """The keywords :meth:`build` takes besides ``num_classes`` (``models.create``'s
+        overrides): its own and the :class:`EncoderDecoder` fields it does not set."""
+        own = [p for p in inspect.signature(self.build).parameters
+               if p not in ("num_classes", "kwargs")]
+        return own + ["pixel_mean", "pixel_std"]
+
+    def summary(self) -> str:
+        """One line: head on backbone (and output stride)."""
+        stride = "" if self.output_stride is None else f", output stride {self.output_stride}"
+        neck = f" + {self.neck} neck" if self.neck else ""
+        return f"{self.head} head on {self.backbone}{neck}{stride}"
 
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32,
               backbone_kwargs: Mapping[str, Any] | None = None,
@@ -127,16 +156,20 @@ class UNetSpec:
 
     widths: tuple[int, ...]
 
+    def options(self) -> list[str]:
+        """The keywords :meth:`build` takes besides ``num_classes``."""
+        return ["dtype", "widths", "in_channels", "param_dtype"]
+
+    def summary(self) -> str:
+        """One line: the levels' widths."""
+        return f"Attention U-Net, levels {self.widths} wide"
+
     def build(self, *, num_classes: int, dtype: Dtype = jnp.float32, **kwargs: Any
               ) -> nn.Module:
         """The module; ``kwargs`` are :class:`AttentionUNet` fields (``widths``,
         ``in_channels``, ``param_dtype``)."""
         check_positive(num_classes, "num_classes")
-        allowed = ("widths", "in_channels", "param_dtype")
-        unknown = sorted(set(kwargs) - set(allowed))
-        if unknown:
-            raise ValueError(f"{unknown} do not apply to an Attention U-Net (it has no backbone "
-                             f"or decode head); its options are {list(allowed)}")
+        check_fields(kwargs, self.options(), "an Attention U-Net (no backbone or decode head)")
         return AttentionUNet(num_classes, **{"widths": self.widths, **kwargs}, dtype=dtype)
 
 

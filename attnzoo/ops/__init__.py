@@ -128,3 +128,8 @@ __all__ = [
     "window_merge",
     "window_partition",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``), not the submodules: what tab completion offers."""
+    return sorted(__all__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 
 Array = jax.Array
 
@@ -26,6 +26,7 @@ def channel_attention_map(x: Array) -> Array:
     Returns ``(B, C, C)`` float32 weights, rows summing to 1.
     """
     check_rank(x, 4, "x", "B, H, W, C")
+    check_floating(x, "x")
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
     energy = jnp.einsum("bnc,bnd->bcd", flat, flat, preferred_element_type=jnp.float32)
     energy_new = energy.max(axis=-1, keepdims=True) - energy

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attnzoo._checks import check_choice, check_rank
+from attnzoo._checks import check_choice, check_floating, check_rank
 
 Array = jax.Array
 Pair = tuple[int, int]
@@ -318,6 +318,7 @@ def pointwise(x: Array, kernel: Array, *, implementation: str | None = None) -> 
       ``(..., O)``.
     """
     check_rank(kernel, 2, "kernel", "C, O")
+    check_floating(x, "x")
     if x.ndim < 2 or x.shape[-1] != kernel.shape[0]:
         raise ValueError(f"x must be (..., C) with C = {kernel.shape[0]} (kernel shape "
                          f"{tuple(kernel.shape)}); got shape {tuple(x.shape)}")
@@ -379,6 +380,7 @@ def conv2d(
     """
     check_rank(x, 4, "x", "B, H, W, C")
     check_rank(kernel, 4, "kernel", "k_h, k_w, C, O")
+    check_floating(x, "x")
     if kernel.shape[2] != x.shape[-1]:
         raise ValueError(f"kernel expects {kernel.shape[2]} input channels (shape "
                          f"{tuple(kernel.shape)}); x has {x.shape[-1]} (shape {tuple(x.shape)})")
@@ -410,6 +412,7 @@ def depthwise_conv2d(x: Array, kernel: Array, *, dilation: int = 1,
     """
     check_rank(x, 4, "x", "B, H, W, C")
     check_rank(kernel, 4, "kernel", "k, k, 1, C")
+    check_floating(x, "x")
     k, c = kernel.shape[0], x.shape[-1]
     if kernel.shape != (k, k, 1, c):
         raise ValueError(f"kernel must be (k, k, 1, C) with C = {c} (x shape {tuple(x.shape)}); "

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo._checks import check_choice, check_positive, check_rank
+from attnzoo._checks import check_choice, check_floating, check_positive, check_rank
 from attnzoo.ops.dot_product import _pad_axis, map_query_chunks
 
 Array = jax.Array
@@ -319,6 +319,7 @@ def mean_field(unary_logits: Array, filters: Sequence[Callable[[Array], Array]],
     a per-pixel constant). The loop is a ``lax.scan``, so it is differentiable.
     """
     check_rank(unary_logits, 3, "unary_logits", "B, N, L")
+    check_floating(unary_logits, "unary_logits")
     check_positive(iterations, "iterations")
     check_choice(normalization, NORMALIZATIONS, "normalization")
     b, n, num_labels = unary_logits.shape
@@ -363,6 +364,7 @@ def dense_crf(logits: Array, image: Array, *, iterations: int = DEEPLAB_CRF.iter
     chunked). Returns refined logits ``(B, H, W, L)`` (float32); their argmax is the labelling.
     """
     check_rank(logits, 4, "logits", "B, H, W, L")
+    check_floating(logits, "logits")
     check_rank(image, 4, "image", "B, H, W, 3")
     if logits.shape[:3] != image.shape[:3]:
         raise ValueError(f"image {image.shape} and logits {logits.shape} must have the same "

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive
+from attnzoo._checks import check_floating, check_positive
 
 Array = jax.Array
 
@@ -21,6 +21,7 @@ def _check_qkv(query: Array, key: Array, value: Array) -> None:
     for name, arr in (("query", query), ("key", key), ("value", value)):
         if arr.ndim < 2:
             raise ValueError(f"{name} must have rank >= 2 (..., N, d); got shape {arr.shape}")
+        check_floating(arr, name)
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(
             f"query and key must share their last axis; got query {query.shape}, key {key.shape}"
@@ -42,6 +43,8 @@ def _default_scale(query: Array, scale: float | None) -> float:
 
 def attention_scores(query: Array, key: Array, scale: float = 1.0) -> Array:
     """Float32 scores ``scale * Q K^T`` of shape ``(..., Nq, Nk)``."""
+    check_floating(query, "query")
+    check_floating(key, "key")
     scores = jnp.einsum("...qd,...kd->...qk", query, key, preferred_element_type=jnp.float32)
     return scores * scale if scale != 1.0 else scores
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 
 Array = jax.Array
 
@@ -32,6 +32,8 @@ def dynamic_depthwise_conv(x: Array, filters: Array) -> Array:
     """
     check_rank(x, 4, "x", "B, H, W, C")
     check_rank(filters, 4, "filters", "B, f, f, C")
+    check_floating(x, "x")
+    check_floating(filters, "filters")
     b, h, w, c = x.shape
     f = filters.shape[1]
     if filters.shape != (b, f, f, c):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_positive, check_rank
+from attnzoo._checks import check_floating, check_positive, check_rank
 
 Array = jax.Array
 
@@ -46,6 +46,7 @@ def em_attention(x: Array, bases: Array, num_stages: int) -> tuple[Array, Array]
       ``(B, C, K)`` in float32.
     """
     check_rank(x, 3, "x", "B, N, C")
+    check_floating(x, "x")
     check_positive(num_stages, "num_stages")
     if bases.ndim not in (2, 3) or bases.shape[-2] != x.shape[-1]:
         raise ValueError(f"bases must be (C, K) or (B, C, K) with C = {x.shape[-1]}; got "

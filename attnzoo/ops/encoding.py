@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 
 Array = jax.Array
 
@@ -33,6 +33,8 @@ def context_encoding(x: Array, codewords: Array, scale: Array) -> Array:
     """
     check_rank(x, 3, "x", "B, N, C")
     check_rank(codewords, 2, "codewords", "K, C")
+    check_floating(x, "x")
+    check_floating(codewords, "codewords")
     k, c = codewords.shape
     if c != x.shape[-1] or scale.shape != (k,):
         raise ValueError(f"codewords must be (K, C) with C = {x.shape[-1]} and scale (K,); got "

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 
 Array = jax.Array
 
@@ -41,6 +41,7 @@ def interlaced_sparse_attention(x: Array, down_factor: tuple[int, int],
       ``(B, H, W, C)``.
     """
     check_rank(x, 4, "x", "B, H, W, C")
+    check_floating(x, "x")
     ph, pw = down_factor
     if ph < 1 or pw < 1:
         raise ValueError(f"down_factor must hold positive sizes; got {down_factor!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_choice, check_rank
+from attnzoo._checks import check_choice, check_floating, check_rank
 from attnzoo.ops.dot_product import (
     attend,
     attention_scores,
@@ -30,6 +30,7 @@ def _flatten(x: Array) -> Array:
 def _check(theta: Array, phi: Array, g: Array) -> None:
     for name, arr in (("theta", theta), ("phi", phi), ("g", g)):
         check_rank(arr, 4, name, "B, H, W, C")
+        check_floating(arr, name)
     if theta.shape[-1] != phi.shape[-1] or theta.shape[0] != phi.shape[0]:
         raise ValueError(
             f"theta and phi must share batch and channels; got {theta.shape} and {phi.shape}"
@@ -105,6 +106,8 @@ def non_local_concatenation(
     check_rank(theta_logit, 3, "theta_logit", "B, H, W")
     check_rank(phi_logit, 3, "phi_logit", "B, H', W'")
     check_rank(g, 4, "g", "B, H', W', C")
+    for name, arr in (("theta_logit", theta_logit), ("phi_logit", phi_logit), ("g", g)):
+        check_floating(arr, name)
     if phi_logit.shape != g.shape[:3]:
         raise ValueError(f"phi_logit and g must share (B, H', W'); got {phi_logit.shape}, {g.shape}")
     b = phi_logit.reshape(phi_logit.shape[0], 1, -1).astype(jnp.float32)
@@ -156,6 +159,7 @@ def disentangled_non_local_attention(
     """
     _check(theta, phi, g)
     check_rank(unary_logits, 3, "unary_logits", "B, H, W")
+    check_floating(unary_logits, "unary_logits")
     if unary_logits.shape != g.shape[:3]:
         raise ValueError(f"unary_logits and g must share (B, H, W); got {unary_logits.shape} and "
                          f"{g.shape}")

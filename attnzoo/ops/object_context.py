@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 
 Array = jax.Array
 
@@ -26,6 +26,8 @@ def spatial_gather(feats: Array, region_logits: Array, scale: float = 1.0) -> Ar
     """
     check_rank(feats, 4, "feats", "B, H, W, C")
     check_rank(region_logits, 4, "region_logits", "B, H, W, K")
+    check_floating(feats, "feats")
+    check_floating(region_logits, "region_logits")
     b, h, w, c = feats.shape
     if region_logits.shape[:3] != (b, h, w):
         raise ValueError(f"region_logits {tuple(region_logits.shape)} must share (B, H, W) with "

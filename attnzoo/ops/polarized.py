@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 
 Array = jax.Array
 
@@ -29,6 +29,8 @@ def polarized_channel_context(query: Array, value: Array) -> Array:
     """
     check_rank(query, 4, "query", "B, H, W, 1")
     check_rank(value, 4, "value", "B, H, W, C")
+    check_floating(query, "query")
+    check_floating(value, "value")
     if query.shape[-1] != 1 or query.shape[:3] != value.shape[:3]:
         raise ValueError(
             f"query must be (B, H, W, 1) matching value's (B, H, W); got query {query.shape}, "
@@ -52,6 +54,8 @@ def polarized_spatial_weights(query: Array, value: Array) -> Array:
     """
     check_rank(query, 4, "query", "B, H, W, C")
     check_rank(value, 4, "value", "B, H, W, C")
+    check_floating(query, "query")
+    check_floating(value, "value")
     if query.shape != value.shape:
         raise ValueError(f"query and value must have one shape; got {query.shape}, {value.shape}")
     b, h, w, _ = query.shape

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_rank
+from attnzoo._checks import check_floating, check_rank
 from attnzoo.ops.dot_product import (
     attend,
     attention_scores,
@@ -29,6 +29,7 @@ def check_spatial_qkv(query: Array, key: Array, value: Array) -> None:
     """query/key ``(B, H, W, d)`` of one shape and value ``(B, H, W, c)`` on the same grid."""
     for name, arr in (("query", query), ("key", key), ("value", value)):
         check_rank(arr, 4, name, "B, H, W, C")
+        check_floating(arr, name)
     if query.shape != key.shape:
         raise ValueError(f"query and key must have one shape; got {query.shape} and {key.shape}")
     if value.shape[:3] != query.shape[:3]:

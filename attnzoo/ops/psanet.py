@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_choice, check_rank
+from attnzoo._checks import check_choice, check_floating, check_rank
 
 Array = jax.Array
 
@@ -69,6 +69,7 @@ def point_wise_spatial_attention(x: Array, mask: Array, mask_size: tuple[int, in
       normalization: ``Z``, the result is divided by it.
     """
     check_rank(x, 4, "x", "B, H, W, C")
+    check_floating(x, "x")
     if x.shape[:3] != mask.shape[:3]:
         raise ValueError(f"x {x.shape} and mask {mask.shape} must share B, H, W")
     dense = psa_mask(mask, mask_size, mode).astype(jnp.float32)

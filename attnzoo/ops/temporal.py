@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from attnzoo._checks import check_floating
 from attnzoo.ops.dot_product import dot_product_attention
 
 Array = jax.Array
@@ -31,6 +32,7 @@ def temporal_attention(
     for name, arr in (("query", query), ("key", key), ("value", value)):
         if arr.ndim < 3:
             raise ValueError(f"{name} must have rank >= 3 (B, T, ..., d); got shape {arr.shape}")
+        check_floating(arr, name)
     if query.shape != key.shape or value.shape[:-1] != query.shape[:-1]:
         raise ValueError(
             f"query and key must have one shape and value match them but the last axis; got "

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo._checks import check_divisible, check_positive, check_rank
+from attnzoo._checks import check_divisible, check_floating, check_positive, check_rank
 from attnzoo.ops.dot_product import dot_product_attention
 
 Array = jax.Array
@@ -117,6 +117,7 @@ def window_attention(
     """
     for name, arr in (("query", query), ("key", key), ("value", value)):
         check_rank(arr, 5, name, "B, H, W, heads, d")
+        check_floating(arr, name)
     size = _pair(window_size, "window_size")
     q, k, v = (jnp.moveaxis(window_partition(t, size), -2, -3) for t in (query, key, value))
     # q: (B, nH, nW, heads, M*M, d)
