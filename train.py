@@ -1,4 +1,4 @@
-"""Train an attnzoo segmentor.
+r"""Train an attnzoo segmentor.
 
     python train.py --config configs/quickstart.py --workdir runs/quickstart
     python train.py --config configs/mmseg.py:danet_r101_d8,cityscapes --workdir runs/danet \
@@ -47,4 +47,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from attnzoo._cli import parse_absl_flags
+
+    app.run(main, flags_parser=parse_absl_flags)

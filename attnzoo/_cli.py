@@ -58,6 +58,33 @@ def run(main: Callable[[list[str]], Any]) -> None:
         main([a for a in argv if a != "--debug"])
 
 
+def parse_absl_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for ``train.py`` (``app.run(main, flags_parser=parse_absl_flags)``),
+    with a mistake in a flag or a ``--config.*`` override (an unknown field, a value of the
+    wrong type, a config file that does not load) reported as the other commands report
+    errors: one line, exit status 2, the nearest field suggested (``--debug`` shows the
+    traceback)."""
+    from absl import flags
+
+    with one_line_errors(any(a in ("--debug", "--debug=true", "--debug=True") for a in argv)):
+        try:
+            rest = flags.FLAGS(argv)
+            for name in flags.FLAGS:  # a config file that failed to load raises when read
+                error = getattr(getattr(flags.FLAGS, name), "_error", None)
+                if isinstance(error, BaseException):
+                    raise error
+            return rest
+        except (flags.Error, AttributeError, KeyError, TypeError, OSError) as err:
+            cause = err.args[0] if err.args and isinstance(err.args[0], BaseException) else err
+            if isinstance(cause, KeyError) and cause.args:  # ml_collections: an unknown field
+                text = f"the config has no field {cause.args[0]}"
+            else:
+                text = str(cause.__cause__ or cause) if isinstance(cause, OSError) else str(cause)
+                if "Traceback (most recent call last)" in text:  # a config file that raised
+                    text = f"{text.split(':')[0]}: {text.strip().splitlines()[-1]}"
+            raise ValueError(f"bad command line: {text}") from err
+
+
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     """``--compilation-cache DIR`` and ``--no-compilation-cache`` (evaluate, predict); applied
     by :func:`use_cache`."""

@@ -70,7 +70,8 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m attnzoo.evaluate",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="training workdir or checkpoint directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     parser.add_argument("--split", default=None, help="dataset split (default: the config's)")

@@ -1,4 +1,4 @@
-"""Predict segmentation masks for image files with a trained run.
+r"""Predict segmentation masks for image files with a trained run.
 
     python -m attnzoo.predict --workdir runs/quickstart --out preds img1.png img2.jpg
     python -m attnzoo.predict --workdir runs/quickstart --out preds --attention \
@@ -145,7 +145,8 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(prog="python -m attnzoo.predict",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--workdir", required=True, help="training workdir or checkpoint directory")
     parser.add_argument("--out", required=True, help="output folder")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -45,6 +46,24 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, field: str = "batch_siz
             f"on mesh axis {DATA_AXIS!r}"
         )
     return global_batch_size // jax.process_count()
+
+
+def describe_layout(mesh: Mesh, batch_size: int, eval_batch_size: int, params: Any) -> str:
+    """One line for a run's start: the mesh's axes and sizes, the devices and processes, the
+    per-device batches, and how parameters (and so optimiser state) and batches are laid out
+    (read from ``params``' own shardings)."""
+    devices = mesh.devices.size
+    axes = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    specs = collections.Counter(
+        str(leaf.sharding.spec) if isinstance(leaf.sharding, NamedSharding)
+        else type(leaf.sharding).__name__ for leaf in jax.tree.leaves(params))
+    layout = ("replicated on every device" if set(specs) == {str(PartitionSpec())} else
+              "sharded " + ", ".join(f"{spec} ({n} arrays)" for spec, n in specs.items()))
+    platform = mesh.devices.flat[0].platform
+    return (f"mesh ({axes}) over {devices} {platform} device(s) of {jax.process_count()} "
+            f"process(es); per-device batch {batch_size // devices} (global {batch_size}), "
+            f"evaluation {eval_batch_size // devices} (global {eval_batch_size}); parameters and "
+            f"optimizer state {layout}; batches split along {DATA_AXIS!r}")
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -26,9 +26,12 @@ def test_checkpoints_keep_latest_and_best_by_miou(tmp_path):
     ckpts.close()
 
 
-def test_restore_gives_the_trained_model(run, context_shapes_dir):
+def test_restore_gives_the_trained_model_and_prints_no_orbax_warnings(run, context_shapes_dir,
+                                                                      caplog):
     workdir, config, _ = run
-    model, variables, restored_config = engine.restore(workdir)
+    with caplog.at_level(logging.INFO):
+        model, variables, restored_config = engine.restore(workdir)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert restored_config.model.name == config.model.name
     for path in (workdir / "checkpoints", workdir / "checkpoints" / "4"):
         _, v, _ = engine.restore(path)

@@ -34,7 +34,9 @@ def test_run_writes_checkpoints_logs_and_predictions(run):
     lines = jsonl(workdir / "metrics.jsonl")
     assert [r["step"] for r in lines if r["split"] == "train"] == [1, 2, 3, 4]
     (ev,) = [r for r in lines if r["split"] == "eval"]
-    assert ev["step"] == 4 and ev["mIoU"] == pytest.approx(result["mIoU"])
+    assert ev["step"] == 4 and ev["mIoU"] == pytest.approx(100 * result["mIoU"])  # percent
+    assert list(ev["IoU"]) == list(cs.CLASSES)
+    assert [r["devices"] for r in lines if r["split"] == "start"] == [8]
     assert all(math.isfinite(r["loss"]) for r in lines if r["split"] == "train")
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     from PIL import Image

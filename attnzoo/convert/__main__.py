@@ -1,15 +1,15 @@
-"""Convert a PyTorch checkpoint on disk into an attnzoo (orbax) checkpoint.
+r"""Convert a PyTorch checkpoint on disk into an attnzoo (orbax) checkpoint.
 
-    python -m attnzoo.convert --source mmseg:danet_r50-d8_4xb2-80k_cityscapes-512x1024 \\
+    python -m attnzoo.convert --source mmseg:danet_r50-d8_4xb2-80k_cityscapes-512x1024 \
         --checkpoint danet_r50-d8_512x1024_80k_cityscapes_20200607_133029-2bfa2293.pth --out DIR
-    python -m attnzoo.convert --source transformers:segformer \\
+    python -m attnzoo.convert --source transformers:segformer \
         --checkpoint segformer-b0-finetuned-ade-512-512/ --out DIR
     python -m attnzoo.convert --source timm:resnet50d --checkpoint weights.pth --out DIR
     python -m attnzoo.convert --source timm:hrnet_w18 --checkpoint hrnetv2_w18-00eb2006.pth \
         --out DIR
-    python -m attnzoo.convert --source torchvision:resnet101 --checkpoint r101.pth \\
+    python -m attnzoo.convert --source torchvision:resnet101 --checkpoint r101.pth \
         --out DIR --output-stride 8
-    python -m attnzoo.convert --source timm:deit_small_patch16_224 \\
+    python -m attnzoo.convert --source timm:deit_small_patch16_224 \
         --checkpoint deit_small_patch16_224-cd65a155.pth --model upernet_deit_s16_ln_mln --out DIR
 
 Nothing is downloaded: ``--checkpoint`` is a ``.pth``/``.pt``/``.bin`` (read

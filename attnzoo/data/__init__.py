@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attnzoo.data.datasets import DATASETS, DatasetSpec, spec
-
+from attnzoo.data.tf_loader import import_tensorflow
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
 
 log = logging.getLogger("attnzoo")
@@ -27,6 +27,7 @@ def builder(name: str, data_dir: str | Path | None = None, *, manual_dir: str | 
     ``folder`` dataset needs ``manual_dir`` (the folder) and takes its class
     names from ``manual_dir/classes.txt`` or ``num_classes``.
     """
+    import_tensorflow()
     import tensorflow_datasets as tfds
 
     from attnzoo.data import builders
@@ -53,6 +54,7 @@ def prepare(name: str, data_dir: str | Path | None = None, *,
     """The builder of ``name``, prepared: generated, or read from the files in ``manual_dir``
     (checked first: a missing file is named with where to get it). A dataset prepared
     before is only opened."""
+    import_tensorflow()
     import tensorflow_datasets as tfds
 
     b = builder(name, data_dir, manual_dir=manual_dir, num_classes=num_classes,

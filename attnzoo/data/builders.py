@@ -15,9 +15,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from attnzoo.data import context_shapes as cs
+from attnzoo.data.tf_loader import import_tensorflow
+
+import_tensorflow()
+import tensorflow_datasets as tfds  # noqa: E402  (after TensorFlow's quiet import)
+
 from attnzoo.data.datasets import ADE20K_CLASSES
 from attnzoo.viz import to_rgb8
 

@@ -77,7 +77,12 @@ def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, see
 
     builder = builder or prepared_builder(config)
     local = local_batch_size(batch_size, mesh)
-    ds = builder.as_dataset(split=config["train_split"], shuffle_files=False)
+    import tensorflow_datasets as tfds
+
+    # no TFDS auto-cache: a run stops inside a pass by design, and a cache left half read makes
+    # TensorFlow warn on every run; the pipeline repeats and shuffles the records itself
+    ds = builder.as_dataset(split=config["train_split"], shuffle_files=False,
+                            read_config=tfds.ReadConfig(try_autocache=False))
     ds = pipeline.train_dataset(
         ds, batch_size=local, crop_size=tuple(config["crop_size"]),
         num_classes=config["num_classes"], seed=seed,

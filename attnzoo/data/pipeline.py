@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 import numpy as np
-import tensorflow as tf
 
+from attnzoo.data.tf_loader import import_tensorflow
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
+
+tf = import_tensorflow()
 
 
 def _uniform(seed: tf.Tensor, lo: float, hi: float) -> tf.Tensor:

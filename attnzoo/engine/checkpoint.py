@@ -16,11 +16,12 @@ is read from the saved tree's metadata and applied while restoring.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,13 @@ class Checkpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "config": ocp.JsonCheckpointHandler()})
+            cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only,
+            save_interval_steps=0 if read_only else 1)
+        with _quiet_read_only_notice():
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "config": ocp.JsonCheckpointHandler()})
 
     def steps(self) -> list[int]:
         """Saved steps, oldest first."""
@@ -115,6 +118,21 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice() -> Iterator[None]:
+    """Drop orbax's "Given directory is read only" warning, which it logs for every read-only
+    manager (every restore, evaluate and predict), while one is made."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+    absl_log = logging.getLogger("absl")
+    absl_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        absl_log.removeFilter(keep)
 
 
 _RESIDUAL_BLOCK = re.compile(r"layer\d+_\d+")

@@ -26,7 +26,11 @@ def _scalar(v: Any) -> float:
 
 class RunLogger:
     """``WORKDIR/tensorboard/`` event files, ``WORKDIR/metrics.jsonl`` (one object a line:
-    ``{"step", "split", ...}``) and a progress line on ``stream``."""
+    ``{"step", "split", ...}``) and a progress line on ``stream``.
+
+    Evaluation metrics are in percent everywhere (console, ``metrics.jsonl``, TensorBoard), as
+    mmsegmentation's logs; the losses, learning rate and norms as computed.
+    """
 
     def __init__(self, workdir: str | Path, num_steps: int, *, stream: TextIO = sys.stdout,
                  enabled: bool | None = None) -> None:
@@ -40,17 +44,47 @@ class RunLogger:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
-            self.jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            path = workdir / "metrics.jsonl"
+            self.rows = [json.loads(line) for line in path.read_text().splitlines()
+                         if line.strip()] if path.is_file() else []
+            self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
-    def scalars(self, step: int, split: str, values: Mapping[str, Any]) -> None:
-        """Log scalar ``values`` under ``split/name`` in TensorBoard and one JSON line."""
+    def logged(self, step: int, split: str) -> bool:
+        """Whether ``metrics.jsonl`` already has a row of ``split`` at ``step`` (a rerun of a
+        finished run does not write its evaluation again)."""
+        return self.enabled and any(r.get("step") == step and r.get("split") == split
+                                    for r in self.rows)
+
+    def scalars(self, step: int, split: str, values: Mapping[str, Any], *,
+                extra: Mapping[str, Any] | None = None) -> None:
+        """Log scalar ``values`` under ``split/name`` in TensorBoard and one JSON line (with
+        the JSON values ``extra``, e.g. per-class IoU)."""
         if not self.enabled:
             return
         row = {k: _scalar(v) for k, v in values.items()}
         for k, v in row.items():
             self.writer.add_scalar(f"{split}/{k}", v, step)
-        self.jsonl.write(json.dumps({"step": step, "split": split, **row}) + "\n")
-        self.jsonl.flush()
+        self.record(step, split, {**row, **(extra or {})})
+
+    def tensorboard(self, step: int, values: Mapping[str, Any]) -> None:
+        """Scalars for TensorBoard only (``"tag": value``): timings, which would make two runs'
+        ``metrics.jsonl`` differ."""
+        if self.enabled:
+            for tag, v in values.items():
+                self.writer.add_scalar(tag, _scalar(v), step)
+
+    def record(self, step: int, split: str, values: Mapping[str, Any]) -> None:
+        """One JSON line ``{"step", "split", **values}`` (``values`` JSON-serialisable)."""
+        if self.enabled:
+            row = {"step": step, "split": split, **values}
+            self.jsonl.write(json.dumps(row) + "\n")
+            self.jsonl.flush()
+            self.rows.append(row)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Seconds per step between the last two :meth:`progress` calls (NaN before two)."""
+        return self._seconds_per_step
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         """An ``(H, W, 3)`` uint8 picture in TensorBoard."""
@@ -76,6 +110,7 @@ class RunLogger:
         print(f"step {step}/{self.num_steps} [{bar}] {parts}{timing}", file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
+        """Print ``text`` (process 0)."""
         if self.enabled:
             print(text, file=self.stream, flush=True)
 

@@ -22,7 +22,7 @@ from attnzoo.engine.logging import RunLogger, class_table
 from attnzoo.engine.workdir import WorkdirLock, check_resume
 from attnzoo.ops.conv import describe_implementation
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD, denormalize_image
-from attnzoo.sharding import local_batch_size, make_mesh
+from attnzoo.sharding import describe_layout, local_batch_size, make_mesh
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,6 +40,52 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.num_steps % k:
         raise ValueError(f"config.num_steps={config.num_steps} must be a multiple of "
                          f"optimizer.accumulate_steps={k}")
+
+
+SUMMARY_METRICS = ("mIoU", "mAcc", "aAcc", "mDice")
+
+
+def start_notes(config: ml_collections.ConfigDict, model: Any, params: Any, mesh: Any,
+                rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lines worth a user's attention when a run starts: a schedule whose warm-up outlasts
+    the run, heads far wider than the features they read, and, on resume, a device count
+    other than the run's last start (from ``metrics.jsonl``'s ``"start"`` rows, ``rows``)."""
+    notes = []
+    updates = config.num_steps // config.optimizer.accumulate_steps
+    if config.optimizer.warmup_steps > updates:
+        notes.append(f"warning: optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds "
+                     f"the run's {updates} updates: the learning rate never reaches its peak "
+                     f"{config.optimizer.learning_rate:g}")
+    widths = _head_widths(model, params)
+    if widths is not None:
+        notes.append(widths)
+    starts = [r for r in rows if r.get("split") == "start"]
+    devices = int(mesh.devices.size)
+    if starts and starts[-1].get("devices") != devices:
+        before = starts[-1]["devices"]
+        notes.append(f"note: the run continues on {devices} devices; it last ran on {before} "
+                     f"(global batch {config.batch_size} unchanged: per-device batch "
+                     f"{config.batch_size // devices} instead of {config.batch_size // before})")
+    return notes
+
+
+def _head_widths(model: Any, params: Any) -> str | None:
+    """A line when a model's decode heads are wider than the backbone features they read and
+    hold most of its parameters (a 512-wide head on a 16-wide backbone), else None."""
+    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
+    if backbone is None or head is None or getattr(model, "neck", None) is not None \
+            or not isinstance(model.in_feature, str):
+        return None
+    counts = {k: sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v)) for k, v in params.items()}
+    total, in_backbone = sum(counts.values()), counts.get("backbone", 0)
+    feature_width = backbone.feature_info()[model.in_feature][0]
+    width = getattr(head, "channels", 0)
+    if width > feature_width and total - in_backbone > in_backbone:
+        return (f"note: the {type(head).__name__} is {width} wide on {feature_width}-wide "
+                f"backbone features ({model.in_feature}): {total - in_backbone:,} of the "
+                f"{total:,} parameters are outside the backbone (model.head_channels sets the "
+                f"head's width)")
+    return None
 
 
 def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainState:
@@ -175,15 +221,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
                     yield batch
 
             result = steps.evaluate(eval_step, state.variables(), batches())
-            logger.scalars(step, "eval", {k: result[k] for k in ("mIoU", "mAcc", "aAcc", "mDice")})
+            if not logger.logged(step, "eval"):  # a rerun of a finished run logs it once
+                per_class = {n: 100 * float(v) for n, v in zip(names, result["IoU"])}
+                logger.scalars(step, "eval", {k: 100 * result[k] for k in SUMMARY_METRICS},
+                               extra={"IoU": per_class})
+                logger.tensorboard(step, {f"eval_IoU/{n}": v for n, v in per_class.items()})
             logger.message(f"step {step}: mIoU {100 * result['mIoU']:.2f}  mAcc "
                            f"{100 * result['mAcc']:.2f}  aAcc {100 * result['aAcc']:.2f}")
             return result
 
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
         logger.message(f"{config.model.name}: {n_params:,} parameters; {config.num_steps} steps "
-                       f"of global batch {config.batch_size} on {len(jax.devices())} "
-                       f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+                       f"of global batch {config.batch_size}; evaluation metrics in percent")
+        logger.message(describe_layout(mesh, config.batch_size, config.eval_batch_size,
+                                       state.params))
+        for line in start_notes(config, model, state.params, mesh, logger.rows):
+            logger.message(line)
+        logger.record(start, "start", {"devices": int(mesh.devices.size),
+                                       "processes": jax.process_count()})
         logger.message(describe_implementation(config.conv_implementation))
         result: dict[str, Any] | None = None
         batches = data_input.train_batches(config.dataset, batch_size=config.batch_size, mesh=mesh,
@@ -209,8 +264,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
                 pending = None
             if log:
                 values = jax.device_get(metrics)
-                logger.scalars(step, "train", values)
                 logger.progress(step, {"loss": values["loss"], "lr": values["lr"]})
+                logger.scalars(step, "train", values)
+                if math.isfinite(logger.seconds_per_step):  # measured over the logged steps
+                    logger.tensorboard(step, {
+                        "throughput/step_time_s": logger.seconds_per_step,
+                        "throughput/images_per_s": config.batch_size / logger.seconds_per_step})
             result = None
             if evaluate:
                 result = run_eval(step)
