@@ -59,3 +59,13 @@ def run(context_shapes_dir, tmp_path_factory):
         if not metrics.exists():
             metrics.write_bytes(pickle.dumps(engine.train_and_evaluate(config, workdir)))
     return workdir, config, pickle.loads(metrics.read_bytes())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within each file, the tests that read the shared trained ``run`` go last (a stable sort,
+    files in their collected order): a worker runs a file's other tests while the other worker
+    trains ``run``, instead of waiting for it at the file's first test."""
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.path, i)
+    items.sort(key=lambda item: (first[item.path], "run" in item.fixturenames))

@@ -69,7 +69,7 @@ def test_attention_kwargs_reach_the_block():
 
 
 def test_frozen_bn_never_uses_or_updates_batch_statistics():
-    module = backbones.create("resnet18_v1b", frozen_bn=True)
+    module = backbones.create("resnet18_v1b", frozen_bn=True, layers=(1, 1, 1, 1))
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
     variables = jax.jit(module.init)(jax.random.key(0), x)
     train = jax.jit(lambda m, v: m.apply(v, x, train=True, mutable=["batch_stats"]),
@@ -78,7 +78,7 @@ def test_frozen_bn_never_uses_or_updates_batch_statistics():
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(variables["batch_stats"])):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(out["c4"], jax.jit(module.apply)(variables, x)["c4"], rtol=1e-6)
-    trainable = backbones.create("resnet18_v1b")
+    trainable = backbones.create("resnet18_v1b", layers=(1, 1, 1, 1))
     _, updates = train(trainable, variables)
     assert not np.allclose(updates["batch_stats"]["bn1"]["mean"],
                            variables["batch_stats"]["bn1"]["mean"])
@@ -105,6 +105,7 @@ def test_bad_fields_are_refused():
         backbones.create("resnet18_v1b", attn="squeeze")
 
 
+@pytest.mark.slow  # 8 s; the 1-vs-8-device engine steps (test_steps) check it too
 def test_sharded_training_batch_norm_uses_the_global_batch():
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 

@@ -33,6 +33,7 @@ def converted(seed=0):
     return reference, model, convert_state_dict(reference.state_dict(), target)
 
 
+@pytest.mark.slow  # the benchmark's own reference (5 s)
 def test_torch_danet_matches_attnzoo_danet_r50_d8():
     reference, model, variables = converted()
     assert reference.head.pam.gamma.item() != 0 and reference.head.cam.gamma.item() != 0

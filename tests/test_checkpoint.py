@@ -87,6 +87,7 @@ def test_a_checkpoint_written_before_the_restructuring_restores():
 FIXTURE_V1 = FIXTURE.with_name("checkpoint_v1")
 
 
+@pytest.mark.slow  # 5 s; the old names' renames are checked alone in the default set
 def test_a_run_written_under_an_old_model_name_restores_and_resumes_without_a_change():
     """``fixtures/checkpoint_v1`` was written by attnzoo at 8a488a0 (before the polarized
     family got one name): a narrow ``psas_r18_d8`` (polarized self-attention, sequential) after

@@ -84,6 +84,7 @@ def test_predict_command_writes_masks_overlays_and_attention(run, tmp_path, caps
                       "--point", "500,5", str(paths[0])])
 
 
+@pytest.mark.slow  # 6 s; predict's attention pictures run in the default set
 def test_attention_maps_are_the_ones_the_position_attention_applies(run):
     """With PAM's gamma g, out = g * (values weighted by the map) + x: the difference of the
     PAM outputs at gamma 1 and gamma 0 must equal the maps predict draws, applied to the
@@ -114,6 +115,7 @@ def test_attention_maps_are_the_ones_the_position_attention_applies(run):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a subprocess importing everything (10 s)
 def test_restore_and_predict_need_no_tensorflow(run, tmp_path):
     workdir, config, _ = run
     code = (

@@ -86,8 +86,11 @@ def test_products_replace_xlas_kernel_gradient(stride, convolutions):
     assert count_convolutions(grads("xla"), x, kernel) == 3
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "AVX2 CPU"])
-@pytest.mark.parametrize("case", list(CASES))
+# the emulated CPU without BF16 instructions, and the 7x7 kernels (6-7 s each), in the slow set
+@pytest.mark.parametrize("native", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["bf16 CPU", "AVX2 CPU"])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith("7x7")
+                                  else c for c in CASES])
 def test_conv2d_bfloat16_sums_every_product_in_float32(case, native, monkeypatch):
     """Under bfloat16 on a CPU that multiplies bfloat16 natively the products path computes the
     value (and dx at stride 1) as one float32 channel product per tap, with no convolution;
@@ -239,7 +242,9 @@ def _equations(jaxpr):
                 yield from _equations(inner)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "AVX2 CPU"])
+# the emulated CPU without BF16 instructions in the slow set
+@pytest.mark.parametrize("native", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["bf16 CPU", "AVX2 CPU"])
 def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes(native, monkeypatch):
     monkeypatch.setattr(conv_module, "cpu_has_bfloat16_products", lambda: native)
     rng = np.random.default_rng(3)
@@ -292,7 +297,7 @@ def test_conv_module_equals_flax_conv(use_bias):
     assert half.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("implementation", ["products", "xla"])
+@pytest.mark.parametrize("implementation", ["products", pytest.param("xla", marks=pytest.mark.slow)])
 def test_depthwise_equals_xlas_grouped_convolution_in_value_and_gradients(implementation):
     rng = np.random.default_rng(4)
     # odd and even kernels (PyTorch's padding: d (k - 1) // 2 before, the rest after), dilated

@@ -106,6 +106,7 @@ def test_dense_mean_field_equals_the_pixel_loop(normalization):
     assert (np.asarray(out[0]).argmax(-1) != logits.argmax(-1)).any()  # the CRF did something
 
 
+@pytest.mark.slow  # 8 s; the lattice against densecrf runs in the default set
 def test_lattice_messages_and_labels_agree_with_the_exact_sum():
     """Row-normalised messages (values in [0, 1]): lattice vs exact within 0.05 anywhere and 0.005
     on average (measured: 0.011 / 0.0009 for the appearance kernel, 0.012 / 0.0016 for the
@@ -193,6 +194,7 @@ def test_block_gradients_match_finite_differences(method):
         assert float(jnp.abs(grads[0]["log_bandwidths"]).sum()) > 0
 
 
+@pytest.mark.slow  # 6 s; the block's finite-difference gradients run in the default set
 def test_block_is_crf_as_rnn_at_initialisation():
     rng = np.random.default_rng(5)
     layer = blocks.create("crf", num_classes=4)

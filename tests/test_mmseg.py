@@ -194,6 +194,7 @@ def test_setr_heads_equal_mmsegs(variant):
     assert err <= 1e-5, f"max relative error {err:.2e}"
 
 
+@pytest.mark.slow  # 5 s; PSANet's parity with mmseg runs in the default set
 def test_psa_mask_equals_a_loop_over_positions():
     rng = np.random.default_rng(0)
     for h, w, hm, wm in ((5, 7, 9, 13), (4, 6, 5, 5), (3, 3, 7, 7)):

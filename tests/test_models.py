@@ -117,7 +117,8 @@ def _apply(module, variables, path, x, train):
     return module.apply(sub, x)
 
 
-@pytest.mark.parametrize("train", [pytest.param(False, marks=pytest.mark.slow), True])
+@pytest.mark.slow  # 9 s each; DANet's parity with mmseg and its registry traces run by default
+@pytest.mark.parametrize("train", [False, True])
 def test_danet_outputs_are_the_composition_of_its_parts(train):
     model = models.create("danet_r18_d8", num_classes=4, head_kwargs={"dropout": 0.0},
                           head_channels=32, backbone_kwargs={"width": 16, "stem_width": 16})
@@ -249,6 +250,7 @@ def test_memory_efficient_reaches_only_heads_that_have_it():
                        "memory_efficient")
 
 
+@pytest.mark.slow  # 5 s; EMANet's parity with mmseg runs in the default set
 def test_emanet_bases_move_by_their_momentum_in_training_only():
     """mmseg's EMAModule: the stored bases start as unit columns, the EM runs from them, and a
     training call moves them to (1 - m) mu + m normalize(mean over the batch of the final

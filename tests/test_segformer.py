@@ -307,6 +307,7 @@ def test_head_learning_rate_multiplier_scales_only_the_head():
         wrong.update(grads, wrong.init(params), params)
 
 
+@pytest.mark.slow  # 8 s; tests/test_conv.py checks every convolution form in the default set
 @pytest.mark.parametrize("kind", ["depthwise", "patch"])
 def test_cpu_convolution_forms_equal_lax_conv_in_value_and_gradient(kind):
     """DepthwiseConv (shifted products on CPU) and PatchConv (patches x kernel) against
