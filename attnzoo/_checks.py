@@ -80,6 +80,15 @@ def check_stages(module: Any, names: Sequence[str], count: int = 4) -> None:
             check_positive(v, f"{name} entries")
 
 
+def check_stage_heads(widths: Sequence[int], heads: Sequence[int]) -> None:
+    """Raise ValueError unless each stage's width divides by its attention heads (the
+    hierarchical Transformers: MiT, Swin, Twins)."""
+    for i, (width, count) in enumerate(zip(widths, heads)):
+        if width % count:
+            raise ValueError(f"stage {i + 1}'s width {width} must divide by its num_heads "
+                             f"{count}")
+
+
 def check_rate(value: float, name: str) -> None:
     """Raise ValueError unless ``value`` is a probability in [0, 1) (a dropout or stochastic
     depth rate)."""

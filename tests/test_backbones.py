@@ -169,3 +169,15 @@ def test_a_backbone_converted_before_the_restructuring_loads(tmp_path):
                                expected["c4"], rtol=1e-6, atol=1e-6)
     again, _ = load_backbone(save_backbone(tmp_path / "again", module, variables))
     assert again == module
+
+
+@pytest.mark.parametrize("name,fields,match", [
+    ("swin_t", {"embed_dim": 100}, r"stage 1's width 100 must divide by its num_heads 3"),
+    ("mit_b0", {"num_heads": (1, 2, 5, 7)}, r"stage 4's width 256 must divide by its num_heads 7"),
+    ("svt_s", {"embed_dims": (64, 128, 250, 512)},
+     r"stage 3's width 250 must divide by its num_heads 8"),
+    ("mit_b0", {"depths": (2, 2, 2)}, r"depths must give 4 stages"),
+])
+def test_hierarchical_transformers_refuse_stages_that_do_not_fit(name, fields, match):
+    with pytest.raises(ValueError, match=match):
+        backbones.create(name, **fields)

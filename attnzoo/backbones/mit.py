@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo._checks import check_image, check_positive
+from attnzoo._checks import check_image, check_positive, check_stage_heads, check_stages
 from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv
 from attnzoo.blocks.efficient import LINEAR_INIT, SpatialReductionAttention
 
@@ -143,17 +143,9 @@ class MixVisionTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
-        fields = ("embed_dims", "depths", "num_heads", "sr_ratios", "patch_sizes", "strides")
-        for name in fields:
-            values = tuple(getattr(self, name))
-            if len(values) != 4:
-                raise ValueError(f"{name} must give 4 stages; got {values}")
-            for v in values:
-                check_positive(v, f"{name} entries")
-        for c, n in zip(self.embed_dims, self.num_heads):
-            if c % n:
-                raise ValueError(f"embed_dims {tuple(self.embed_dims)} must divide by num_heads "
-                                 f"{tuple(self.num_heads)} stage by stage")
+        check_stages(self, ("embed_dims", "depths", "num_heads", "sr_ratios", "patch_sizes",
+                            "strides"))
+        check_stage_heads(self.embed_dims, self.num_heads)
         check_positive(self.mlp_ratio, "mlp_ratio")
         super().__post_init__()
 

@@ -32,7 +32,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_image, check_positive, check_rate, check_stages
+from attnzoo._checks import (
+    check_image, check_positive, check_rate, check_stage_heads, check_stages,
+)
 from attnzoo.blocks.common import DropPath, Dtype, conv
 from attnzoo.blocks.transformer import Mlp
 from attnzoo.blocks.window import WindowAttention
@@ -150,11 +152,7 @@ class SwinTransformer(nn.Module):
 
     def __post_init__(self) -> None:
         check_stages(self, ("depths", "num_heads"))
-        for i, heads in enumerate(self.num_heads):
-            if (self.embed_dim * 2**i) % heads:
-                raise ValueError(f"stage {i + 1}'s width {self.embed_dim * 2**i} (embed_dim "
-                                 f"{self.embed_dim} x {2**i}) must divide by its num_heads "
-                                 f"{heads}")
+        check_stage_heads([self.embed_dim * 2**i for i in range(4)], self.num_heads)
         for name in ("embed_dim", "window_size", "patch_size"):
             check_positive(getattr(self, name), name)
         check_rate(self.drop_path_rate, "drop_path_rate")

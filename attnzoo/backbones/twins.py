@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import ops
-from attnzoo._checks import check_divisible, check_image, check_rate, check_stages
+from attnzoo._checks import (
+    check_divisible, check_image, check_rate, check_stage_heads, check_stages,
+)
 from attnzoo.backbones.swin import pad_to_multiple
 from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv
 from attnzoo.blocks.efficient import SpatialReductionAttention
@@ -185,10 +187,7 @@ class Twins(nn.Module):
         if self.window_sizes is not None:
             fields.append("window_sizes")
         check_stages(self, fields)
-        for i, (width, heads) in enumerate(zip(self.embed_dims, self.num_heads)):
-            if width % heads:
-                raise ValueError(f"stage {i + 1}'s width {width} must divide by its num_heads "
-                                 f"{heads}")
+        check_stage_heads(self.embed_dims, self.num_heads)
         check_rate(self.drop_path_rate, "drop_path_rate")
         super().__post_init__()
 
