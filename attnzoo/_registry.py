@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from attnzoo._checks import check_choice, module_fields
+from attnzoo._checks import check_choice, check_fields, module_fields
 
 T = TypeVar("T")
 
@@ -51,6 +51,14 @@ class Registry(Generic[T]):
         ``name``) if unknown."""
         check_choice(name, self.names(), f"{self.kind} name")
         return self._entries[name]
+
+    def build(self, name: str, kwargs: dict[str, Any]) -> Any:
+        """``entry(**kwargs)`` for a registry of module classes (heads, necks); ValueError
+        naming a keyword that is no field of it (and the nearest field)."""
+        cls = self.get(name)
+        check_fields(kwargs, [*module_fields(cls), "name"], f"{self.kind} {name!r} "
+                                                             f"({cls.__name__})")
+        return cls(**kwargs)
 
     def names(self, pattern: str = "*") -> list[str]:
         """The registered names matching the shell-style ``pattern`` (``"danet_*"``,

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnzoo._checks import check_fields, check_positive, check_rank, module_fields
+from attnzoo._checks import check_positive, check_rank
 from attnzoo._registry import Registry, check_module_contract
 from attnzoo.blocks.common import ConvNormAct, Dtype, conv
 
@@ -152,9 +152,7 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
     """Build the head registered as ``name`` (``num_classes=`` required, e.g.
     ``create("danet", num_classes=19, channels=512)``); ValueError naming a keyword that is no
     field of the head (and the nearest field)."""
-    cls = HEADS.get(name)
-    check_fields(kwargs, [*module_fields(cls), "name"], f"head {name!r} ({cls.__name__})")
-    return cls(**kwargs)
+    return HEADS.build(name, kwargs)
 
 
 def list_heads(pattern: str = "*", *, describe: bool = False) -> list[str] | dict[str, str]:

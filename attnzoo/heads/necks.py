@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from attnzoo import ops
-from attnzoo._checks import check_fields, module_fields
 from attnzoo._registry import Registry, check_module_contract
 from attnzoo.blocks.common import Dtype, conv
 
@@ -68,9 +67,7 @@ class MultiLevelNeck(nn.Module):
 def create_neck(name: str, /, **kwargs: Any) -> nn.Module:
     """Build the neck registered as ``name`` with fields ``kwargs``; ValueError naming a keyword
     that is no field of the neck (and the nearest field)."""
-    cls = NECKS.get(name)
-    check_fields(kwargs, [*module_fields(cls), "name"], f"neck {name!r} ({cls.__name__})")
-    return cls(**kwargs)
+    return NECKS.build(name, kwargs)
 
 
 def list_necks(pattern: str = "*", *, describe: bool = False) -> list[str] | dict[str, str]:
