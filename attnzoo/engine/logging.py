@@ -35,6 +35,7 @@ class RunLogger:
     def __init__(self, workdir: str | Path, num_steps: int, *, stream: TextIO = sys.stdout,
                  enabled: bool | None = None) -> None:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.rows: list[dict[str, Any]] = []  # metrics.jsonl's rows (process 0's only)
         self.num_steps, self.stream = num_steps, stream
         self._last: tuple[int, float] | None = None
         self._seconds_per_step = math.nan
