@@ -2,8 +2,10 @@
 
 All functions take ``logits_fn``: images ``(B, H, W, 3)`` -> logits
 ``(B, H, W, C)`` at the images' size, e.g. ``logits_fn(model, variables)``.
-Images of any size are accepted: windows smaller than the crop are padded
-and the logits cropped back.
+Images of any size are accepted. As mmsegmentation's ``slide_inference``,
+windows stay inside the image: in an image smaller than the crop along an
+axis, the windows are as long as the image there (never padded up, so a
+window's pixels are the ones mmseg's model sees).
 """
 
 from __future__ import annotations
@@ -52,16 +54,15 @@ def window_grid(size: tuple[int, int], crop: tuple[int, int], stride: tuple[int,
 
 def slide_inference(fn: LogitsFn, images: Array, crop_size: int | Sequence[int],
                     stride: int | Sequence[int]) -> Array:
-    """Average the logits of overlapping crops (overlaps divided by a count map)."""
+    """Average the logits of overlapping crops (overlaps divided by a count map); every window
+    is ``min(crop, image)`` along each axis (:func:`window_grid`), so one program serves them
+    all."""
     check_rank(images, 4, "images", "B, H, W, C")
     crop, step = _pair(crop_size, "crop_size"), _pair(stride, "stride")
     h, w = images.shape[1:3]
     total, count = None, jnp.zeros((1, h, w, 1), jnp.float32)
     for y1, y2, x1, x2 in window_grid((h, w), crop, step):
-        patch = images[:, y1:y2, x1:x2]
-        ph, pw = y2 - y1, x2 - x1
-        patch = jnp.pad(patch, ((0, 0), (0, crop[0] - ph), (0, crop[1] - pw), (0, 0)))
-        out = fn(patch)[:, :ph, :pw].astype(jnp.float32)
+        out = fn(images[:, y1:y2, x1:x2]).astype(jnp.float32)
         if total is None:
             total = jnp.zeros((images.shape[0], h, w, out.shape[-1]), jnp.float32)
         total = total.at[:, y1:y2, x1:x2].add(out)

@@ -16,6 +16,7 @@ def contextual(images):
 
 
 def np_slide(images, crop, stride):
+    """mmseg's ``slide_inference``: windows inside the image, cut to it, never padded."""
     b, h, w, c = images.shape
     total, count = np.zeros((b, h, w, c)), np.zeros((h, w))
     rows = max(h - crop + stride - 1, 0) // stride + 1
@@ -24,9 +25,7 @@ def np_slide(images, crop, stride):
         for q in range(cols):
             y2, x2 = min(r * stride + crop, h), min(q * stride + crop, w)
             y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            patch = np.zeros((b, crop, crop, c), np.float32)
-            patch[:, :y2 - y1, :x2 - x1] = images[:, y1:y2, x1:x2]
-            out = np.asarray(contextual(jnp.asarray(patch)))[:, :y2 - y1, :x2 - x1]
+            out = np.asarray(contextual(jnp.asarray(images[:, y1:y2, x1:x2])))
             total[:, y1:y2, x1:x2] += out
             count[y1:y2, x1:x2] += 1
     assert count.min() >= 1
