@@ -25,6 +25,24 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 log = logging.getLogger("attnzoo")
 
 
+def _eval_devices(batch_size: int) -> list[Any]:
+    """The devices an evaluation batch of ``batch_size`` is spread over: all of them, or in
+    one process as many as divide the batch (mmseg's protocol on datasets of mixed image
+    sizes evaluates one image at a time, ``eval_batch_size`` 1: one device), said in one
+    line."""
+    import math
+
+    import jax
+
+    devices = jax.devices()
+    if jax.process_count() > 1 or batch_size % len(devices) == 0:
+        return devices
+    used = math.gcd(batch_size, len(devices))
+    log.info("evaluating on %d of the %d devices (eval_batch_size=%d)", used, len(devices),
+             batch_size)
+    return devices[:used]
+
+
 def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | None = None,
                  mode: str | None = None, tta: bool = False, memory_efficient: bool = False,
                  data_dir: str | None = None, manual_dir: str | None = None,
@@ -51,7 +69,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     model, variables, config, saved_step = checkpoint.restore_with_step(
         workdir, step=step, config_overrides=overrides)
     log.info("%s", describe_implementation(config.conv_implementation))
-    mesh = make_mesh()
+    mesh = make_mesh(_eval_devices(batch_size or config.eval_batch_size))
     builder = data_input.prepared_builder(config.dataset)
     names = data_input.class_names(config.dataset, builder)
     eval_step = make_eval_step(model, config, mesh, mode=mode,
@@ -64,7 +82,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
         pixel_std=tuple(config.model.pixel_std)))
     out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
     return {**out, "classes": names, "step": saved_step,
-            "split": split or config.dataset.eval_split,
+            "split": split or data_input.dataset_split(config.dataset, "eval_split"),
             "conv_implementation": config.conv_implementation}
 
 
