@@ -2,7 +2,6 @@
 tests write in each dataset's official layout, read through the engine's input path
 (``attnzoo.data.input``) onto 8 simulated devices."""
 
-import io
 import tarfile
 import zipfile
 
@@ -19,54 +18,8 @@ from PIL import Image  # noqa: E402
 from attnzoo import data  # noqa: E402
 from attnzoo.data import datasets, input as data_input  # noqa: E402
 from attnzoo.sharding import make_mesh  # noqa: E402
-from attnzoo.engine.config import default_config  # noqa: E402
-
-
-def png(array: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array, mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def blocks(rng: np.random.Generator, h: int, w: int, values: list[int], n: int = 4) -> np.ndarray:
-    """A mask of ``n`` x ``n`` solid blocks drawn from ``values`` (compresses to little)."""
-    grid = rng.choice(values, size=(n, n)).astype(np.uint8)
-    return np.kron(grid, np.ones((h // n, w // n), np.uint8))
-
-
-def image_like(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    colours = rng.integers(0, 256, (256, 3), dtype=np.uint8)
-    return colours[mask]
-
-
-def dataset_config(name: str, tmp_path, **overrides):
-    c = default_config().dataset
-    c.name = name
-    c.data_dir = str(tmp_path / "tfds")
-    c.num_classes = len(datasets.spec(name).classes) or overrides.pop("num_classes")
-    c.photometric = False
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return c
-
-
-def assert_some_row(labels: np.ndarray, expected: np.ndarray) -> None:
-    """One of ``labels`` (padded to a canvas) is ``expected`` in its top-left corner and ignore
-    elsewhere (TFDS shuffles examples when it writes them, so the order is not the files')."""
-    h, w = expected.shape
-    assert any(np.array_equal(row[:h, :w], expected) and (row[h:] == 255).all()
-               and (row[:, w:] == 255).all() for row in labels), f"no row holds the {h}x{w} mask"
-
-
-def first(batches):
-    batch = next(batches)
-    return {k: np.asarray(v) for k, v in batch.items()}, batch
+from dataset_files import (  # noqa: E402
+    add_to_tar, assert_some_row, blocks, dataset_config, first, image_like, jpeg, png)
 
 
 # --- Cityscapes ------------------------------------------------------------------------------
@@ -205,11 +158,6 @@ def pet_manual(tmp_path_factory):
     names = {"trainval": ["Bengal_1", "pug_2", "samoyed_3"], "test": ["Bengal_4", "pug_5"]}
     trimaps = {}
 
-    def add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-
     with tarfile.open(root / "images.tar.gz", "w:gz") as images, \
             tarfile.open(root / "annotations.tar.gz", "w:gz") as annotations:
         for split, stems in names.items():
@@ -218,10 +166,10 @@ def pet_manual(tmp_path_factory):
                 h, w = 48 + 16 * i, 64
                 trimap = blocks(rng, h, w, [1, 2, 3], n=4)
                 trimaps[stem] = trimap
-                add(images, f"images/{stem}.jpg", jpeg(image_like(rng, trimap)))
-                add(annotations, f"annotations/trimaps/{stem}.png", png(trimap))
+                add_to_tar(images, f"images/{stem}.jpg", jpeg(image_like(rng, trimap)))
+                add_to_tar(annotations, f"annotations/trimaps/{stem}.png", png(trimap))
                 lines.append(f"{stem} {i + 1} {1 + i % 2} 1")
-            add(annotations, f"annotations/{split}.txt", ("\n".join(lines) + "\n").encode())
+            add_to_tar(annotations, f"annotations/{split}.txt", ("\n".join(lines) + "\n").encode())
     return root, trimaps
 
 

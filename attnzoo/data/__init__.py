@@ -2,8 +2,10 @@
 and only when one of these functions is called (``import attnzoo.data`` is cheap).
 
 Datasets (see :mod:`attnzoo.data.datasets`): ``context_shapes`` (built in,
-generated), ``cityscapes``, ``ade20k``, ``oxford_iiit_pet``,
-``oxford_iiit_pet_binary`` and ``folder`` (your own images and masks).
+generated), ``cityscapes``, ``ade20k``, ``voc12aug``, ``pascal_context``,
+``pascal_context_59``, ``coco_stuff164k``, ``coco_stuff10k``,
+``oxford_iiit_pet``, ``oxford_iiit_pet_binary`` and ``folder`` (your own
+images and masks).
 """
 
 from __future__ import annotations
@@ -32,16 +34,12 @@ def builder(name: str, data_dir: str | Path | None = None, *, manual_dir: str | 
 
     from attnzoo.data import builders
 
-    spec(name)
+    kind, _, target = spec(name).builder.partition(":")
     data_dir = None if data_dir is None else str(data_dir)
-    if name == "context_shapes":
-        return builders.ContextShapes(data_dir=data_dir)
-    if name == "ade20k":
-        return builders.Ade20k(data_dir=data_dir)
-    if name == "cityscapes":
-        return tfds.builder("cityscapes/semantic_segmentation", data_dir=data_dir)
-    if name.startswith("oxford_iiit_pet"):
-        return tfds.builder("oxford_iiit_pet", data_dir=data_dir)
+    if kind == "tfds":
+        return tfds.builder(target, data_dir=data_dir)
+    if name != "folder":
+        return getattr(builders, target)(data_dir=data_dir)
     if manual_dir is None:
         raise ValueError("the folder dataset needs manual_dir: the folder holding images/ and masks/")
     return builders.SegmentationFolder(
@@ -81,7 +79,18 @@ def prepare(name: str, data_dir: str | Path | None = None, *,
                 + ". Set config.dataset.manual_dir to the folder holding them.")
     config = None if manual_dir is None else tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     b.download_and_prepare(download_config=config)
+    _check_counts(name, b)
     return b
+
+
+def _check_counts(name: str, b: Any) -> None:
+    """Warn, once per split, when a prepared split holds another number of examples than the
+    official archives give (an incomplete download, or a subset on purpose)."""
+    for split, expected in spec(name).counts.items():
+        got = b.info.splits[split].num_examples if split in b.info.splits else 0
+        if got != expected:
+            log.warning("dataset %s: split %s holds %d examples; the official files give %d "
+                        "(an incomplete or partial download?)", name, split, got, expected)
 
 
 __all__ = ["DATASETS", "DatasetSpec", "IMAGENET_MEAN", "IMAGENET_STD", "builder",

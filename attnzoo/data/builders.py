@@ -1,7 +1,9 @@
 """TFDS builders of attnzoo (TensorFlow is imported here and in ``pipeline``, nowhere else).
 
-``ContextShapes`` is generated; ``Ade20k`` reads the scene-parsing zip from
-``manual_dir``; ``SegmentationFolder`` turns a user's folder of images and
+``ContextShapes`` is generated; ``Ade20k``, ``PascalVoc2012`` (with SBD's
+augmentation), ``PascalContext``, ``CocoStuff164k`` and ``CocoStuff10k`` read
+the official archives from ``manual_dir`` (nothing is downloaded or written
+beside them); ``SegmentationFolder`` turns a user's folder of images and
 masks into a TFDS dataset so that it goes through the same input path as
 every other. Cityscapes and Oxford-IIIT Pet use TFDS's own builders.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +102,275 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
         for image in sorted(images.glob("*.jpg")):
             yield image.stem, {"image": image, "annotation": annotations / f"{image.stem}.png",
                                "file_name": image.name}
+
+
+def _segmentation_features(image_format: str = "jpeg") -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
+        "segmentation_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "file_name": tfds.features.Text(),
+    })
+
+
+def _one(root: Path, pattern: str, archive: str) -> Path:
+    """The one path under ``root`` (an extracted archive) that matches ``pattern``."""
+    found = sorted(root.glob(pattern))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{archive}: expected one {pattern} inside it, found "
+                                f"{[str(p) for p in found] or 'none'}; is it the official archive?")
+    return found[0]
+
+
+def _stems(path: Path) -> list[str]:
+    """The image stems listed in ``path`` (one per line, as VOC's and COCO-Stuff's lists)."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mask_png(path: Path) -> np.ndarray:
+    """A PNG's stored values (a palette PNG's indices), ``(H, W, 1)`` uint8."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P"):
+            raise ValueError(f"mask {path} has mode {image.mode!r}; expected a single-channel PNG")
+        return np.asarray(image, np.uint8)[..., None]
+
+
+def _mat_field(path: Path, *fields: str) -> np.ndarray:
+    """A MATLAB (v5) file's array at ``fields`` (a struct's field after the variable's name),
+    as uint8 ``(H, W, 1)``; values above 255 are an error naming the file."""
+    from scipy.io import loadmat
+
+    value = loadmat(str(path), squeeze_me=True, struct_as_record=False)[fields[0]]
+    for field in fields[1:]:
+        value = getattr(value, field)
+    value = np.asarray(value)
+    if value.ndim != 2 or value.size and (value.min() < 0 or value.max() > 255):
+        raise ValueError(f"{path}: {'.'.join(fields)} is not a 2-D mask of values 0..255 "
+                         f"(shape {value.shape})")
+    return value.astype(np.uint8)[..., None]
+
+
+class PascalVoc2012(tfds.core.GeneratorBasedBuilder):
+    """Pascal VOC 2012 segmentation with SBD's augmentation, as mmsegmentation's ``voc12aug``.
+
+    Splits: ``train`` (VOC 2012's 1,464), ``validation`` (1,449) and ``train_aug``
+    (10,582: VOC train with its own masks, and every image of SBD's train and val lists that
+    is in neither VOC list, with SBD's ``GTcls.Segmentation`` mask). 21 classes with 0 the
+    background; VOC's masks mark object boundaries 255 (ignored), SBD's have none.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    VOC, SBD = "VOCtrainval_11-May-2012.tar", "benchmark.tgz"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place {VOC} and {SBD} (SBD) in manual_dir."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from attnzoo.data.datasets import DATASETS
+
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, features=_segmentation_features(),
+            supervised_keys=("image", "segmentation_mask"),
+            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+            metadata=tfds.core.MetadataDict(classes=list(DATASETS["voc12aug"].classes)),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        voc_root = Path(dl_manager.extract(dl_manager.manual_dir / self.VOC))
+        sbd_root = Path(dl_manager.extract(dl_manager.manual_dir / self.SBD))
+        voc = _one(voc_root, "*/VOC2012", self.VOC)
+        sbd = _one(sbd_root, "*/dataset", self.SBD)
+        lists = voc / "ImageSets" / "Segmentation"
+        train, val = _stems(lists / "train.txt"), _stems(lists / "val.txt")
+        own = {stem: voc / "SegmentationClass" / f"{stem}.png" for stem in train + val}
+        seen = set(train) | set(val)
+        extra = sorted({stem for name in ("train.txt", "val.txt")
+                        for stem in _stems(sbd / name)} - seen)
+        aug = {stem: sbd / "cls" / f"{stem}.mat" for stem in extra}
+        images = voc / "JPEGImages"
+        return {"train": self._generate_examples(images, {s: own[s] for s in train}),
+                "validation": self._generate_examples(images, {s: own[s] for s in val}),
+                "train_aug": self._generate_examples(
+                    images, {**{s: own[s] for s in train}, **aug})}
+
+    def _generate_examples(self, images: Path, masks: Mapping[str, Path]):
+        for stem, mask in masks.items():
+            label = (_mat_field(mask, "GTcls", "Segmentation") if mask.suffix == ".mat"
+                     else _mask_png(mask))
+            yield stem, {"image": images / f"{stem}.jpg", "segmentation_mask": label,
+                         "file_name": f"{stem}.jpg"}
+
+
+# Pascal Context's 59 classes and background among the 459 category ids of
+# trainval_merged.json; a mask's class index is the id's rank in this sorted tuple
+CONTEXT_IDS = (0, 2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98,
+               104, 105, 113, 115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260,
+               284, 295, 296, 308, 324, 326, 347, 349, 354, 355, 360, 366, 368, 397, 415, 416,
+               420, 424, 427, 440, 445, 454, 458)
+
+
+def rle_counts(counts: str | list[int]) -> list[int]:
+    """The run lengths of a COCO run-length encoding: a list as it is, or the compressed string
+    of the COCO API (each run in 5-bit groups offset by 48, a ``0x20`` bit continuing it, the
+    top group's ``0x10`` bit the sign; from the fourth run on, a difference to the run two
+    before, as the COCO API's ``rleFrString``)."""
+    if not isinstance(counts, str):
+        return [int(c) for c in counts]
+    runs: list[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            group = ord(counts[pos]) - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            pos, shift = pos + 1, shift + 5
+            if not more and group & 0x10:
+                value -= 1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
+
+
+def rle_decode(segmentation: Mapping) -> np.ndarray:
+    """The ``(H, W)`` bool mask of a COCO-style ``{"size": [H, W], "counts": ...}``: runs
+    alternate between 0 and 1, starting with 0, over the pixels in column-major order."""
+    h, w = segmentation["size"]
+    runs = rle_counts(segmentation["counts"])
+    if sum(runs) != h * w:
+        raise ValueError(f"run-length mask of size {h}x{w} has {sum(runs)} pixels")
+    values = np.zeros(len(runs), bool)
+    values[1::2] = True
+    return np.repeat(values, runs).reshape(w, h).T
+
+
+class PascalContext(tfds.core.GeneratorBasedBuilder):
+    """Pascal Context on VOC 2010 (4,998 training and 5,105 validation images), as
+    mmsegmentation's ``pascal_context.py`` converter draws it from ``trainval_merged.json``: each
+    image's segmentation annotations painted in the file's order (a later one over an earlier),
+    then each category id replaced by its rank among the 60 kept ids (``CONTEXT_IDS``; 0 is the
+    background). The ``pascal_context_59`` dataset reads the same masks with the background
+    ignored.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    VOC, JSON = "VOCtrainval_03-May-2010.tar", "trainval_merged.json"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place {VOC} and {JSON} in manual_dir."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from attnzoo.data.datasets import DATASETS
+
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, features=_segmentation_features(),
+            supervised_keys=("image", "segmentation_mask"),
+            homepage="https://cs.stanford.edu/~roozbeh/pascal-context/",
+            metadata=tfds.core.MetadataDict(classes=list(DATASETS["pascal_context"].classes)),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        voc = _one(Path(dl_manager.extract(dl_manager.manual_dir / self.VOC)), "*/VOC2010",
+                   self.VOC)
+        path = Path(dl_manager.manual_dir) / self.JSON
+        with open(path) as f:
+            detail = json.load(f)
+        annotations: dict[int, list[dict]] = {}
+        for ann in detail["annos_segmentation"]:
+            annotations.setdefault(ann["image_id"], []).append(ann)
+        return {split: self._generate_examples(
+                    voc / "JPEGImages", [im for im in detail["images"] if im["phase"] == phase],
+                    annotations, path)
+                for split, phase in (("train", "train"), ("validation", "val"))}
+
+    def _generate_examples(self, images: Path, entries: list[dict],
+                           annotations: Mapping[int, list[dict]], source: Path):
+        ids = np.asarray(CONTEXT_IDS)
+        for entry in entries:
+            mask = np.zeros((entry["height"], entry["width"]), np.int64)
+            for ann in annotations.get(entry["image_id"], ()):
+                mask[rle_decode(ann["segmentation"])] = ann["category_id"]
+            index = np.searchsorted(ids, mask)
+            outside = np.unique(mask[ids[np.minimum(index, len(ids) - 1)] != mask])
+            if outside.size:
+                raise ValueError(f"{source}: image {entry['file_name']} holds category ids "
+                                 f"{outside.tolist()} outside Pascal Context's 60")
+            stem = Path(entry["file_name"]).stem
+            yield stem, {"image": images / entry["file_name"],
+                         "segmentation_mask": index.astype(np.uint8)[..., None],
+                         "file_name": entry["file_name"]}
+
+
+class CocoStuff164k(tfds.core.GeneratorBasedBuilder):
+    """COCO-Stuff 164k: COCO 2017's 118,287 training and 5,000 validation images with the
+    stuff+things maps (0-based ids of 182 classes, 255 unlabeled), kept raw; the
+    ``coco_stuff164k`` dataset maps the 171 used ids to train ids."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    ARCHIVES = {"train": "train2017.zip", "validation": "val2017.zip"}
+    MAPS = "stuffthingmaps_trainval2017.zip"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place train2017.zip, val2017.zip and {MAPS} in manual_dir."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from attnzoo.data.datasets import DATASETS
+
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, features=_segmentation_features(),
+            supervised_keys=("image", "segmentation_mask"),
+            homepage="https://github.com/nightrome/cocostuff",
+            metadata=tfds.core.MetadataDict(classes=list(DATASETS["coco_stuff164k"].classes)),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        maps = Path(dl_manager.extract(dl_manager.manual_dir / self.MAPS))
+        out = {}
+        for split, archive in self.ARCHIVES.items():
+            folder = archive.removesuffix(".zip")
+            images = _one(Path(dl_manager.extract(dl_manager.manual_dir / archive)),
+                          f"**/{folder}", archive)
+            out[split] = self._generate_examples(images, _one(maps, f"**/{folder}", self.MAPS))
+        return out
+
+    def _generate_examples(self, images: Path, masks: Path):
+        for image in sorted(images.glob("*.jpg")):
+            mask = masks / f"{image.stem}.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"{self.MAPS} has no {mask.parent.name}/{mask.name} "
+                                        f"for {image.name}")
+            yield image.stem, {"image": image, "segmentation_mask": _mask_png(mask),
+                               "file_name": image.name}
+
+
+class CocoStuff10k(tfds.core.GeneratorBasedBuilder):
+    """COCO-Stuff 10k (v1.1): 9,000 training and 1,000 test images of COCO 2014, masks the
+    ``S`` array of each ``annotations/<stem>.mat`` (1-based ids of 182 classes, 0 unlabeled),
+    kept raw; the ``coco_stuff10k`` dataset maps them to COCO-Stuff 164k's train ids."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    ZIP = "cocostuff-10k-v1.1.zip"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place {ZIP} in manual_dir."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from attnzoo.data.datasets import DATASETS
+
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, features=_segmentation_features(),
+            supervised_keys=("image", "segmentation_mask"),
+            homepage="https://github.com/nightrome/cocostuff10k",
+            metadata=tfds.core.MetadataDict(classes=list(DATASETS["coco_stuff10k"].classes)),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        lists = _one(Path(dl_manager.extract(dl_manager.manual_dir / self.ZIP)),
+                     "**/imageLists", self.ZIP)
+        return {split: self._generate_examples(lists.parent, _stems(lists / f"{split}.txt"))
+                for split in ("train", "test")}
+
+    def _generate_examples(self, root: Path, stems: list[str]) -> Iterator:
+        for stem in stems:
+            yield stem, {"image": root / "images" / f"{stem}.jpg",
+                         "segmentation_mask": _mat_field(root / "annotations" / f"{stem}.mat", "S"),
+                         "file_name": f"{stem}.jpg"}
 
 
 @dataclasses.dataclass(eq=False)

@@ -2,7 +2,9 @@
 
 ``config`` here is the ``dataset`` part of an engine config (see
 ``attnzoo.engine.config``): ``name``, ``data_dir``, ``manual_dir``,
-``train_split``, ``eval_split``, ``num_classes``, ``ignore_index``,
+``train_split``, ``eval_split`` (unset: the dataset's own,
+:func:`dataset_split`),
+``num_classes``, ``ignore_index``,
 ``crop_size``, ``ratio_range``, ``scale``, ``cat_max_ratio``, ``photometric``,
 ``shuffle_buffer``, ``eval_scale``, ``eval_canvas`` and ``eval_label_canvas``
 (see ``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every
@@ -33,14 +35,23 @@ def prepared_builder(config: Mapping[str, Any]):
                         num_classes=config["num_classes"], ignore_index=config["ignore_index"])
 
 
+def dataset_split(config: Mapping[str, Any], field: str) -> str:
+    """The TFDS split ``field`` (``"train_split"`` or ``"eval_split"``) of ``config``: as set,
+    or the dataset's own (:class:`attnzoo.data.DatasetSpec`: VOC trains on ``train_aug``,
+    COCO-Stuff 10k and Oxford-IIIT Pet evaluate on ``test``)."""
+    from attnzoo import data
+
+    return config.get(field) or getattr(data.spec(config["name"]), field)
+
+
 def check_splits(config: Mapping[str, Any], builder: Any) -> None:
     """ValueError naming the field unless ``train_split`` and ``eval_split`` (TFDS split
     strings, e.g. ``validation[:16]``) name splits of the prepared dataset."""
     splits = sorted(builder.info.splits)
     for field in ("train_split", "eval_split"):
-        name = str(config[field]).split("[")[0]
-        if name not in splits:
-            raise ValueError(f"dataset.{field}={config[field]!r}: dataset {config['name']!r} "
+        value = dataset_split(config, field)
+        if value.split("[")[0] not in splits:
+            raise ValueError(f"dataset.{field}={value!r}: dataset {config['name']!r} "
                              f"has the splits {splits}")
 
 
@@ -81,7 +92,7 @@ def train_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh, see
 
     # no TFDS auto-cache: a run stops inside a pass by design, and a cache left half read makes
     # TensorFlow warn on every run; the pipeline repeats and shuffles the records itself
-    ds = builder.as_dataset(split=config["train_split"], shuffle_files=False,
+    ds = builder.as_dataset(split=dataset_split(config, "train_split"), shuffle_files=False,
                             read_config=tfds.ReadConfig(try_autocache=False))
     ds = pipeline.train_dataset(
         ds, batch_size=local, crop_size=tuple(config["crop_size"]),
@@ -117,7 +128,7 @@ def eval_batches(config: Mapping[str, Any], *, batch_size: int, mesh: Mesh,
     from attnzoo.data import pipeline
 
     builder = builder or prepared_builder(config)
-    split = split or config["eval_split"]
+    split = split or dataset_split(config, "eval_split")
     local = local_batch_size(batch_size, mesh, "eval_batch_size")
     ds = pipeline.eval_dataset(
         builder.as_dataset(split=split, shuffle_files=False), batch_size=local,

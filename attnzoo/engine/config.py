@@ -95,7 +95,8 @@ def default_config() -> ConfigDict:
     ))
     c.dataset = ConfigDict(dict(
         name="context_shapes", data_dir=config_dict.placeholder(str),
-        manual_dir=config_dict.placeholder(str), train_split="train", eval_split="validation",
+        manual_dir=config_dict.placeholder(str), train_split=config_dict.placeholder(str),
+        eval_split=config_dict.placeholder(str),
         num_classes=9, ignore_index=255, crop_size=(128, 128), ratio_range=(0.5, 2.0),
         scale=config_dict.placeholder(tuple), cat_max_ratio=0.75, photometric=True,
         shuffle_buffer=1000, eval_scale=config_dict.placeholder(tuple),
