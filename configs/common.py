@@ -14,7 +14,13 @@ engine reads) and :func:`mmseg_schedule` sets mmsegmentation's
   resized to 2048x512 on a 1024x1024 canvas, the logits resized back to each
   label's original size before the metric (as mmsegmentation);
 * ``cityscapes1024``: SegFormer's 1024x1024 crops of 2048x1024, 160k steps of
-  batch 8, sliding-window evaluation (1024 windows, stride 768).
+  batch 8, sliding-window evaluation (1024 windows, stride 768);
+* ``voc12aug``, ``pascal_context``, ``pascal_context_59``, ``coco_stuff164k``,
+  ``coco_stuff10k``: mmsegmentation's protocol of each
+  (``attnzoo.convert.mmseg.PROTOCOLS``: VOC and COCO-Stuff 512x512 crops of 2048x512,
+  Pascal Context 480x480 crops of 520x520 and 480x480 windows of stride 320), batch 16
+  (4 GPUs x 4) for 40k steps (VOC, COCO-Stuff 10k), 80k (Pascal Context) or 160k
+  (COCO-Stuff 164k), each image evaluated at its own size and scored at its original size.
 """
 
 from __future__ import annotations
@@ -25,9 +31,20 @@ from ml_collections import ConfigDict
 
 from attnzoo import heads, models
 from attnzoo._checks import did_you_mean
+from attnzoo.convert.mmseg import protocol_fields
 from attnzoo.engine import default_config
 
-# dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride)
+
+def _mmseg_protocol(protocol: str, num_steps: int) -> dict[str, Any]:
+    """A :data:`DATASETS` row of mmseg's dataset protocol ``protocol`` (batch 16)."""
+    fields = protocol_fields(protocol)
+    return dict(dataset={k.removeprefix("dataset."): v for k, v in fields.items()
+                         if k.startswith("dataset.")},
+                num_steps=num_steps, batch_size=16, eval_mode=fields["eval.mode"],
+                stride=fields["eval.stride"], eval_batch_size=fields.get("eval_batch_size", 8))
+
+
+# dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride[, eval batch])
 DATASETS: dict[str, dict[str, Any]] = {
     "cityscapes": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(512, 1024),
                                     scale=(2048, 1024)),
@@ -43,6 +60,11 @@ DATASETS: dict[str, dict[str, Any]] = {
     "cityscapes1024": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(1024, 1024),
                                         scale=(2048, 1024)),
                            num_steps=160_000, batch_size=8, eval_mode="slide", stride=(768, 768)),
+    "voc12aug": _mmseg_protocol("voc12aug-512x512", 40_000),
+    "pascal_context": _mmseg_protocol("pascal-context-480x480", 80_000),
+    "pascal_context_59": _mmseg_protocol("pascal-context-59-480x480", 80_000),
+    "coco_stuff164k": _mmseg_protocol("coco-stuff164k-512x512", 160_000),
+    "coco_stuff10k": _mmseg_protocol("coco-stuff10k-512x512", 40_000),
 }
 def parse_arg(arg: str, **fields: Any) -> ConfigDict:
     """Parse a recipe argument into typed fields (after big_vision's ``parse_arg``).
@@ -109,7 +131,7 @@ def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
     c.dataset.update(d["dataset"])
     c.num_steps = d["num_steps"]
     c.batch_size = d["batch_size"]
-    c.eval_batch_size = 8
+    c.eval_batch_size = d.get("eval_batch_size", 8)
     c.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
                             schedule="poly", power=0.9, min_lr=1e-4))
     c.eval.mode = d["eval_mode"]

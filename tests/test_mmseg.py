@@ -265,6 +265,23 @@ def test_every_published_config_has_a_recipe_matching_its_row():
     assert tuple(c.model.backbone_kwargs.img_size) == (512, 512)
     assert dict(c.optimizer.lr_mult) == {"head": 10.0, "aux_head_0": 10.0, "aux_head_1": 10.0,
                                          "aux_head_2": 10.0}
+    # VOC, Pascal Context, COCO-Stuff: each image at its own size, scored at its original size
+    assert {row.dataset for row in published.values()} >= {
+        "voc12aug", "pascal_context", "pascal_context_59", "coco_stuff164k", "coco_stuff10k"}
+    c = from_fields(mmseg_recipe("psanet_r50-d8_4xb4-20k_voc12aug-512x512").config_fields())
+    assert (c.dataset.name, c.dataset.num_classes) == ("voc12aug", 21)
+    assert tuple(c.model.head_kwargs.mask_size) == (97, 97) and c.eval.mode == "whole"
+    assert (c.num_steps, c.batch_size, c.eval_batch_size) == (20_000, 16, 1)
+    assert tuple(c.dataset.eval_scale) == (2048, 512)
+    assert tuple(c.dataset.eval_label_canvas) == (512, 512)
+    c = from_fields(mmseg_recipe("fcn_hr48_4xb4-80k_pascal-context-59-480x480").config_fields())
+    assert (c.dataset.name, c.dataset.num_classes, c.eval.mode) == ("pascal_context_59", 59,
+                                                                    "slide")
+    assert tuple(c.eval.crop_size) == tuple(c.dataset.crop_size) == (480, 480)
+    assert tuple(c.eval.stride) == (320, 320) and tuple(c.dataset.eval_scale) == (520, 520)
+    c = from_fields(mmseg_recipe("deeplabv3_r50-d8_4xb4-20k_coco-stuff10k-512x512").config_fields())
+    assert (c.dataset.name, c.dataset.num_classes) == ("coco_stuff10k", 171)
+    assert tuple(c.dataset.eval_label_canvas) == (640, 640)
     c = from_fields(mmseg_recipe("setr_vit-l_mla_8xb1-80k_cityscapes-768x768").config_fields())
     assert not c.model.aux_kwargs and c.optimizer.learning_rate == 2e-3
     assert tuple(c.eval.stride) == (512, 512) and tuple(c.model.backbone_kwargs.img_size) == (
@@ -309,9 +326,10 @@ def test_bad_config_other_architecture_and_truncated_file_are_refused(tmp_path):
         from_mmseg("pointrend_r50_4xb2-80k_cityscapes-512x1024", {})
     with pytest.raises(ValueError, match="backbone 'r50-d16-mg124'"):
         from_mmseg("deeplabv3_r50-d16-mg124_4xb2-40k_cityscapes-512x1024", {})
-    with pytest.raises(ValueError, match="dataset 'voc12aug-512x512'"):
-        from_mmseg("danet_r50-d8_4xb4-20k_voc12aug-512x512", {})
-    assert set(PROTOCOLS) >= {"cityscapes-512x1024", "ade20k-512x512"}
+    with pytest.raises(ValueError, match="dataset 'loveda-512x512'"):
+        from_mmseg("pspnet_r50-d8_4xb4-80k_loveda-512x512", {})
+    assert set(PROTOCOLS) >= {"cityscapes-512x1024", "ade20k-512x512", "voc12aug-512x512",
+                              "pascal-context-59-480x480", "coco-stuff164k-512x512"}
     model, _ = mmseg_support.build("fcn_r50-d8_4xb2-80k_cityscapes-512x1024")
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     with pytest.raises(ConversionError, match=r"missing \(32\): .*params/head/pam/gamma.*"

@@ -128,13 +128,22 @@ def pretrained_md() -> str:
         "runs/<config>",
         "python -m attnzoo.evaluate --workdir runs/<config> --manual-dir /data/<dataset>",
         "```",
+        "",
+        "`--manual-dir` holds the dataset's official files (`attnzoo.data.datasets`; prepared "
+        "once, on first use). The configs by dataset:",
+        "",
+        table(["dataset", "configs", "families"],
+              [[f"`{d}`", str(sum(c.dataset == d for c in published)),
+                ", ".join(sorted({c.family for c in published if c.dataset == d}))]
+               for d in dict.fromkeys(c.dataset for c in published)]),
     ]
     for name in families:
-        rows = [[f"`{c.config}`", f"`{mmseg_recipe(c.config).model}`", f"`{c.checkpoint}`",
-                 f"{c.miou:.2f}", "—" if c.miou_ms is None else f"{c.miou_ms:.2f}"]
+        rows = [[f"`{c.config}`", f"`{mmseg_recipe(c.config).model}`", f"`{c.dataset}`",
+                 f"`{c.checkpoint}`", f"{c.miou:.2f}",
+                 "—" if c.miou_ms is None else f"{c.miou_ms:.2f}"]
                 for c in published if c.family == name]
         out += ["", f"## {name}", "", heads.get_family(name).summary, "",
-                table(["config", "attnzoo model", "checkpoint file (mmseg)", "mIoU",
+                table(["config", "attnzoo model", "dataset", "checkpoint file (mmseg)", "mIoU",
                        "mIoU ms+flip"], rows)]
     return "\n".join(out) + "\n"
 

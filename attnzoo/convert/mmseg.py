@@ -55,10 +55,33 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                                  align_corners=False),
     "ade20k-640x640": dict(dataset="ade20k", num_classes=150, crop=(640, 640), scale=(2048, 640),
                            mode="whole", stride=(426, 426), align_corners=False),
+    # VOC 2012 + SBD, Pascal Context (60 with the background, 59 without: 480x480 windows of
+    # stride 320 on images resized to fit 520x520) and COCO-Stuff
+    "voc12aug-512x512": dict(dataset="voc12aug", num_classes=21, crop=(512, 512),
+                             scale=(2048, 512), mode="whole", stride=(341, 341),
+                             align_corners=False),
+    "pascal-context-480x480": dict(dataset="pascal_context", num_classes=60, crop=(480, 480),
+                                   scale=(520, 520), mode="slide", stride=(320, 320),
+                                   align_corners=False),
+    "pascal-context-59-480x480": dict(dataset="pascal_context_59", num_classes=59,
+                                      crop=(480, 480), scale=(520, 520), mode="slide",
+                                      stride=(320, 320), align_corners=False),
+    "coco-stuff164k-512x512": dict(dataset="coco_stuff164k", num_classes=171, crop=(512, 512),
+                                   scale=(2048, 512), mode="whole", stride=(341, 341),
+                                   align_corners=False),
+    "coco-stuff10k-512x512": dict(dataset="coco_stuff10k", num_classes=171, crop=(512, 512),
+                                  scale=(2048, 512), mode="whole", stride=(341, 341),
+                                  align_corners=False),
 }
+# the largest label of each dataset whose images differ in size (evaluated one at a time at
+# their resized size, the logits resized back to the label's original size, as mmseg): ADE20K's
+# go up to 2048 pixels a side, VOC's and Pascal Context's 500, COCO's 640
+LABEL_CANVAS = {"ade20k": (2048, 2048), "voc12aug": (512, 512), "pascal_context": (512, 512),
+                "pascal_context_59": (512, 512), "coco_stuff164k": (640, 640),
+                "coco_stuff10k": (640, 640)}
 
 _STEM = re.compile(r"(?P<family>[a-z0-9]+)_(?P<backbone>[a-z0-9_-]+?)_(?P<gpus>\d+)xb(?P<batch>\d+)"
-                   r"-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9]+-\d+x\d+)")
+                   r"-(?P<iterations>\d+)k_(?P<protocol>[a-z0-9-]+-\d+x\d+)")
 # the Swin configs name the backbone (and its ImageNet pretraining) first:
 # swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_<gpus>xb<batch>-..., the
 # model <family>_swin_<t|s|b|l>[_w12]
@@ -162,7 +185,7 @@ class MmsegRecipe:
     @property
     def crop(self) -> str:
         """The training crop as mmseg writes it (``"512x1024"``)."""
-        return self.protocol.partition("-")[2]
+        return self.protocol.rpartition("-")[2]
 
     @property
     def schedule(self) -> str:
@@ -184,16 +207,18 @@ class MmsegRecipe:
 
 def protocol_fields(protocol: str) -> dict[str, Any]:
     """The engine config fields (dotted names) of mmseg dataset protocol ``protocol`` (a
-    :data:`PROTOCOLS` key): dataset, classes, crop, test resize, inference mode; ADE20K images
-    one at a time at their resized size, the logits resized back to each label's original size
-    (``eval_batch_size`` 1, ``eval_label_canvas`` 2048x2048)."""
+    :data:`PROTOCOLS` key): dataset, classes, crop, test resize, inference mode; the images of
+    datasets whose images differ in size (ADE20K, VOC, Pascal Context, COCO-Stuff) one at a
+    time at their resized size, the logits resized back to each label's original size
+    (``eval_batch_size`` 1, ``eval_label_canvas`` :data:`LABEL_CANVAS`)."""
     p = PROTOCOLS[protocol]
     fields = {"dataset.name": p["dataset"], "dataset.num_classes": p["num_classes"],
               "dataset.crop_size": p["crop"], "dataset.scale": p["scale"],
               "dataset.eval_scale": p["scale"],
               "eval.mode": p["mode"], "eval.crop_size": p["crop"], "eval.stride": p["stride"]}
-    if p["dataset"] == "ade20k":  # images of mixed sizes, each at its own size, as mmseg
-        fields.update({"dataset.eval_label_canvas": (2048, 2048), "eval_batch_size": 1})
+    if p["dataset"] in LABEL_CANVAS:  # images of mixed sizes, each at its own size, as mmseg
+        fields.update({"dataset.eval_label_canvas": LABEL_CANVAS[p["dataset"]],
+                       "eval_batch_size": 1})
     return fields
 
 

@@ -69,11 +69,12 @@ class PSANetHead(DecodeHead):
         return {"out": self.classifier()(y, train=train)}
 
 
-# mask sizes: mmseg's psanet configs set (97, 97) on Cityscapes and (66, 66) on ADE20K; the
+# mask sizes: mmseg's psanet configs set (97, 97) on Cityscapes and VOC, (66, 66) on ADE20K; the
 # quickstart's 128 x 128 crops give 16 x 16 features shrunk to 8 x 8, whose 2h - 1 is 15
 register_family(Family(
     name="psanet", head="psanet",
     summary="point-wise spatial attention, collect and distribute (Zhao et al., ECCV 2018)",
     quickstart={"head_kwargs": {"mask_size": (15, 15)}},
     mmseg_renames=(),
-    mmseg_head_kwargs={"cityscapes": {"mask_size": (97, 97)}, "ade20k": {"mask_size": (66, 66)}}))
+    mmseg_head_kwargs={"cityscapes": {"mask_size": (97, 97)}, "voc12aug": {"mask_size": (97, 97)},
+                       "ade20k": {"mask_size": (66, 66)}}))
