@@ -13,6 +13,7 @@ Where an entry is built or called otherwise than the common way, it is named in 
 below, with the reason: nothing else is special-cased.
 """
 
+import functools
 import math
 import re
 
@@ -52,6 +53,7 @@ def first_array(args):
     return args[0][0] if isinstance(args[0], list) else args[0]
 
 
+@functools.cache  # built once for the checks that share a size (none changes what it gets)
 def build(name, size=(8, 8)):
     return build_block(name, size, **BLOCK_KWARGS.get(name, {"channels": CHANNELS}))
 
@@ -80,7 +82,7 @@ def test_block_in_bfloat16_at_an_odd_size_follows_float32(name):
     output."""
     module32, args, variables = build(name, ODD)
     module16 = module32.clone(dtype=jnp.bfloat16)
-    out32 = np.asarray(module32.apply(variables, *args))
+    out32 = np.asarray(jax.jit(module32.apply)(variables, *args))
     out16 = jax.jit(module16.apply)(variables, *jax.tree.map(lambda a: a.astype(jnp.bfloat16),
                                                                args))
     assert out16.shape == first_array(args).shape and out16.dtype == jnp.bfloat16
