@@ -353,9 +353,18 @@ def coco10k_manual(tmp_path_factory):
     return root, masks
 
 
-def test_coco_stuff10k_reads_the_mat_masks_and_counts_from_one(coco10k_manual, tmp_path):
+def test_coco_stuff10k_reads_the_mat_masks_and_counts_from_one(coco10k_manual, tmp_path, capsys):
+    """Prepared by the command, as a user would (``python -m attnzoo.prepare``)."""
+    from attnzoo import prepare
+
     manual, masks = coco10k_manual
-    builder = data.prepare("coco_stuff10k", tmp_path / "tfds", manual_dir=manual)
+    with pytest.raises(FileNotFoundError, match="cocostuff-10k-v1.1.zip .from http"):
+        prepare.main(["--dataset", "coco_stuff10k", "--manual-dir", str(tmp_path),
+                      "--data-dir", str(tmp_path / "tfds")])
+    assert prepare.main(["--dataset", "coco_stuff10k", "--manual-dir", str(manual),
+                         "--data-dir", str(tmp_path / "tfds")]) == {"train": 2, "test": 1}
+    assert "coco_stuff10k: 171 classes; train 2, test 1 images; prepared in" in capsys.readouterr().out
+    builder = data.builder("coco_stuff10k", tmp_path / "tfds")
     got = {**examples(builder, "train"), **examples(builder, "test")}
     assert sorted(got) == sorted(f"{stem}.jpg" for stem in masks)
     for stem, mask in masks.items():

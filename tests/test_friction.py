@@ -238,6 +238,7 @@ def test_start_notes_warn_of_a_warm_up_longer_than_the_run_and_a_new_device_coun
     ([str(ROOT / "train.py")], "--workdir runs/danet \\\n        --config.dataset.manual_dir"),
     (["-m", "attnzoo.predict"], "--attention \\\n        --point 64,64"),
     (["-m", "attnzoo.convert"], "hrnetv2_w18-00eb2006.pth \\\n        --out DIR"),
+    (["-m", "attnzoo.prepare"], "--manual-dir /data/context --data-dir /data/tfds"),
 ])
 def test_help_shows_the_examples_as_typed(command, example):
     proc = subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True,
