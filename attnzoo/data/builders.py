@@ -104,12 +104,29 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
                                "file_name": image.name}
 
 
-def _segmentation_features(image_format: str = "jpeg") -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
-        "segmentation_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-        "file_name": tfds.features.Text(),
-    })
+class _Archives(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A dataset read from its official archives in ``manual_dir``: JPEG images, PNG masks of
+    class ids and the file names; ``DATASET``'s classes in the metadata."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    DATASET = ""  # the attnzoo dataset (attnzoo.data.datasets) whose classes these are
+    HOMEPAGE = ""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from attnzoo.data.datasets import DATASETS
+
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, homepage=self.HOMEPAGE,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "segmentation_mask": tfds.features.Image(shape=(None, None, 1),
+                                                         encoding_format="png"),
+                "file_name": tfds.features.Text(),
+            }),
+            supervised_keys=("image", "segmentation_mask"),
+            metadata=tfds.core.MetadataDict(classes=list(DATASETS[self.DATASET].classes)),
+        )
 
 
 def _one(root: Path, pattern: str, archive: str) -> Path:
@@ -151,7 +168,7 @@ def _mat_field(path: Path, *fields: str) -> np.ndarray:
     return value.astype(np.uint8)[..., None]
 
 
-class PascalVoc2012(tfds.core.GeneratorBasedBuilder):
+class PascalVoc2012(_Archives):
     """Pascal VOC 2012 segmentation with SBD's augmentation, as mmsegmentation's ``voc12aug``.
 
     Splits: ``train`` (VOC 2012's 1,464), ``validation`` (1,449) and ``train_aug``
@@ -160,20 +177,9 @@ class PascalVoc2012(tfds.core.GeneratorBasedBuilder):
     background; VOC's masks mark object boundaries 255 (ignored), SBD's have none.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    DATASET, HOMEPAGE = "voc12aug", "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
     VOC, SBD = "VOCtrainval_11-May-2012.tar", "benchmark.tgz"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place {VOC} and {SBD} (SBD) in manual_dir."
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        from attnzoo.data.datasets import DATASETS
-
-        return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=_segmentation_features(),
-            supervised_keys=("image", "segmentation_mask"),
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-            metadata=tfds.core.MetadataDict(classes=list(DATASETS["voc12aug"].classes)),
-        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         voc_root = Path(dl_manager.extract(dl_manager.manual_dir / self.VOC))
@@ -243,7 +249,7 @@ def rle_decode(segmentation: Mapping) -> np.ndarray:
     return np.repeat(values, runs).reshape(w, h).T
 
 
-class PascalContext(tfds.core.GeneratorBasedBuilder):
+class PascalContext(_Archives):
     """Pascal Context on VOC 2010 (4,998 training and 5,105 validation images), as
     mmsegmentation's ``pascal_context.py`` converter draws it from ``trainval_merged.json``: each
     image's segmentation annotations painted in the file's order (a later one over an earlier),
@@ -252,20 +258,9 @@ class PascalContext(tfds.core.GeneratorBasedBuilder):
     ignored.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    DATASET, HOMEPAGE = "pascal_context", "https://cs.stanford.edu/~roozbeh/pascal-context/"
     VOC, JSON = "VOCtrainval_03-May-2010.tar", "trainval_merged.json"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place {VOC} and {JSON} in manual_dir."
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        from attnzoo.data.datasets import DATASETS
-
-        return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=_segmentation_features(),
-            supervised_keys=("image", "segmentation_mask"),
-            homepage="https://cs.stanford.edu/~roozbeh/pascal-context/",
-            metadata=tfds.core.MetadataDict(classes=list(DATASETS["pascal_context"].classes)),
-        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         voc = _one(Path(dl_manager.extract(dl_manager.manual_dir / self.VOC)), "*/VOC2010",
@@ -299,26 +294,15 @@ class PascalContext(tfds.core.GeneratorBasedBuilder):
                          "file_name": entry["file_name"]}
 
 
-class CocoStuff164k(tfds.core.GeneratorBasedBuilder):
+class CocoStuff164k(_Archives):
     """COCO-Stuff 164k: COCO 2017's 118,287 training and 5,000 validation images with the
     stuff+things maps (0-based ids of 182 classes, 255 unlabeled), kept raw; the
     ``coco_stuff164k`` dataset maps the 171 used ids to train ids."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    DATASET, HOMEPAGE = "coco_stuff164k", "https://github.com/nightrome/cocostuff"
     ARCHIVES = {"train": "train2017.zip", "validation": "val2017.zip"}
     MAPS = "stuffthingmaps_trainval2017.zip"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place train2017.zip, val2017.zip and {MAPS} in manual_dir."
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        from attnzoo.data.datasets import DATASETS
-
-        return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=_segmentation_features(),
-            supervised_keys=("image", "segmentation_mask"),
-            homepage="https://github.com/nightrome/cocostuff",
-            metadata=tfds.core.MetadataDict(classes=list(DATASETS["coco_stuff164k"].classes)),
-        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         maps = Path(dl_manager.extract(dl_manager.manual_dir / self.MAPS))
@@ -340,25 +324,14 @@ class CocoStuff164k(tfds.core.GeneratorBasedBuilder):
                                "file_name": image.name}
 
 
-class CocoStuff10k(tfds.core.GeneratorBasedBuilder):
+class CocoStuff10k(_Archives):
     """COCO-Stuff 10k (v1.1): 9,000 training and 1,000 test images of COCO 2014, masks the
     ``S`` array of each ``annotations/<stem>.mat`` (1-based ids of 182 classes, 0 unlabeled),
     kept raw; the ``coco_stuff10k`` dataset maps them to COCO-Stuff 164k's train ids."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    DATASET, HOMEPAGE = "coco_stuff10k", "https://github.com/nightrome/cocostuff10k"
     ZIP = "cocostuff-10k-v1.1.zip"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Place {ZIP} in manual_dir."
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        from attnzoo.data.datasets import DATASETS
-
-        return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=_segmentation_features(),
-            supervised_keys=("image", "segmentation_mask"),
-            homepage="https://github.com/nightrome/cocostuff10k",
-            metadata=tfds.core.MetadataDict(classes=list(DATASETS["coco_stuff10k"].classes)),
-        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         lists = _one(Path(dl_manager.extract(dl_manager.manual_dir / self.ZIP)),
