@@ -196,6 +196,34 @@ def test_setr_heads_equal_mmsegs(variant):
     assert err <= 1e-5, f"max relative error {err:.2e}"
 
 
+def test_sliding_windows_equal_mmsegs_on_an_image_smaller_than_the_crop():
+    """``inference.slide_inference`` against mmseg's ``slide_inference`` (float64) on an image
+    lower than the crop (Pascal Context's protocol: images resized to fit 520x520, windows of
+    480): the windows stay inside the image, as mmseg's, where padding them up to the crop
+    would change every logit the model's context reaches."""
+    from mmengine.config import ConfigDict
+
+    from attnzoo import inference
+
+    stem = "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"
+    model, _ = mmseg_support.build(stem)
+    randomize_torch(model)
+    model.test_cfg = ConfigDict(mode="slide", crop_size=(48, 48), stride=(32, 32))
+    x = np.random.default_rng(4).standard_normal((1, 3, 40, 70))
+    with torch.no_grad():
+        ref32 = model.float().slide_inference(torch.tensor(x).float(),
+                                              [{"img_shape": (40, 70)}]).numpy()
+        ref = model.double().slide_inference(torch.tensor(x), [{"img_shape": (40, 70)}]).numpy()
+    ours, variables = from_mmseg(stem, {k: v.numpy() for k, v in model.state_dict().items()})
+    logits = jax.jit(lambda images: ours.apply(variables, images)["out"])
+    got = np.asarray(inference.slide_inference(
+        logits, x.transpose(0, 2, 3, 1).astype(np.float32), (48, 48), (32, 32)))
+    scale = np.abs(ref).max()
+    torch_err = np.abs(ref32 - ref).max() / scale
+    err = np.abs(got - ref.transpose(0, 2, 3, 1)).max() / scale
+    assert err <= max(1e-4, 2 * torch_err), f"max relative error {err:.2e} ({torch_err:.2e})"
+
+
 @pytest.mark.slow  # 5 s; PSANet's parity with mmseg runs in the default set
 def test_psa_mask_equals_a_loop_over_positions():
     rng = np.random.default_rng(0)
