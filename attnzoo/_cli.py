@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -135,4 +136,6 @@ def crf_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
                         else int(value) if key == "iterations" else float(value))
         except ValueError:
             raise ValueError(f"--crf-params: {key} takes a number; got {value!r}") from None
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise ValueError(f"--crf-params: {key} must be finite; got {value.strip()!r}")
     return out

@@ -56,6 +56,10 @@ def test_evaluate_and_predict_with_crf(run, tmp_path, capsys):
     with pytest.raises(ValueError, match="--crf-params"):
         predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "x"), "--crf",
                       "--crf-params", "bandwidth=3", str(path)])
+    # a NaN weight made every pixel background, with no error
+    with pytest.raises(ValueError, match="--crf-params: w_appearance must be finite; got 'nan'"):
+        evaluate.main(["--workdir", str(workdir), "--crf", "--crf-params", "w_appearance=nan"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_predict_command_writes_masks_overlays_and_attention(run, tmp_path, capsys):

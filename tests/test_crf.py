@@ -239,6 +239,15 @@ def test_bad_input_is_refused_by_name():
         ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), theta_beta=0.0)
     with pytest.raises(ValueError, match="theta_gamma must be positive"):
         ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), theta_gamma=-1.0)
+    with pytest.raises(ValueError, match="theta_alpha must be positive.*nan"):
+        ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), theta_alpha=float("nan"))
+    # a NaN weight made every label background, with no error
+    with pytest.raises(ValueError, match="w_appearance must be finite.*nan"):
+        ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), w_appearance=float("nan"))
+    with pytest.raises(ValueError, match="w_smoothness must be finite.*inf"):
+        ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), w_smoothness=float("inf"))
+    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+        ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), iterations=0)
     with pytest.raises(ValueError, match="method must be one of"):
         ops.dense_crf(logits, jnp.zeros((1, 8, 8, 3)), method="mean")
     with pytest.raises(ValueError, match="normalization must be one of"):

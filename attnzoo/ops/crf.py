@@ -73,6 +73,13 @@ def _check_bandwidth(value: float | Array, name: str) -> None:
                          f"levels); got {value!r}")
 
 
+def _check_weight(value: float | Array, name: str) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return  # a learnable weight (CRF-as-RNN)
+    if not np.all(np.isfinite(np.asarray(value, np.float64))):
+        raise ValueError(f"{name} must be finite (a kernel's weight); got {value!r}")
+
+
 def _check_compatibility(mu: Array, num_labels: int) -> None:
     if mu.shape != (num_labels, num_labels):
         raise ValueError(f"compatibility must be ({num_labels}, {num_labels}) for "
@@ -371,6 +378,9 @@ def dense_crf(logits: Array, image: Array, *, iterations: int = DEEPLAB_CRF.iter
                          "batch and spatial size (B, H, W)")
     check_choice(method, METHODS, "method")
     check_choice(normalization, NORMALIZATIONS, "normalization")
+    check_positive(iterations, "iterations")
+    _check_weight(w_appearance, "w_appearance")
+    _check_weight(w_smoothness, "w_smoothness")
     b, h, w, num_labels = logits.shape
     mu = potts(num_labels) if compatibility is None else compatibility
     _check_compatibility(mu, num_labels)
