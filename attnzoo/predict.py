@@ -94,6 +94,20 @@ def _parse_points(values: Sequence[str]) -> list[tuple[int, int]]:
     return points
 
 
+def _check_distinct_stems(images: Sequence[str | Path]) -> None:
+    """ValueError naming the images whose outputs would overwrite each other's
+    (``<stem>_mask.png``: ``a.png`` and ``a.jpg``, or ``a.png`` in two folders), before
+    anything is written."""
+    by_stem: dict[str, list[str]] = {}
+    for path in images:
+        by_stem.setdefault(Path(path).stem, []).append(str(path))
+    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
+    if clashes:
+        raise ValueError("images " + "; ".join(" and ".join(paths) for paths in clashes)
+                         + " would write the same <stem>_mask.png: predict them into separate "
+                         "--out folders or rename one")
+
+
 def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | Path, *,
                   attention: bool = False, points: Sequence[tuple[int, int]] = (),
                   channels: Sequence[int] = (0, 1, 2, 3), memory_efficient: bool = False,
@@ -104,6 +118,7 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     (``config.conv_implementation``), which the predictions are computed with."""
     from attnzoo.engine.checkpoint import restore
 
+    _check_distinct_stems(images)
     model, variables, config = restore(workdir, step=step,
                                        config_overrides={"model.memory_efficient": memory_efficient})
     log.info("%s", describe_implementation(config.conv_implementation))

@@ -86,6 +86,16 @@ def test_predict_command_writes_masks_overlays_and_attention(run, tmp_path, caps
     with pytest.raises(ValueError, match="--point"):
         predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "o2"), "--attention",
                       "--point", "500,5", str(paths[0])])
+    # a.png and a.jpg (or one name in two folders) wrote both to a_mask.png
+    jpg = tmp_path / "img0.jpg"
+    Image.open(paths[0]).save(jpg)
+    (tmp_path / "other").mkdir()
+    other = viz.save_png(tmp_path / "other" / "img1.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"images .*img0.png and .*img0.jpg; .*img1.png and "
+                                         r".*other/img1.png would write the same"):
+        predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "o3"),
+                      *map(str, [*paths, jpg, other])])
+    assert not (tmp_path / "o3").exists()
 
 
 @pytest.mark.slow  # 6 s; predict's attention pictures run in the default set
