@@ -389,12 +389,20 @@ def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
         lambda a: a.shape, want)
     with pytest.raises(ValueError, match=r"--model 'upernet_swin_t' is not built on 'vit_s16'"):
         convert_main(["--source", "timm:deit_small_patch16_224", "--checkpoint", str(weights),
-                      "--out", str(out), "--model", "upernet_swin_t"])
-    # TransUNet from timm's R50+ViT-B/16 at 384: the position embedding to its 224 grid
+                      "--out", str(tmp_path / "other"), "--model", "upernet_swin_t"])
+    # TransUNet from timm's R50+ViT-B/16 at 384: the position embedding to its 224 grid; into
+    # the folder of the DeiT only with --overwrite, which replaces it whole
     weights = tmp_path / "r50_vit.pth"
     torch.save(timm.create_model("vit_base_r50_s16_384", pretrained=False).state_dict(), weights)
-    assert convert_main(["--source", "timm:vit_base_r50_s16_384", "--checkpoint", str(weights),
-                         "--out", str(out), "--model", "transunet_r50_vit_b16"]) == 0
+    args = ["--source", "timm:vit_base_r50_s16_384", "--checkpoint", str(weights), "--out",
+            str(out), "--model", "transunet_r50_vit_b16"]
+    with pytest.raises(ValueError, match=r"--out .*converted holds a run \(attnzoo_backbone.json, "
+                                         r"variables/\): give a new folder, or --overwrite"):
+        convert_main(args)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--out .*a_file is a file"):
+        convert_main([*args[:5], str(tmp_path / "a_file"), *args[6:]])
+    assert convert_main([*args, "--overwrite"]) == 0
     module, variables = load_backbone(out)
     want = target_shapes(models.create("transunet_r50_vit_b16", num_classes=9),
                          np.zeros((1, 64, 64, 3), np.float32))["params"]["backbone"]

@@ -22,6 +22,8 @@ hub SegFormer of 150 / 19 classes SegFormer's ADE20K / Cityscapes one, or ``--pr
 ``engine.restore(DIR)`` and ``train.py --config.init_from=DIR`` take. A
 backbone (``timm:``, ``torchvision:``) becomes ``DIR/variables/`` and
 ``DIR/attnzoo_backbone.json``; restore with ``attnzoo.convert.load_backbone(DIR)``.
+``--out`` must be a new or empty folder: converting into a run would mix two models' steps and
+configs; ``--overwrite`` replaces the folder whole once the conversion has succeeded.
 ``--model`` builds a timm backbone with the fields of the registered model it will initialise
 (``train.py --config.init_from=DIR``): a ViT's position embedding resized to the model's grid,
 its final norm.
@@ -47,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True,
                         help="state dict file on disk (transformers: the hub folder or its "
                              "model.safetensors)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True,
+                        help="output directory: new or empty (--overwrite replaces one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out whole if it holds anything (after converting)")
     parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
     parser.add_argument("--model", default=None,
                         help="timm:MODEL: the registered attnzoo model the backbone will "
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="transformers:segformer: the evaluation protocol to record "
                              "(default from the classes: 150 -> ADE20K 512, 19 -> Cityscapes)")
     args = parser.parse_args(argv)
+    _check_out(Path(args.out), args.overwrite)
     library, _, model = args.source.partition(":")
     if library in ("mmseg", "transformers") and model:
         from attnzoo.engine.checkpoint import save_pretrained
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             config = from_fields(transformers_config_fields(config_path, args.protocol))
         else:
             parser.error(f"--source transformers:MODEL converts segformer; got {args.source!r}")
+        _clear(Path(args.out), args.overwrite)
         out = save_pretrained(args.out, variables, config)
         n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))
         print(f"wrote {args.source} ({n:,} parameters) to {out}; evaluate with "
@@ -94,10 +101,34 @@ def main(argv: list[str] | None = None) -> int:
                                       args.output_stride, fields)
     else:
         module, variables = convert(model, load_state_dict(args.checkpoint), args.output_stride)
+    _clear(Path(args.out), args.overwrite)
     out = save_backbone(args.out, module, variables, source=args.source)
     n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))
     print(f"wrote {args.source} ({n:,} parameters, output stride {args.output_stride}) to {out}")
     return 0
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """ValueError unless ``out`` is new or an empty folder, or ``overwrite`` (a run written
+    into another run mixed their steps and configs): names what is there."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()) \
+        if out.is_dir() else []
+    if held and not overwrite:
+        what = "a run" if "checkpoints/" in held or "variables/" in held else "files"
+        raise ValueError(f"--out {out} holds {what} ({', '.join(held[:6])}"
+                         f"{', ...' if len(held) > 6 else ''}): give a new folder, or "
+                         "--overwrite to replace it whole")
+
+
+def _clear(out: Path, overwrite: bool) -> None:
+    """Remove ``out`` when ``overwrite`` (the conversion succeeded: the old one is not lost to
+    a failed one)."""
+    if overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
 
 
 def _backbone_fields_of(model: str, timm_model: str) -> dict:
