@@ -271,6 +271,7 @@ def test_folder_without_split_folders_is_one_train_split(tmp_path):
     ("ids", r"mask .*train2\.png holds ids \[7\] outside the 3 classes"),
     ("missing", r"train1\.jpg has no mask; expected .*masks/train/train1\.png"),
     ("rgb", r"mask .*train0\.png has mode 'RGB'"),
+    ("stem", r"images of one name in .*images/train: train0.jpg and train0.png"),
 ])
 def test_folder_bad_files_are_named(damage, message, tmp_path):
     folder = tmp_path / "bad"
@@ -286,6 +287,8 @@ def test_folder_bad_files_are_named(damage, message, tmp_path):
         (masks / "train2.png").write_bytes(png(mask))
     elif damage == "missing":
         (masks / "train1.png").unlink()
+    elif damage == "stem":  # both would be read with masks/train/train0.png
+        (images / "train0.jpg").write_bytes((images / "train1.jpg").read_bytes())
     else:
         Image.open(masks / "train0.png").convert("RGB").save(masks / "train0.png")
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -334,3 +337,15 @@ def test_a_changed_folder_is_prepared_again_with_a_message(tmp_path, caplog):
         for f in (folder / "more" / sub / "train").iterdir():
             f.rename(folder / sub / "train" / f"extra_{f.name}")
     assert data_input.prepared_builder(config).info.splits["train"].num_examples == 3
+    # the same files read with other classes: another dataset, prepared again (the old one,
+    # with its class list, was opened)
+    (folder / "classes.txt").unlink()
+    config.num_classes = 4
+    assert data_input.prepared_builder(config).info.metadata["classes"] == [
+        f"class_{i}" for i in range(4)]
+    config.num_classes = 5
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="attnzoo"):
+        renamed = data_input.prepared_builder(config)
+    assert "changed since it was prepared" in caplog.text
+    assert renamed.info.metadata["classes"] == [f"class_{i}" for i in range(5)]

@@ -375,7 +375,8 @@ def folder_config(folder: str | os.PathLike, num_classes: int | None = None,
     else:
         raise ValueError(f"folder dataset {root}: give num_classes or write {names_file} "
                          "(one class name per line, in id order)")
-    return FolderConfig(name=f"{folder_key(root)}_{_content_digest(root)}", version="1.0.0",
+    digest = _content_digest(root, f"{classes!r} {ignore_index}")
+    return FolderConfig(name=f"{folder_key(root)}_{digest}", version="1.0.0",
                         folder=str(root),
                         classes=classes, ignore_index=ignore_index,
                         description=f"images and masks under {root}")
@@ -388,8 +389,10 @@ def folder_key(root: Path) -> str:
     return f"{slug}_{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
 
 
-def _content_digest(root: Path) -> str:
-    h = hashlib.sha1()
+def _content_digest(root: Path, settings: str) -> str:
+    """A hash of the folder's files (names, sizes, modification times) and ``settings`` (the
+    class names and ignore index it is read with)."""
+    h = hashlib.sha1(settings.encode())
     files = [root / "classes.txt"] + sorted(p for sub in ("images", "masks")
                                             for p in (root / sub).rglob("*") if p.is_file())
     for path in files:
@@ -452,6 +455,14 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         if not files:
             raise FileNotFoundError(f"folder dataset: no images ({', '.join(IMAGE_SUFFIXES)}) "
                                     f"in {images}")
+        stems: dict[str, list[str]] = {}
+        for path in files:
+            stems.setdefault(path.stem, []).append(path.name)
+        shared = [names for names in stems.values() if len(names) > 1]
+        if shared:
+            raise ValueError(f"folder dataset: images of one name in {images}: "
+                             + "; ".join(" and ".join(names) for names in shared)
+                             + " (each image's mask is <stem>.png: keep one of each)")
         for path in files:
             mask_path = masks / f"{path.stem}.png"
             if not mask_path.is_file():
