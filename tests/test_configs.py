@@ -1,5 +1,7 @@
 """The recipes in ``configs/``: mmseg.py builds every registered model's recipe, the quickstart
-every family's; the argument parser."""
+every family's; the argument parser; the config fields' domains."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ from helpers import load_config
 from ml_collections import ConfigDict
 
 from attnzoo import engine, heads, models
+from attnzoo.engine.config import DOMAINS, check_domains
 
 
 @pytest.mark.parametrize("spec,name,crop,steps", [
@@ -51,10 +54,15 @@ def test_every_model_and_family_has_a_recipe():
     """The recipes take their choices from the registries: every model in mmseg.py, every
     family in the quickstart (on the small model of its first model set, with its own
     quickstart fields)."""
+    from configs import common
+
     for name in models.list_models():
         assert load_config(f"mmseg.py:{name}").model.name == name
+    for dataset in common.DATASETS:  # every recipe's numbers are inside their domains
+        check_domains(load_config(f"mmseg.py:danet_r50_d8,{dataset}"))
     for family in heads.list_families():
         config = load_config(f"quickstart.py:{family}")
+        check_domains(config)
         assert config.model.name in models.list_models()
         assert models.get_spec(config.model.name).family == family
         for key, value in heads.get_family(family).quickstart.items():
@@ -94,3 +102,34 @@ def test_recipes_set_mmsegmentations_schedule_per_dataset():
         load_config("quickstart.py:psa")
     with pytest.raises(FileNotFoundError, match="config file"):
         engine.config.load_config_file("configs/nope.py")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("optimizer.learning_rate", -0.01), ("optimizer.learning_rate", 0.0),
+    ("optimizer.weight_decay", float("nan")), ("optimizer.momentum", 1.0),
+    ("optimizer.b2", -0.1), ("optimizer.power", float("inf")), ("optimizer.warmup_steps", -5),
+    ("optimizer.decay_ratio", 0.0), ("optimizer.clip_norm", -1.0), ("num_steps", 0),
+    ("optimizer.accumulate_steps", True), ("dataset.ignore_index", 256),
+    ("dataset.cat_max_ratio", 1.5), ("dataset.crop_size", (64, 0)), ("dataset.ratio_range", (0.0, 2.0)),
+    ("dataset.eval_scale", (2048,)), ("eval.stride", (341, -1)), ("eval.scales", ()),
+    ("model.head_channels", 0), ("keep_best", -1)])
+def test_a_value_outside_its_domain_is_refused_naming_the_field(field, value, tmp_path):
+    """A negative learning rate trained (the loss went from 7 to 872, exit 0); every numeric
+    field with a domain (``DOMAINS``) is checked before anything is built or written."""
+    config = load_config("quickstart.py")
+    config.update_from_flattened_dict({field: value})
+    assert any(name == field for name, _, _ in DOMAINS)
+    with pytest.raises(ValueError, match=rf"config\.{re.escape(field)} must be .*; got "):
+        engine.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_lr_multipliers_and_the_ratio_range_are_checked_whole():
+    config = load_config("quickstart.py")
+    config.optimizer.lr_mult = {"head": float("nan")}
+    with pytest.raises(ValueError, match="config.optimizer.lr_mult must be a mapping to finite"):
+        check_domains(config)
+    config = load_config("quickstart.py")
+    config.dataset.ratio_range = (2.0, 0.5)
+    with pytest.raises(ValueError, match=r"ratio_range must be \(low, high\) with low <= high"):
+        check_domains(config)

@@ -44,6 +44,10 @@ Fields (defaults in :func:`default_config`):
   the optimizer state changed (``attnzoo.engine.workdir.SHAPING``; refused otherwise).
 * ``distributed``: call ``jax.distributed.initialize()`` (multi-host).
 
+Numeric fields with a domain are checked against it, from one table (:data:`DOMAINS`,
+:func:`check_domains`; ``train.py`` does before anything is built): a non-positive learning rate,
+a NaN weight decay or a momentum of 1 is refused naming the field.
+
 Configs written by earlier versions (a run's ``config.json``, a checkpoint's config, a recipe
 naming an old model) are brought up to date by :func:`migrate`: missing fields take their
 defaults and renamed models and blocks (:data:`RENAMED_MODELS`, :data:`RENAMED_BLOCKS`) their
@@ -57,7 +61,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +126,67 @@ def default_config() -> ConfigDict:
     c.force_resume = False
     c.distributed = False
     return c
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pair(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(test, v))
+
+
+_POSITIVE_INT = (lambda v: _integer(v) and v > 0, "a positive integer")
+_POSITIVE = (lambda v: _number(v) and v > 0, "a positive finite number")
+_NON_NEGATIVE = (lambda v: _number(v) and v >= 0, "a finite number >= 0")
+_FRACTION = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+_WINDOW = (_pair(lambda v: _integer(v) and v > 0), "a pair of positive integers")
+# the numeric fields with a domain: (dotted field, test, what the value must be); ``None`` is
+# accepted where the field is optional (a placeholder)
+DOMAINS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    *((name, *_POSITIVE_INT) for name in (
+        "num_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
+        "checkpoint_every", "keep", "optimizer.accumulate_steps", "dataset.num_classes",
+        "dataset.shuffle_buffer", "model.head_channels", "model.aux_channels")),
+    ("keep_best", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("optimizer.learning_rate", *_POSITIVE),
+    ("optimizer.power", *_POSITIVE),
+    *((name, *_NON_NEGATIVE) for name in (
+        "optimizer.weight_decay", "optimizer.min_lr", "optimizer.clip_norm")),
+    ("optimizer.warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("optimizer.decay_ratio", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    *((name, *_FRACTION) for name in ("optimizer.momentum", "optimizer.b1", "optimizer.b2")),
+    ("optimizer.lr_mult", lambda v: all(_number(m) and m >= 0 for m in dict(v).values()),
+     "a mapping to finite multipliers >= 0"),
+    ("dataset.ignore_index", lambda v: _integer(v) and 0 <= v <= 255, "an integer in 0..255"),
+    ("dataset.cat_max_ratio", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("dataset.ratio_range", _pair(lambda v: _number(v) and v > 0),
+     "a pair of positive finite numbers"),
+    *((name, *_WINDOW) for name in (
+        "dataset.crop_size", "dataset.scale", "dataset.eval_scale", "dataset.eval_canvas",
+        "dataset.eval_label_canvas", "eval.crop_size", "eval.stride")),
+    ("eval.scales", lambda v: len(v) > 0 and all(_number(s) and s > 0 for s in v),
+     "positive finite numbers"),
+)
+
+
+def check_domains(config: Mapping[str, Any]) -> None:
+    """ValueError naming the first field of :data:`DOMAINS` whose value is outside its domain
+    (``config.optimizer.learning_rate must be a positive finite number; got -0.01``)."""
+    for name, test, what in DOMAINS:
+        value: Any = config
+        for part in name.split("."):
+            value = value[part]
+        if value is not None and not test(value):
+            raise ValueError(f"config.{name} must be {what}; got {value!r}")
+    lo, hi = config["dataset"]["ratio_range"]
+    if lo > hi:
+        raise ValueError(f"config.dataset.ratio_range must be (low, high) with low <= high; got "
+                         f"{(lo, hi)}")
 
 
 def load_config_file(spec: str) -> ConfigDict:

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from attnzoo._checks import check_positive, mismatch_report
+from attnzoo._checks import mismatch_report
 from attnzoo.engine import optim, steps
 from attnzoo.engine import state as state_lib
 from attnzoo.engine.checkpoint import Checkpoints, newest_readable
-from attnzoo.engine.config import migrate
+from attnzoo.engine.config import check_domains, migrate
 from attnzoo.engine.logging import RunLogger, class_table
 from attnzoo.engine.workdir import WorkdirLock, check_resume
 from attnzoo.ops.conv import describe_implementation
@@ -32,10 +32,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Refuse inconsistent settings before anything is built."""
-    for name in ("num_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
-                 "checkpoint_every", "keep"):
-        check_positive(config[name], f"config.{name}")
+    """Refuse settings outside their domain (:func:`attnzoo.engine.config.check_domains`) or
+    inconsistent with each other, before anything is built."""
+    check_domains(config)
     k = config.optimizer.accumulate_steps
     if config.num_steps % k:
         raise ValueError(f"config.num_steps={config.num_steps} must be a multiple of "
