@@ -197,3 +197,13 @@ def test_evaluate_falls_back_past_an_unreadable_checkpoint_with_one_warning(run,
     assert len(warnings) == 1 and "checkpoint step 4" in warnings[0], done.stderr[-3000:]
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) < 60
     assert "step 2, split" in done.stdout
+    # asked for by number, the damaged step is one line (it was 166 lines of orbax traceback)
+    done = subprocess.run([sys.executable, "-m", "attnzoo.evaluate", "--workdir", str(copy),
+                           "--step", "4"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and "checkpoint step 4 in" in errors[0] and "is unreadable" in errors[0]
+    from attnzoo import engine
+
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*; its steps: \[2, 4\]"):
+        engine.restore(copy, step=3)

@@ -45,6 +45,26 @@ def test_a_rerun_that_reshapes_the_state_is_refused_and_touches_nothing(run, tmp
     assert snapshot(copy) == before
 
 
+def test_a_workdir_whose_checkpoints_are_gone_is_still_its_runs(run, tmp_path):
+    """``rm -r W/checkpoints``, then a run of another model started afresh, overwrote
+    ``config.json`` and added a second run's rows to ``metrics.jsonl``: the run's
+    ``config.json`` keeps the workdir's identity."""
+    workdir, config, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints")
+    before = snapshot(copy)
+    changed = tiny_config(config.dataset.data_dir, **{"model.name": "fcn_r18_d8"})
+    with pytest.raises(WorkdirError, match=r"holds a run \(config.json; no checkpoint\) of another "
+                                           r"configuration .*model.name: 'danet_r18_d8' -> "
+                                           r"'fcn_r18_d8'.*force_resume"):
+        engine.train_and_evaluate(changed, copy)
+    assert snapshot(copy) == before
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(WorkdirError, match="config.json is not readable JSON"):
+        engine.train_and_evaluate(changed, copy)
+
+
 @pytest.mark.slow
 def test_an_unreadable_newest_checkpoint_is_moved_aside_and_trained_again(run, tmp_path):
     workdir, config, result = run

@@ -200,26 +200,47 @@ def _check_fits(stored: Any, target: Any, where: Path) -> None:
             f"{', '.join(diff)})")
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint step asked for by number does not load (damaged on disk)."""
+
+
 def newest_readable(directory: Path, steps: list[int], step: int | None,
                     load: Callable[[int], Any],
                     on_unreadable: Callable[[int], str] | None = None) -> Any:
     """``load(step)``, or else ``load`` of the newest of ``steps`` that loads, skipping (with a
     one-line warning, and ``on_unreadable(step)``) every one that raises; ``None`` if none
-    does. An explicit ``step`` is not skipped, nor a :class:`CheckpointMismatchError`: their
-    errors propagate."""
+    does. An explicit ``step`` is not skipped: one that is not there or does not load is a
+    FileNotFoundError / :class:`UnreadableCheckpointError` naming it (one line in the commands);
+    a :class:`CheckpointMismatchError` propagates."""
     if step is not None:
-        return load(step)
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint step {step} in {directory}; its steps: {steps}")
+        try:
+            return load(step)
+        except (CheckpointMismatchError, UnreadableCheckpointError):
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever orbax raises for a damaged step
+            raise UnreadableCheckpointError(
+                f"checkpoint step {step} in {directory} is unreadable ({_first_line(err)}); "
+                f"without --step the newest readable one of {steps} is used") from err
     for s in reversed(steps):
         try:
             return load(s)
         except CheckpointMismatchError:
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
-            first = (str(err).strip().splitlines() or [""])[0][:200]
             done = on_unreadable(s) if on_unreadable is not None else "skipped"
-            log.warning("checkpoint step %d in %s is unreadable (%s: %s); %s, using the one "
-                        "before", s, directory, type(err).__name__, first, done)
+            log.warning("checkpoint step %d in %s is unreadable (%s); %s, using the one before",
+                        s, directory, _first_line(err), done)
     return None
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line`` of ``err``, or of what it wraps when it is an
+    :class:`UnreadableCheckpointError` (the step restored inside another restore)."""
+    if isinstance(err, UnreadableCheckpointError) and err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
 
 
 def checkpoint_dir(workdir_or_path: str | Path) -> tuple[Path, int | None]:

@@ -19,7 +19,7 @@ from attnzoo.engine import state as state_lib
 from attnzoo.engine.checkpoint import Checkpoints, newest_readable
 from attnzoo.engine.config import check_domains, migrate
 from attnzoo.engine.logging import RunLogger, class_table
-from attnzoo.engine.workdir import WorkdirLock, check_resume
+from attnzoo.engine.workdir import WorkdirLock, check_resume, workdir_config
 from attnzoo.ops.conv import describe_implementation
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD, denormalize_image
 from attnzoo.sharding import describe_layout, local_batch_size, make_mesh
@@ -190,6 +190,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         saved = newest_readable(ckpts.directory, ckpts.steps(), None, ckpts.config)
         if saved is not None:
             check_resume(workdir, saved, config)
+        elif (recorded := workdir_config(workdir)) is not None:
+            check_resume(workdir, recorded, config, "a run (config.json; no checkpoint)")
         restored = ckpts.restore_state(
             state_lib.abstract_state(model, tx, config, mesh),
             set_aside=workdir / "checkpoints.unreadable" if jax.process_index() == 0 else None)

@@ -2,7 +2,8 @@
 configuration that wrote its checkpoints.
 
 A workdir remembers its configuration: every checkpoint holds the config that
-wrote it. A rerun whose config differs in a field of :data:`SHAPING` (the
+wrote it, and ``config.json`` the run's (read when no checkpoint is left). A rerun
+whose config differs in a field of :data:`SHAPING` (the
 model, the classes, the optimizer's structure) is refused before anything
 is touched; every other field may change on resume (``num_steps``, logging,
 evaluation, data paths, the learning rate, ...).
@@ -52,13 +53,29 @@ def shaping_differences(saved: Any, new: ml_collections.ConfigDict) -> list[str]
             if any(k == s or k.startswith(s + ".") for s in SHAPING) and old.get(k) != cur.get(k)]
 
 
-def check_resume(workdir: Path, saved: Any, config: ml_collections.ConfigDict) -> None:
-    """Refuse to resume ``workdir`` (checkpoints written with ``saved``) with ``config`` when a
-    shaping field differs, unless ``config.force_resume``."""
+def workdir_config(workdir: Path) -> dict[str, Any] | None:
+    """The config of the run ``workdir`` holds, from its ``config.json`` (the run's identity
+    outlives its checkpoints: deleting ``checkpoints/`` does not hand the workdir to another
+    model), or None for a new workdir."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise WorkdirError(f"{path} is not readable JSON ({err}); it names the run this workdir "
+                           "holds: train in a new --workdir, or remove the file") from None
+
+
+def check_resume(workdir: Path, saved: Any, config: ml_collections.ConfigDict,
+                 what: str = "checkpoints") -> None:
+    """Refuse to resume ``workdir`` (``what``, its checkpoints or its ``config.json``, written
+    with ``saved``) with ``config`` when a shaping field differs, unless
+    ``config.force_resume``."""
     diffs = shaping_differences(saved, config)
     if diffs and not config.get("force_resume", False):
         raise WorkdirError(
-            f"workdir {workdir} holds checkpoints of another configuration (differs in: "
+            f"workdir {workdir} holds {what} of another configuration (differs in: "
             f"{'; '.join(diffs)}); nothing was changed. Train in a new --workdir (add "
             f"--config.init_from={workdir} to start from its weights), or pass "
             f"--config.force_resume=True to resume with the new values")
