@@ -9,6 +9,11 @@ a crash mid-save never leaves a half-written step that looks finished; a
 step that is present but unreadable (corrupted on disk) is skipped with a
 warning in favour of the one before it.
 
+Each step also holds ``checksums``: two position-weighted sums of every saved array's bits
+(:func:`array_checksums`), compared with the restored arrays on every restore. A step whose
+arrays differ from their sums (a flipped bit that orbax's own reading does not notice) is
+treated as unreadable. Steps written before checksums existed restore unverified.
+
 Checkpoints of earlier attnzoo versions restore: the one variable rename
 since 0.1.0 (the attention module inside residual blocks, ``se`` -> ``attn``)
 is read from the saved tree's metadata and applied while restoring.
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -54,11 +60,15 @@ class Checkpoints:
     """A run's checkpoint directory (``WORKDIR/checkpoints``).
 
     ``keep`` latest steps are kept, plus the ``keep_best`` steps with the
-    highest validation mIoU among those saved with metrics.
+    highest validation mIoU among those saved with metrics. With ``checksums`` (the default)
+    every save writes the arrays' :func:`array_checksums` and every restore of a step that
+    has them verifies them; ``checksums=False`` neither writes nor verifies them (what they
+    cost: ``benchmarks/checkpoint.py``).
     """
 
     def __init__(self, directory: str | Path, *, keep: int = 3, keep_best: int = 1,
-                 async_save: bool = True, read_only: bool = False) -> None:
+                 async_save: bool = True, read_only: bool = False,
+                 checksums: bool = True) -> None:
         _host_side_array_writes()
         self.directory = Path(directory).absolute()
         policy = policies.AnyPreservationPolicy([
@@ -66,6 +76,7 @@ class Checkpoints:
             policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,  # keeps the largest
                            keep_checkpoints_without_metrics=False),
         ])
+        self.checksums = checksums
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only,
@@ -76,7 +87,8 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(
                 self.directory, options=options,
                 item_handlers={"state": ocp.StandardCheckpointHandler(),
-                               "config": ocp.JsonCheckpointHandler()})
+                               "config": ocp.JsonCheckpointHandler(),
+                               CHECKSUMS: ocp.JsonCheckpointHandler()})
 
     def steps(self) -> list[int]:
         """Saved steps, oldest first."""
@@ -87,9 +99,11 @@ class Checkpoints:
              metrics: Mapping[str, float] | None = None) -> None:
         """Start saving ``state`` at ``step`` (asynchronously when enabled)."""
         config = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)),
-            metrics=dict(metrics) if metrics else None, force=True)
+        items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
+        if self.checksums:
+            items[CHECKSUMS] = ocp.args.JsonSave(array_checksums(state))
+        self.manager.save(step, args=ocp.args.Composite(**items),
+                          metrics=dict(metrics) if metrics else None, force=True)
 
     def wait(self) -> None:
         """Block until pending saves are on disk."""
@@ -107,8 +121,14 @@ class Checkpoints:
             legacy = _names_block_attention(stored, "se")
             on_disk = _rename_block_attention(target, "attn", "se") if legacy else target
             _check_fits(stored, on_disk, self.directory / str(s))
-            restored = self.manager.restore(s, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(on_disk)))["state"]
+            items = {"state": ocp.args.StandardRestore(on_disk)}
+            verify = self.checksums and (self.directory / str(s) / CHECKSUMS).is_dir()
+            if verify:
+                items[CHECKSUMS] = ocp.args.JsonRestore()
+            got = self.manager.restore(s, args=ocp.args.Composite(**items))
+            restored = got["state"]
+            if verify:
+                _check_checksums(restored, got[CHECKSUMS])
             if legacy:
                 log.info("checkpoint step %d in %s predates the 'se' -> 'attn' rename of "
                          "residual-block attention; renamed while restoring", s, self.directory)
@@ -176,6 +196,67 @@ def _rename_block_attention(tree: Any, old: str, new: str, key: Any = None) -> A
     if isinstance(tree, (list, tuple)):
         return type(tree)(_rename_block_attention(v, old, new) for v in tree)
     return tree
+
+
+CHECKSUMS = "checksums"
+_CHECKSUM_VERSION = "bits-weighted-sums-v1"
+
+
+def _bit_sums(x: jax.Array) -> jax.Array:
+    """``[sum_i b_i (2i + 1), sum_i b_i w_i] mod 2**32`` over the array's bits ``b_i`` read
+    as unsigned words (16-bit and 8-bit types widened, 64-bit types as two words) and
+    ``w_i`` an odd multiplicative hash of ``i``. Every weight is odd, so a change of one word
+    (any flipped bit) always changes both sums; integer sums are exact in any order, so the
+    result does not depend on sharding or backend."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        words = x.astype(jnp.uint32)
+    else:
+        size = x.dtype.itemsize
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    words = words.reshape(-1)
+    i = jnp.arange(words.size, dtype=jnp.uint32)
+    hashed = (i * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)) | jnp.uint32(1)
+    return jnp.stack([jnp.sum(words * (2 * i + 1), dtype=jnp.uint32),
+                      jnp.sum(words * hashed, dtype=jnp.uint32)])
+
+
+_tree_bit_sums = jax.jit(lambda tree: jax.tree.map(_bit_sums, tree))
+
+
+def array_checksums(tree: Any) -> dict[str, Any]:
+    """``{"version", "arrays": {path: "dtype:sum1:sum2"}}`` for every array of ``tree``
+    (:func:`_bit_sums`, computed where the arrays are, in one jitted call)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    sums = jax.device_get(_tree_bit_sums([leaf for _, leaf in leaves]))
+    return {"version": _CHECKSUM_VERSION, "arrays": {
+        _path_names(path): f"{jnp.asarray(leaf).dtype}:{int(a):08x}:{int(b):08x}"
+        for (path, leaf), (a, b) in zip(leaves, sums)}}
+
+
+class ChecksumMismatchError(ValueError):
+    """A restored array differs from the checksum saved with it (the step is damaged)."""
+
+
+def _check_checksums(tree: Any, saved: Mapping[str, Any]) -> None:
+    """Raise :class:`ChecksumMismatchError` naming the first array of ``tree`` whose
+    :func:`array_checksums` differ from ``saved`` (arrays restored as another dtype, and
+    checksums of another version, are not compared)."""
+    if saved.get("version") != _CHECKSUM_VERSION:
+        return
+    expected = saved["arrays"]
+
+    def differs(path: str, value: str) -> bool:
+        want = expected.get(path, value)
+        return want.split(":")[0] == value.split(":")[0] and want != value
+
+    bad = [path for path, value in array_checksums(tree)["arrays"].items() if differs(path, value)]
+    if bad:
+        raise ChecksumMismatchError(
+            f"{len(bad)} array(s) differ from the checksums saved with them "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): its files changed "
+            f"after the save")
 
 
 class CheckpointMismatchError(ValueError):
