@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnzoo import ops
 from attnzoo._checks import check_choice, check_rank
@@ -54,20 +55,34 @@ def window_grid(size: tuple[int, int], crop: tuple[int, int], stride: tuple[int,
 
 def slide_inference(fn: LogitsFn, images: Array, crop_size: int | Sequence[int],
                     stride: int | Sequence[int]) -> Array:
-    """Average the logits of overlapping crops (overlaps divided by a count map); every window
-    is ``min(crop, image)`` along each axis (:func:`window_grid`), so one program serves them
-    all."""
+    """Average the logits of overlapping crops (overlaps divided by the number of windows
+    covering each pixel); every window is ``min(crop, image)`` along each axis
+    (:func:`window_grid`), so one program serves them all. The windows run one after another
+    in a ``lax.scan`` (each over the batch's images), so memory holds one window's
+    activations and the summed logits however many windows the image has."""
     check_rank(images, 4, "images", "B, H, W, C")
     crop, step = _pair(crop_size, "crop_size"), _pair(stride, "stride")
-    h, w = images.shape[1:3]
-    total, count = None, jnp.zeros((1, h, w, 1), jnp.float32)
-    for y1, y2, x1, x2 in window_grid((h, w), crop, step):
-        out = fn(images[:, y1:y2, x1:x2]).astype(jnp.float32)
-        if total is None:
-            total = jnp.zeros((images.shape[0], h, w, out.shape[-1]), jnp.float32)
-        total = total.at[:, y1:y2, x1:x2].add(out)
-        count = count.at[:, y1:y2, x1:x2].add(1.0)
-    return total / count
+    b, h, w, c = images.shape
+    windows = window_grid((h, w), crop, step)
+    window = (b, min(crop[0], h), min(crop[1], w), c)
+    classes = jax.eval_shape(fn, jax.ShapeDtypeStruct(window, images.dtype)).shape[-1]
+
+    def add_window(total: Array, corner: Array) -> tuple[Array, None]:
+        y, x = corner[0], corner[1]
+        out = fn(jax.lax.dynamic_slice(images, (0, y, x, 0), window)).astype(jnp.float32)
+        at = (0, y, x, 0)
+        summed = jax.lax.dynamic_slice(total, at, out.shape) + out
+        return jax.lax.dynamic_update_slice(total, summed, at), None
+
+    corners = jnp.asarray([(y1, x1) for y1, _, x1, _ in windows], jnp.int32)
+    total, _ = jax.lax.scan(add_window, jnp.zeros((b, h, w, classes), jnp.float32), corners)
+    # the windows form a grid: a pixel's count is its row's windows times its column's
+    rows, cols = np.zeros(h, np.float32), np.zeros(w, np.float32)
+    for y1, y2 in {(y1, y2) for y1, y2, _, _ in windows}:
+        rows[y1:y2] += 1
+    for x1, x2 in {(x1, x2) for _, _, x1, x2 in windows}:
+        cols[x1:x2] += 1
+    return total / (jnp.asarray(rows)[:, None, None] * jnp.asarray(cols)[None, :, None])
 
 
 def inference(

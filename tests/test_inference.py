@@ -39,6 +39,45 @@ def test_slide_matches_loop(h, w, crop, stride):
     np.testing.assert_allclose(got, np_slide(images, crop, stride), rtol=1e-5, atol=1e-5)
 
 
+_SLIDE_PEAK = """
+import sys
+sys.path.insert(0, {bench!r})
+import jax, jax.numpy as jnp, numpy as np
+from common import execution_peak_bytes
+from attnzoo.inference import slide_inference
+
+def attention(x):  # dense attention over the window's pixels: a (B, n, n) map, n = 48 * 48
+    b, h, w, c = x.shape
+    q = x.reshape(b, h * w, c) @ jnp.ones((c, 16))
+    return (jax.nn.softmax(q @ q.transpose(0, 2, 1), -1) @ q).reshape(b, h, w, 16)
+
+x = jnp.asarray(np.random.default_rng(0).standard_normal((1, {size}, {size}, 3)), jnp.float32)
+run = jax.jit(lambda x: slide_inference(attention, x, 48, 32)).lower(x).compile()
+print(execution_peak_bytes(run, x))
+"""
+
+
+def test_slide_memory_is_one_window_not_all_of_them():
+    """Peak memory of sliding-window inference (each size in a fresh process, Linux's
+    high-water mark) with a dense-attention model whose window holds a 21 MiB map: a 400x400
+    image (144 windows) needs less than three maps more than a 160x160 one (25 windows; the
+    summed logits grow by 8 MiB; repeated measurements of one size vary by up to 35 MiB).
+    With every window's activations alive at once, as before, 100 windows took 2.1 GiB and 25
+    took 0.58 GiB (measured)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    env = {**os.environ, "XLA_FLAGS": ""}  # one device (eight simulated ones add thread pools)
+    peaks = {size: int(subprocess.run([sys.executable, "-c", _SLIDE_PEAK.format(
+        bench=bench, size=size)], capture_output=True, text=True, check=True,
+        env=env).stdout.split()[-1]) for size in (160, 400)}
+    one_map = 4 * (48 * 48) ** 2
+    assert peaks[400] - peaks[160] < 3 * one_map, {k: v / 2**20 for k, v in peaks.items()}
+
+
 def test_multiscale_flip_averages_probabilities():
     images = jnp.asarray(np.random.default_rng(1).standard_normal((1, 24, 32, 3)), jnp.float32)
     got = inference.inference(contextual, images, scales=(0.5, 1.0, 1.5), flip=True)
