@@ -10,6 +10,7 @@ window's pixels are the ones mmseg's model sees).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,45 @@ def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
     if len(pair) != 2 or min(pair) <= 0:
         raise ValueError(f"{name} must be a positive int or pair; got {v!r}")
     return pair  # type: ignore[return-value]
+
+
+def largest_intermediate_bytes(fn: Callable[..., Any], *args: Any) -> int:
+    """Bytes of the largest array ``fn(*args)`` computes (its jaxpr traced on ``args``' shapes
+    and dtypes, nothing run; inside loops, one iteration's). A lower bound of the memory a call
+    needs, close to it where one array dominates (a dense attention's ``N x N`` map)."""
+    def largest(jaxpr: jax.extend.core.Jaxpr) -> int:
+        most = 0
+        for eqn in jaxpr.eqns:
+            for var in eqn.outvars:
+                aval = var.aval
+                if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                    most = max(most, math.prod(aval.shape) * np.dtype(aval.dtype).itemsize)
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if isinstance(inner, jax.extend.core.Jaxpr):
+                        most = max(most, largest(inner))
+        return most
+
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args)
+    return largest(jax.make_jaxpr(fn)(*shapes).jaxpr)
+
+
+def available_memory_bytes() -> int:
+    """Memory free on the first local device: its allocator's limit minus what is in use
+    (GPU, TPU), or the host's ``MemAvailable`` (CPU, Linux; 0 where unknown)."""
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return int(stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def window_grid(size: tuple[int, int], crop: tuple[int, int], stride: tuple[int, int]

@@ -108,6 +108,48 @@ def _check_distinct_stems(images: Sequence[str | Path]) -> None:
                          "--out folders or rename one")
 
 
+def _with_memory_efficient_attention(config: Any) -> Any:
+    """``config``'s model built with ``memory_efficient=True`` (the same variables)."""
+    from attnzoo.engine.state import build_model
+
+    config = config.copy_and_resolve_references()
+    config.model.memory_efficient = True
+    return build_model(config)
+
+
+def _size(n: int) -> str:
+    """Bytes as ``"1.5 GiB"`` or ``"12 MiB"``."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _needs_bounded_attention(path: str | Path, dense: Any, bounded: Any, args: Sequence[Any]
+                             ) -> bool:
+    """Whether ``path``'s image must take the memory-bounded attention: the largest array of
+    the dense program (traced, not run; :func:`attnzoo.inference.largest_intermediate_bytes`)
+    exceeds a quarter of the free memory and the bounded program's does not (said in one
+    line). ValueError when neither fits the free memory."""
+    from attnzoo.inference import available_memory_bytes, largest_intermediate_bytes
+
+    free = available_memory_bytes()
+    if free <= 0:  # unknown: nothing to judge by
+        return False
+    need = largest_intermediate_bytes(dense, *args)
+    if need <= free // 4:
+        return False
+    need_bounded = largest_intermediate_bytes(bounded, *args)
+    h, w = args[1].shape[1:3]
+    if need_bounded > free:
+        raise ValueError(f"{path}: predicting this {h}x{w} image needs at least "
+                         f"{_size(need_bounded)} (its largest array, with the memory-bounded "
+                         f"attention) and {_size(free)} are free: predict a smaller copy of it")
+    if need_bounded >= need:  # no attention map to bound: run it as it is
+        return False
+    log.info("%s: the %dx%d image's dense attention map would take %s of the %s free; using "
+             "the memory-bounded attention (as --memory-efficient; the same result)",
+             path, h, w, _size(need), _size(free))
+    return True
+
+
 def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | Path, *,
                   attention: bool = False, points: Sequence[tuple[int, int]] = (),
                   channels: Sequence[int] = (0, 1, 2, 3), memory_efficient: bool = False,
@@ -115,7 +157,10 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     """Write masks and overlays (and attention pictures) of ``images`` to ``out``; returns the
     files written. ``crf`` (:func:`attnzoo.ops.dense_crf` arguments, ``{}`` for its defaults)
     refines the masks on each image. Logs the run's convolution setting
-    (``config.conv_implementation``), which the predictions are computed with."""
+    (``config.conv_implementation``), which the predictions are computed with. An image whose
+    dense attention map would not fit the free memory takes the memory-bounded attention
+    (``memory_efficient``, exact) with a one-line message; one that would not fit either
+    way is refused naming it."""
     from attnzoo.engine.checkpoint import restore
 
     _check_distinct_stems(images)
@@ -126,26 +171,39 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     palette = spec(config.dataset.name).class_colours(num_classes)
     out = Path(out)
 
-    @ops.conv_implementation(config.conv_implementation)
-    def labels(v: Any, x: jax.Array, rgb: jax.Array) -> jax.Array:
-        logits = model.apply(v, x)["out"].astype(jnp.float32)
-        if crf is not None:
-            logits = ops.dense_crf(logits, rgb, **crf)
-        return logits.argmax(-1)
+    def labels_of(m: Any) -> Any:
+        @ops.conv_implementation(config.conv_implementation)
+        def labels(v: Any, x: jax.Array, rgb: jax.Array) -> jax.Array:
+            logits = m.apply(v, x)["out"].astype(jnp.float32)
+            if crf is not None:
+                logits = ops.dense_crf(logits, rgb, **crf)
+            return logits.argmax(-1)
 
-    predict = jax.jit(labels)
+        return labels
+
+    bounded_model = model if memory_efficient else _with_memory_efficient_attention(config)
+    bounded_by_shape: dict[tuple[int, ...], bool] = {}
+    programs: dict[bool, Any] = {}
     written = []
     for path in images:
         rgb = viz.load_image(path)
         x = jnp.asarray(normalize_image(rgb, config.model.pixel_mean, config.model.pixel_std))[None]
-        mask = np.asarray(predict(variables, x, jnp.asarray(rgb, jnp.float32)[None]))[0]
+        args = (variables, x, jnp.asarray(rgb, jnp.float32)[None])
+        if x.shape not in bounded_by_shape:
+            bounded_by_shape[x.shape] = memory_efficient or _needs_bounded_attention(
+                path, labels_of(model), labels_of(bounded_model), args)
+        bounded = bounded_by_shape[x.shape]
+        chosen = bounded_model if bounded else model
+        if bounded not in programs:
+            programs[bounded] = jax.jit(labels_of(chosen))
+        mask = np.asarray(programs[bounded](*args))[0]
         colours = viz.colorize(mask, num_classes, ignore, colours=palette)
         stem = Path(path).stem
         written.append(viz.save_png(out / f"{stem}_mask.png", colours))
         written.append(viz.save_png(out / f"{stem}_overlay.png", viz.overlay(rgb, colours)))
         if attention:
             pts = list(points) or [(rgb.shape[0] // 2, rgb.shape[1] // 2)]
-            pam, cam = attention_maps(model, variables, x, pts, channels)
+            pam, cam = attention_maps(chosen, variables, x, pts, channels)
             size = rgb.shape[:2]
             row = [rgb]
             for (y, xx), m in zip(pts, pam):

@@ -207,3 +207,30 @@ def test_evaluate_falls_back_past_an_unreadable_checkpoint_with_one_warning(run,
 
     with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*; its steps: \[2, 4\]"):
         engine.restore(copy, step=3)
+
+
+def test_predict_takes_the_memory_bounded_attention_when_the_map_would_not_fit(
+        run, tmp_path, monkeypatch, caplog):
+    """An image whose dense attention map (traced, not run) exceeds a quarter of the free
+    memory is predicted with the memory-bounded attention, said in one line, with the masks
+    ``--memory-efficient`` gives; with less free memory than even that path's largest array,
+    the image is refused by name. (Free memory is set small here: the real case is a
+    4000x3000 image, whose DANet-R18 map alone is 131 GiB.)"""
+    import logging
+
+    from attnzoo import inference, predict, viz
+
+    workdir, _, _ = run
+    image = np.random.default_rng(0).integers(0, 255, (384, 384, 3), np.uint8)
+    path = viz.save_png(tmp_path / "big.png", image)
+    dense_map = 4 * ((384 // 8) * (384 // 8)) ** 2  # float32 (N x N), 21 MiB; convs: < 10 MiB
+    monkeypatch.setattr(inference, "available_memory_bytes", lambda: 4 * dense_map - 1)
+    with caplog.at_level(logging.INFO, logger="attnzoo"):
+        auto = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "auto"), str(path)])
+    assert "using the memory-bounded attention" in caplog.text and "384x384" in caplog.text
+    bounded = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "bounded"),
+                            "--memory-efficient", str(path)])
+    assert viz.load_image(auto[0]).tolist() == viz.load_image(bounded[0]).tolist()
+    monkeypatch.setattr(inference, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(ValueError, match=r"big.png: predicting this 384x384 image needs at least"):
+        predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "none"), str(path)])
