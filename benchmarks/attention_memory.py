@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import available_bytes, execution_peak_bytes, machine, table, time_fn  # noqa: E402
+from common import execution_peak_bytes, machine, table, time_fn  # noqa: E402
 
 from attnzoo import ops  # noqa: E402
+from attnzoo.inference import available_memory_bytes  # noqa: E402
 
 CASES = {
     "position (PAM)": (
@@ -108,7 +109,7 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         for case in CASES:
             need = dense_map_bytes(case, n)
-            if need > available_bytes() // 2:
+            if need > available_memory_bytes() // 2:
                 d = {"error": f"skipped: its N x N maps need {need / 2**30:.0f} GiB"}
             else:
                 d = run_in_subprocess(case, n, "dense", args.repeats, tmp / "dense.npy")

@@ -93,19 +93,6 @@ def execution_peak_bytes(compiled: Callable[..., Any], *args: Any) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def available_bytes() -> int:
-    """Free memory of the device the benchmarks compute on (host memory on CPU)."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats()
-        return stats["bytes_limit"] - stats["bytes_in_use"]
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def parse_size(text: str, flag: str) -> tuple[int, int]:
     """``"512x1024"`` -> ``(512, 1024)``; anything else exits naming ``flag``."""
     h, _, w = text.strip().partition("x")

@@ -20,7 +20,6 @@ prints the target's time: 0.67x PyTorch's for float32, PyTorch's own for bfloat1
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
 from pathlib import Path

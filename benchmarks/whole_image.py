@@ -81,7 +81,9 @@ def main() -> None:
         return
     import numpy as np
 
-    from common import available_bytes, machine, parse_size, table
+    from common import machine, parse_size, table
+
+    from attnzoo.inference import available_memory_bytes
 
     paths = args.paths.split(",")
     if not set(paths) <= {"dense", "bounded"}:
@@ -95,7 +97,7 @@ def main() -> None:
         results = {}
         for path in paths:
             need = 2 * n * n * 4  # the dense path's N x N scores and softmax weights
-            if path == "dense" and need > available_bytes() // 2:
+            if path == "dense" and need > available_memory_bytes() // 2:
                 results[path] = {"failed": f"skipped: its N x N maps need {need / 2**30:.0f} GiB"}
             else:
                 results[path] = in_subprocess(args.model, size, path)
