@@ -215,3 +215,43 @@ def test_checkpoints_without_checksums_restore_unverified(tmp_path):
     restored, step = on.restore_state({"w": jax.ShapeDtypeStruct((6,), np.float32)}, 1)
     on.close()
     assert step == 1 and restored["w"].shape == (6,)
+
+
+def test_orbax_failure_noise_is_dropped_and_other_reports_kept(tmp_path, caplog):
+    """What orbax's writer threads print after a failed save is dropped once a Checkpoints
+    exists: its absl records of a full disk (the save's own error says it in one line),
+    "Event loop is closed" from its abandoned callbacks and exceptions of its coroutines
+    (``sys.unraisablehook``, process-wide: judged by ``_orbax_noise``; the whole command's
+    stderr is checked by the full-disk test in test_train.py); an unrelated error record and
+    another coroutine's exception are still shown."""
+    import types
+
+    engine.Checkpoints(tmp_path, async_save=False).close()
+    full = ValueError("RESOURCE_EXHAUSTED: Failed to write 458473 bytes to file 11: No space "
+                      "left on device [os_error_code='28']")
+    with caplog.at_level(logging.ERROR):
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).error("save failed", exc_info=(ValueError, full, None))
+            logging.getLogger(name).error(f"future: <_GatheringFuture exception={full!r}>")
+        logging.getLogger("absl").error("another failure")
+    assert [r.getMessage() for r in caplog.records] == ["another failure"]
+
+    from attnzoo.engine.checkpoint import _orbax_noise
+
+    def unraisable(exc, obj):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                     err_msg=None, object=obj)
+
+    scope = {}
+    exec(compile("async def write(): pass", "/site-packages/orbax/checkpoint/fake.py", "exec"),
+         scope)
+    exec(compile("async def mine(): pass", "/home/user/mine.py", "exec"), scope)
+    orbax_coroutine, other_coroutine = scope["write"](), scope["mine"]()
+    assert _orbax_noise(unraisable(RuntimeError("Event loop is closed"), None))
+    assert _orbax_noise(unraisable(RuntimeError("coroutine ignored GeneratorExit"),
+                                   orbax_coroutine))
+    assert not _orbax_noise(unraisable(RuntimeError("coroutine ignored GeneratorExit"),
+                                       other_coroutine))
+    assert not _orbax_noise(unraisable(RuntimeError("another"), None))
+    orbax_coroutine.close()
+    other_coroutine.close()

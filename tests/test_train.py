@@ -169,6 +169,41 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_parameters(context_sha
     assert final == [line for line in straight.stdout.splitlines() if line.startswith("final mIoU")]
 
 
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(context_shapes_dir,
+                                                                         tmp_path):
+    """A 4 MiB tmpfs (in a private mount namespace, so nothing outside the test sees it) holds
+    the first checkpoint and not the second: the run stops with one line naming the directory,
+    the free space and the complete step (orbax printed 1,357 lines: its tracebacks, asyncio's
+    and "Event loop is closed" from its writer callbacks); with room made, the same command
+    resumes from step 2 and ends with an uninterrupted run's parameters."""
+    import shlex
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cmd = shlex.join(tiny_cli_flags(context_shapes_dir, disk / "w", 4, 2))
+    script = (f"mount -t tmpfs -o size=4m tmpfs {disk} || exit 99\n"
+              f"{cmd} > {tmp_path}/out1 2> {tmp_path}/err1; echo $? > {tmp_path}/rc1\n"
+              f"mount -o remount,size=64m {disk}\n"
+              f"{cmd} > {tmp_path}/out2 2> {tmp_path}/err2; echo $? > {tmp_path}/rc2\n"
+              f"cp -r {disk}/w {tmp_path}/copy\n")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if done.returncode == 99 or "unshare failed" in done.stderr:
+        pytest.skip(f"no private tmpfs here (root and mount namespaces needed): {done.stderr}")
+    err = (tmp_path / "err1").read_text().strip().splitlines()
+    assert (tmp_path / "rc1").read_text().strip() == "2" and len(err) == 1, err[:20]
+    assert err[0].startswith(f"error: saving a checkpoint to {disk / 'w' / 'checkpoints'} "
+                             "failed: No space left on device (") and "MiB free there" in err[0]
+    assert "the newest complete checkpoint is step 2" in err[0], err[0]
+    assert (tmp_path / "rc2").read_text().strip() == "0", (tmp_path / "err2").read_text()[-3000:]
+    assert "resuming from the checkpoint of step 2" in (tmp_path / "out2").read_text()
+    straight = subprocess.run(tiny_cli_flags(context_shapes_dir, tmp_path / "straight", 4, 2),
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert_trees_equal(final_params(tmp_path / "copy"), final_params(tmp_path / "straight"))
+
+
 DISTRIBUTED_WORKER = """
 import sys
 import jax

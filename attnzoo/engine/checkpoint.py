@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
+import os
 import re
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -56,6 +60,47 @@ def _host_side_array_writes() -> None:
                 override=True)
 
 
+def _quiet_orbax_failures() -> None:
+    """Drop, process-wide and once, what orbax and asyncio print when a save fails for want of
+    space (``absl`` / ``asyncio`` records of it, with their tracebacks: hundreds of lines, said
+    instead in one :class:`CheckpointWriteError`) and the exceptions its abandoned writer
+    callbacks and coroutines raise after their event loop closed ("Event loop is closed",
+    "Exception ignored in: <coroutine ...>" from orbax, in floods of thousands of lines;
+    nothing is lost by them: the save's own error or the restore's outcome is reported)."""
+    global _QUIET
+    if _QUIET:
+        return
+    _QUIET = True
+
+    def keep(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            return _no_space_errno(record.exc_info[1]) is None and _no_space_errno(text) is None
+        return _no_space_errno(text) is None
+
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(keep)
+    hook = sys.unraisablehook
+
+    def unraisable(args: Any) -> None:
+        if not _orbax_noise(args):
+            hook(args)
+
+    sys.unraisablehook = unraisable
+
+
+_QUIET = False
+
+
+def _orbax_noise(args: Any) -> bool:
+    """Whether an unraisable exception (``sys.unraisablehook``'s argument) is "Event loop is
+    closed" or comes from one of orbax's coroutines."""
+    closed = isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(
+        args.exc_value)
+    code = getattr(args.object, "cr_code", None)
+    return closed or (code is not None and "orbax" in code.co_filename)
+
+
 class Checkpoints:
     """A run's checkpoint directory (``WORKDIR/checkpoints``).
 
@@ -70,6 +115,7 @@ class Checkpoints:
                  async_save: bool = True, read_only: bool = False,
                  checksums: bool = True) -> None:
         _host_side_array_writes()
+        _quiet_orbax_failures()
         self.directory = Path(directory).absolute()
         policy = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
@@ -102,12 +148,34 @@ class Checkpoints:
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
         if self.checksums:
             items[CHECKSUMS] = ocp.args.JsonSave(array_checksums(state))
-        self.manager.save(step, args=ocp.args.Composite(**items),
-                          metrics=dict(metrics) if metrics else None, force=True)
+        with self._write_errors():
+            self.manager.save(step, args=ocp.args.Composite(**items),
+                              metrics=dict(metrics) if metrics else None, force=True)
 
     def wait(self) -> None:
         """Block until pending saves are on disk."""
-        self.manager.wait_until_finished()
+        with self._write_errors():
+            self.manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """A save that fails for want of space (a full disk, a quota) as one
+        :class:`CheckpointWriteError` naming the directory, its free space and the newest
+        complete step (orbax's own reports of it are dropped: :func:`_quiet_orbax_failures`)."""
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is a full disk
+            code = _no_space_errno(err)
+            if code is None:
+                raise
+            free = shutil.disk_usage(self.directory).free
+            steps = self.steps()
+            resume = (f"the newest complete checkpoint is step {steps[-1]}" if steps
+                      else "no checkpoint is complete")
+            raise CheckpointWriteError(
+                f"saving a checkpoint to {self.directory} failed: {os.strerror(code)} "
+                f"({free / 2**20:.1f} MiB free there now); {resume}. Free some space and run "
+                f"the same command again: it resumes from there") from None
 
     def restore_state(self, target: Any, step: int | None = None, *,
                       set_aside: Path | None = None) -> tuple[Any, int] | None:
@@ -257,6 +325,32 @@ def _check_checksums(tree: Any, saved: Mapping[str, Any]) -> None:
             f"{len(bad)} array(s) differ from the checksums saved with them "
             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): its files changed "
             f"after the save")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written for want of space; the steps before it are intact."""
+
+    user_error = True  # the commands print its message on one line
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space_errno(err: BaseException | str) -> int | None:
+    """``ENOSPC`` / ``EDQUOT`` if ``err`` (an exception, its causes, or a log message) says a
+    write failed for want of space (tensorstore reports it as ``[os_error_code='28']``)."""
+    texts = [err] if isinstance(err, str) else []
+    seen: set[int] = set()
+    while isinstance(err, BaseException) and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return err.errno
+        texts.append(str(err))
+        err = err.__cause__ or err.__context__
+    for code in _NO_SPACE:
+        if any(f"os_error_code='{code}'" in t or os.strerror(code) in t for t in texts):
+            return code
+    return None
 
 
 class CheckpointMismatchError(ValueError):
