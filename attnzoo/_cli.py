@@ -79,11 +79,31 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
             cause = err.args[0] if err.args and isinstance(err.args[0], BaseException) else err
             if isinstance(cause, KeyError) and cause.args:  # ml_collections: an unknown field
                 text = f"the config has no field {cause.args[0]}"
+                if "Did you mean" not in text:  # ml_collections found no close name
+                    text += _nearest_fields(argv)
             else:
                 text = str(cause.__cause__ or cause) if isinstance(cause, OSError) else str(cause)
                 if "Traceback (most recent call last)" in text:  # a config file that raised
                     text = f"{text.split(':')[0]}: {text.strip().splitlines()[-1]}"
             raise ValueError(f"bad command line: {text}") from err
+
+
+def _nearest_fields(argv: list[str]) -> str:
+    """``"; nearest fields: a.b, c"`` for the ``--config.<path>=`` overrides in ``argv`` that
+    name no field of the default config (the three nearest dotted names of it), else ``""``."""
+    import difflib
+
+    from attnzoo.engine.config import default_config
+    from attnzoo.engine.workdir import flat_fields
+
+    fields = list(flat_fields(default_config()))
+    groups = {f.rsplit(".", 1)[0] for f in fields if "." in f}
+    known = set(fields) | groups
+    unknown = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    near = [m for path in unknown if path not in known
+            and not any(path.startswith(f + ".") for f in fields)  # inside a dict-valued field
+            for m in difflib.get_close_matches(path, sorted(known), n=3, cutoff=0.0)]
+    return f"; nearest fields: {', '.join(dict.fromkeys(near))}" if near else ""
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:

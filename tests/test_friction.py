@@ -162,6 +162,19 @@ def test_a_misspelt_config_override_is_one_line_with_the_suggestion():
     assert 'Did you mean "num_steps"' in proc.stderr
 
 
+def test_an_unknown_config_override_names_the_nearest_fields():
+    """``--config.foo=1``: ml_collections suggests nothing so far from every name; the three
+    nearest dotted fields of the default config are named instead, on one line."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                           f"--config={ROOT / 'configs' / 'quickstart.py'}", "--workdir=unused",
+                           "--config.optimizer.schedul_kind=poly"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "the config has no field 'schedul_kind'; nearest fields: optimizer.schedule, " \
+        in proc.stderr, proc.stderr
+
+
 def test_list_functions_take_a_pattern_and_describe_each_entry():
     every = blocks.list_blocks()
     assert blocks.list_blocks("s*") == [n for n in every if n.startswith("s")] != []

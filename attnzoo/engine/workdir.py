@@ -29,13 +29,14 @@ class WorkdirError(ValueError):
     """The workdir cannot be used as asked; nothing in it was changed."""
 
 
-def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf field of a config (ConfigDict or nested dicts)."""
     if isinstance(config, ml_collections.ConfigDict):
         config = json.loads(config.to_json_best_effort())
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):  # an empty dict adds no field
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_fields(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -46,8 +47,8 @@ def shaping_differences(saved: Any, new: ml_collections.ConfigDict) -> list[str]
     config of an earlier version lacks count as their defaults)."""
     from attnzoo.engine.config import default_config
 
-    old = {**_flat(default_config()), **_flat(saved)}
-    cur = _flat(new)
+    old = {**flat_fields(default_config()), **flat_fields(saved)}
+    cur = flat_fields(new)
     keys = sorted(set(old) | set(cur))
     return [f"{k}: {old.get(k)!r} -> {cur.get(k)!r}" for k in keys
             if any(k == s or k.startswith(s + ".") for s in SHAPING) and old.get(k) != cur.get(k)]
