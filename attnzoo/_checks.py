@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -139,3 +141,22 @@ def mismatch_report(missing: Sequence[str], unexpected: Sequence[str],
              for title, items in (("missing", missing), ("unexpected", unexpected),
                                   ("mis-shaped", mis_shaped)) if items]
     return "; ".join(parts)
+
+
+def check_writable_folder(path: str | Path, name: str) -> Path:
+    """``path`` as a Path if it is, or can be made, a folder this process can write in; else
+    an error naming ``name`` (e.g. ``"--out"``): ValueError for a file in the way
+    (``path`` or one of its parents), PermissionError for a folder that cannot be written
+    (permissions, a read-only file system). Nothing is created."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, a file"
+        raise ValueError(f"{name} {path} {where}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{name} {path} cannot be written ({existing}: "
+                              f"{err.strerror})") from None
+    return path

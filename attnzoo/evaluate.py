@@ -118,8 +118,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(class_table(result["classes"], result))
     suffix = "_crf" if args.crf else ""
     out = Path(args.workdir) / f"eval_{result['split']}_step{result['step']}{suffix}.json"
-    if out.parent.is_dir():
-        out.write_text(json.dumps(result, indent=1))
+    if out.parent.is_dir():  # a workdir (a checkpoint step's folder is read from, not into)
+        try:
+            out.write_text(json.dumps(result, indent=1))
+        except OSError as err:
+            raise PermissionError(f"the metrics above could not be written to {out} "
+                                  f"({err.strerror}); the table is the result") from None
         print(f"written to {out}")
     return result
 

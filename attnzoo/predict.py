@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import _cli, ops, viz
+from attnzoo._checks import check_writable_folder
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
 from attnzoo.ops.conv import describe_implementation
 from attnzoo.data.datasets import spec
@@ -164,12 +165,12 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     from attnzoo.engine.checkpoint import restore
 
     _check_distinct_stems(images)
+    out = check_writable_folder(out, "--out")
     model, variables, config = restore(workdir, step=step,
                                        config_overrides={"model.memory_efficient": memory_efficient})
     log.info("%s", describe_implementation(config.conv_implementation))
     num_classes, ignore = int(config.dataset.num_classes), int(config.dataset.ignore_index)
     palette = spec(config.dataset.name).class_colours(num_classes)
-    out = Path(out)
 
     def labels_of(m: Any) -> Any:
         @ops.conv_implementation(config.conv_implementation)

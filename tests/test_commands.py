@@ -234,3 +234,70 @@ def test_predict_takes_the_memory_bounded_attention_when_the_map_would_not_fit(
     monkeypatch.setattr(inference, "available_memory_bytes", lambda: 1000)
     with pytest.raises(ValueError, match=r"big.png: predicting this 384x384 image needs at least"):
         predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "none"), str(path)])
+
+
+def test_an_output_folder_that_is_a_file_or_under_one_is_one_line(run, tmp_path, capsys):
+    from attnzoo import predict, viz
+    from attnzoo._checks import check_writable_folder
+    from attnzoo.convert.__main__ import main as convert
+
+    workdir, _, _ = run
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    image = viz.save_png(tmp_path / "a.png", np.full((32, 32, 3), 90, np.uint8))
+    for out, said in ((blocker, "is a file, not a folder"),
+                      (blocker / "sub", f"is under {blocker}, a file, not a folder")):
+        with pytest.raises(ValueError, match=f"--out {out} {said}"):
+            predict.main(["--workdir", str(workdir), "--out", str(out), str(image)])
+        with pytest.raises(ValueError, match=f"--out {out} {said}"):
+            convert(["--source", "timm:resnet18", "--checkpoint", str(tmp_path / "none.pth"),
+                     "--out", str(out)])
+    assert check_writable_folder(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()
+
+
+READ_ONLY = """
+set -e
+mount -t tmpfs -o size=64m tmpfs {disk} || exit 99
+cp -r {workdir} {disk}/run
+mount -o remount,ro {disk}
+cd {root}
+for cmd in "attnzoo.predict --workdir {disk}/run --out {disk}/masks {image}" \\
+           "attnzoo.evaluate --workdir {disk}/run" \\
+           "attnzoo.convert --source timm:resnet18 --checkpoint {tmp}/none.pth --out {disk}/conv"
+do
+  {python} -m $cmd > {tmp}/out 2> {tmp}/err && echo "exit 0" || echo "exit $?"
+  echo "tracebacks $(grep -c Traceback {tmp}/err || true), last: $(tail -1 {tmp}/err)"
+  grep -c "mIoU" {tmp}/out || true
+done
+"""
+
+
+@pytest.mark.slow
+def test_a_read_only_output_folder_is_one_line(run, tmp_path):
+    """On a read-only file system (a tmpfs remounted read-only in a private mount namespace;
+    file permissions do not stop root): ``predict --out`` and ``convert --out`` are refused
+    before anything runs, ``evaluate`` prints its table and then one line (its metrics file
+    cannot be written); each exits with status 2 and no traceback (they were tracebacks)."""
+    from attnzoo import viz
+
+    workdir, _, _ = run
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    image = viz.save_png(tmp_path / "a.png", np.full((32, 32, 3), 90, np.uint8))
+    script = READ_ONLY.format(disk=disk, workdir=workdir, root=ROOT, image=image, tmp=tmp_path,
+                              python=sys.executable)
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode == 99 or "unshare failed" in done.stderr:
+        pytest.skip(f"no private tmpfs here (root and mount namespaces needed): {done.stderr}")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 9, done.stdout + done.stderr
+    predict, evaluate, convert = lines[0:3], lines[3:6], lines[6:9]
+    for result in (predict, evaluate, convert):
+        assert result[0] == "exit 2" and result[1].startswith("tracebacks 0, last: error: "), result
+    assert f"--out {disk}/masks cannot be written ({disk}: Read-only file system)" in predict[1]
+    assert f"--out {disk}/conv cannot be written ({disk}: Read-only file system)" in convert[1]
+    assert "the metrics above could not be written to" in evaluate[1]
+    assert "(Read-only file system); the table is the result" in evaluate[1]
+    assert evaluate[2] != "0" and predict[2] == convert[2] == "0"  # evaluate printed its table

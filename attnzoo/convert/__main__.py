@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from attnzoo._checks import check_writable_folder
 from attnzoo.convert.backbones import from_timm, from_torchvision, load_state_dict, save_backbone
 from attnzoo.convert.segformer import PROTOCOLS_OF_SEGFORMER
 
@@ -110,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """ValueError unless ``out`` is new or an empty folder, or ``overwrite`` (a run written
-    into another run mixed their steps and configs): names what is there."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    into another run mixed their steps and configs): names what is there. A file in the way
+    or a folder that cannot be written is refused first (:func:`check_writable_folder`)."""
+    check_writable_folder(out, "--out")
     held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()) \
         if out.is_dir() else []
     if held and not overwrite:
