@@ -79,6 +79,31 @@ def test_an_unreadable_newest_checkpoint_is_moved_aside_and_trained_again(run, t
 
 
 @pytest.mark.slow
+def test_a_step_whose_config_is_unreadable_is_set_aside_with_one_true_warning(run, tmp_path,
+                                                                               caplog):
+    """Step 4's config item damaged, its arrays intact: the warning said "using the one
+    before" and then step 4 was resumed. A step is its state and its config: one warning says
+    it is moved aside, steps 3-4 are trained again and give the same result."""
+    import logging
+
+    workdir, config, result = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    for f in (copy / "checkpoints" / "4" / "config").iterdir():
+        if f.name != "commit_success.txt":
+            f.write_text("{damaged")
+    (copy / "metrics.jsonl").unlink()
+    with caplog.at_level(logging.WARNING, logger="attnzoo"):
+        resumed = engine.train_and_evaluate(config, copy)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name == "attnzoo"]
+    assert len(warnings) == 1 and "checkpoint step 4" in warnings[0], warnings
+    assert "moved to" in warnings[0] and warnings[0].endswith("using the one before")
+    assert [r["step"] for r in jsonl(copy / "metrics.jsonl") if r["split"] == "train"] == [3, 4]
+    assert resumed["mIoU"] == result["mIoU"]
+
+
+@pytest.mark.slow
 def test_resuming_may_change_the_schedule_length_and_logging(run, tmp_path):
     workdir, config, _ = run
     copy = tmp_path / "copy"

@@ -185,6 +185,7 @@ class Checkpoints:
         deleted), so that training can save that step again. A readable step whose tree
         does not fit ``target`` raises :class:`CheckpointMismatchError`."""
         def load(s: int) -> tuple[Any, int]:
+            self.config(s)  # a step is its state and its config: one unreadable, both are
             stored = self.manager.item_metadata(s)["state"]
             legacy = _names_block_attention(stored, "se")
             on_disk = _rename_block_attention(target, "attn", "se") if legacy else target
@@ -381,10 +382,10 @@ class UnreadableCheckpointError(ValueError):
 
 def newest_readable(directory: Path, steps: list[int], step: int | None,
                     load: Callable[[int], Any],
-                    on_unreadable: Callable[[int], str] | None = None) -> Any:
+                    on_unreadable: Callable[[int], str | None] | None = None) -> Any:
     """``load(step)``, or else ``load`` of the newest of ``steps`` that loads, skipping (with a
-    one-line warning, and ``on_unreadable(step)``) every one that raises; ``None`` if none
-    does. An explicit ``step`` is not skipped: one that is not there or does not load is a
+    one-line warning ending in what ``on_unreadable(step)`` did, unless it returns None: the
+    caller reports it) every one that raises; ``None`` if none does. An explicit ``step`` is not skipped: one that is not there or does not load is a
     FileNotFoundError / :class:`UnreadableCheckpointError` naming it (one line in the commands);
     a :class:`CheckpointMismatchError` propagates."""
     if step is not None:
@@ -405,8 +406,9 @@ def newest_readable(directory: Path, steps: list[int], step: int | None,
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable step is skipped
             done = on_unreadable(s) if on_unreadable is not None else "skipped"
-            log.warning("checkpoint step %d in %s is unreadable (%s); %s, using the one before",
-                        s, directory, _first_line(err), done)
+            if done is not None:
+                log.warning("checkpoint step %d in %s is unreadable (%s); %s, using the one "
+                            "before", s, directory, _first_line(err), done)
     return None
 
 

@@ -187,7 +187,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
                         async_save=config.async_checkpoints)
     logger = None
     try:
-        saved = newest_readable(ckpts.directory, ckpts.steps(), None, ckpts.config)
+        # the config of the step training will resume from (the state restore below says
+        # which steps are unreadable and moves them aside: a step is its state and config)
+        saved = newest_readable(ckpts.directory, ckpts.steps(), None, ckpts.config,
+                                on_unreadable=lambda step: None)
         if saved is not None:
             check_resume(workdir, saved, config)
         elif (recorded := workdir_config(workdir)) is not None:
