@@ -103,6 +103,31 @@ def test_a_step_whose_config_is_unreadable_is_set_aside_with_one_true_warning(ru
     assert resumed["mIoU"] == result["mIoU"]
 
 
+def test_a_resume_from_an_older_step_leaves_one_curve(run, tmp_path):
+    """The newest checkpoint gone (a run killed after logging steps it never saved): the
+    resume from step 2 trains 3-4 again. metrics.jsonl keeps one row per step and split (the
+    replayed ones move to metrics.replayed.jsonl; they were there twice), and TensorBoard is
+    told to hide the old events from step 3 on (a SessionLog START with purge step 3)."""
+    import tensorflow as tf
+
+    workdir, config, result = run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "4")
+    before = jsonl(copy / "metrics.jsonl")
+    resumed = engine.train_and_evaluate(config, copy)
+    rows = jsonl(copy / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [4]
+    assert [r["step"] for r in rows if r["split"] == "start"] == [0, 2]
+    assert jsonl(copy / "metrics.replayed.jsonl") == [r for r in before if r["step"] > 2]
+    assert resumed["mIoU"] == result["mIoU"]
+    purges = [e.step for f in sorted((copy / "tensorboard").iterdir())
+              for e in tf.compat.v1.train.summary_iterator(str(f))
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert purges[-1] == 3, purges
+
+
 @pytest.mark.slow
 def test_resuming_may_change_the_schedule_length_and_logging(run, tmp_path):
     workdir, config, _ = run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -32,8 +33,12 @@ class RunLogger:
     mmsegmentation's logs; the losses, learning rate and norms as computed.
     """
 
-    def __init__(self, workdir: str | Path, num_steps: int, *, stream: TextIO = sys.stdout,
-                 enabled: bool | None = None) -> None:
+    def __init__(self, workdir: str | Path, num_steps: int, *, start_step: int = 0,
+                 stream: TextIO = sys.stdout, enabled: bool | None = None) -> None:
+        """``start_step``: the step training goes on from. Rows of later steps (written by an
+        attempt that stopped after its last checkpoint, and about to be trained again) move
+        from ``metrics.jsonl`` to ``metrics.replayed.jsonl``, and TensorBoard is told to hide
+        its events of those steps (``purge_step``), so both show one curve."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.rows: list[dict[str, Any]] = []  # metrics.jsonl's rows (process 0's only)
         self.num_steps, self.stream = num_steps, stream
@@ -44,10 +49,13 @@ class RunLogger:
 
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+            self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
             path = workdir / "metrics.jsonl"
-            self.rows = [json.loads(line) for line in path.read_text().splitlines()
-                         if line.strip()] if path.is_file() else []
+            rows = [json.loads(line) for line in path.read_text().splitlines()
+                    if line.strip()] if path.is_file() else []
+            self.rows = [r for r in rows if r.get("step", 0) <= start_step]
+            if len(self.rows) < len(rows):
+                _move_rows(path, self.rows, [r for r in rows if r.get("step", 0) > start_step])
             self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def logged(self, step: int, split: str) -> bool:
@@ -119,6 +127,19 @@ class RunLogger:
         if self.enabled:
             self.writer.close()
             self.jsonl.close()
+
+
+def _move_rows(path: Path, keep: list[dict[str, Any]], replayed: list[dict[str, Any]]) -> None:
+    """Append ``replayed`` to ``metrics.replayed.jsonl`` beside ``path``, then replace
+    ``path`` with ``keep`` (written to a temporary file and renamed: a crash leaves the old
+    or the new file, and the moved rows are in the replayed file before they leave)."""
+    with open(path.with_name("metrics.replayed.jsonl"), "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in replayed)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def class_table(names: list[str], result: Mapping[str, Any]) -> str:

@@ -200,7 +200,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
             set_aside=workdir / "checkpoints.unreadable" if jax.process_index() == 0 else None)
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        logger = RunLogger(workdir, config.num_steps)
+        logger = RunLogger(workdir, config.num_steps,
+                           start_step=0 if restored is None else restored[1])
         if restored is None:
             state = state_lib.init_state(model, tx, config, mesh)
             if config.init_from:
