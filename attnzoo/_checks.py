@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -160,3 +161,24 @@ def check_writable_folder(path: str | Path, name: str) -> Path:
         raise PermissionError(f"{name} {path} cannot be written ({existing}: "
                               f"{err.strerror})") from None
     return path
+
+
+def same_stems(paths: Iterable[str | Path], show: Any = str) -> list[list[str]]:
+    """Groups of ``paths`` (``show(path)`` each) that share a file stem (``a.png`` and
+    ``a.jpg``; ``a.png`` in two folders), in the order first seen: outputs or masks named
+    ``<stem>...`` would be one file for each group."""
+    by_stem: dict[str, list[str]] = {}
+    for path in paths:
+        by_stem.setdefault(Path(path).stem, []).append(show(path))
+    return [group for group in by_stem.values() if len(group) > 1]
+
+
+def check_pair(value: Any, name: str) -> tuple[int, int]:
+    """``value`` (a positive int, or a pair of them: sizes, strides, windows) as an ``(int,
+    int)`` pair; ValueError naming ``name`` otherwise (a bool, a float, zero, three values)."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value) \
+        if isinstance(value, Iterable) else (value,)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+                             for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them; got {value!r}")
+    return int(pair[0]), int(pair[1])

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import ops
-from attnzoo._checks import check_choice, check_rank
+from attnzoo._checks import check_choice, check_pair, check_rank
 from attnzoo.models.segmentor import resize_logits
 
 Array = jax.Array
@@ -30,13 +30,6 @@ LogitsFn = Callable[[Array], Array]
 def logits_fn(model: nn.Module, variables: Any) -> LogitsFn:
     """A jitted ``images -> logits`` of ``model``'s main output in eval mode."""
     return jax.jit(lambda images: model.apply(variables, images)["out"])
-
-
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or min(pair) <= 0:
-        raise ValueError(f"{name} must be a positive int or pair; got {v!r}")
-    return pair  # type: ignore[return-value]
 
 
 def largest_intermediate_bytes(fn: Callable[..., Any], *args: Any) -> int:
@@ -101,7 +94,7 @@ def slide_inference(fn: LogitsFn, images: Array, crop_size: int | Sequence[int],
     in a ``lax.scan`` (each over the batch's images), so memory holds one window's
     activations and the summed logits however many windows the image has."""
     check_rank(images, 4, "images", "B, H, W, C")
-    crop, step = _pair(crop_size, "crop_size"), _pair(stride, "stride")
+    crop, step = check_pair(crop_size, "crop_size"), check_pair(stride, "stride")
     b, h, w, c = images.shape
     windows = window_grid((h, w), crop, step)
     window = (b, min(crop[0], h), min(crop[1], w), c)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import _cli, ops, viz
-from attnzoo._checks import check_writable_folder
+from attnzoo._checks import check_writable_folder, same_stems
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
 from attnzoo.ops.conv import describe_implementation
 from attnzoo.data.datasets import spec
@@ -99,10 +99,7 @@ def _check_distinct_stems(images: Sequence[str | Path]) -> None:
     """ValueError naming the images whose outputs would overwrite each other's
     (``<stem>_mask.png``: ``a.png`` and ``a.jpg``, or ``a.png`` in two folders), before
     anything is written."""
-    by_stem: dict[str, list[str]] = {}
-    for path in images:
-        by_stem.setdefault(Path(path).stem, []).append(str(path))
-    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
+    clashes = same_stems(images)
     if clashes:
         raise ValueError("images " + "; ".join(" and ".join(paths) for paths in clashes)
                          + " would write the same <stem>_mask.png: predict them into separate "

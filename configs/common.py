@@ -35,37 +35,34 @@ from attnzoo.convert.mmseg import protocol_fields
 from attnzoo.engine import default_config
 
 
-def _mmseg_protocol(protocol: str, num_steps: int) -> dict[str, Any]:
-    """A :data:`DATASETS` row of mmseg's dataset protocol ``protocol`` (batch 16)."""
+def _mmseg_protocol(protocol: str, num_steps: int, batch_size: int = 16,
+                    **dataset: Any) -> dict[str, Any]:
+    """A :data:`DATASETS` row of mmseg's dataset protocol ``protocol``
+    (:func:`attnzoo.convert.mmseg.protocol_fields`), ``dataset`` fields on top."""
     fields = protocol_fields(protocol)
-    return dict(dataset={k.removeprefix("dataset."): v for k, v in fields.items()
-                         if k.startswith("dataset.")},
-                num_steps=num_steps, batch_size=16, eval_mode=fields["eval.mode"],
-                stride=fields["eval.stride"], eval_batch_size=fields.get("eval_batch_size", 8))
+    return dict(dataset={**{k.removeprefix("dataset."): v for k, v in fields.items()
+                            if k.startswith("dataset.")}, **dataset},
+                num_steps=num_steps, batch_size=batch_size, eval_mode=fields["eval.mode"],
+                stride=fields["eval.stride"],
+                eval_batch_size=8 if dataset else fields.get("eval_batch_size", 8))
 
 
-# dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride[, eval batch])
+# dataset -> (config.dataset fields, steps, batch, eval mode, eval window stride, eval batch)
 DATASETS: dict[str, dict[str, Any]] = {
-    "cityscapes": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(512, 1024),
-                                    scale=(2048, 1024)),
-                       num_steps=80_000, batch_size=8, eval_mode="whole", stride=(341, 682)),
-    "cityscapes769": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(769, 769),
-                                       scale=(2049, 1025)),
-                          num_steps=80_000, batch_size=8, eval_mode="slide", stride=(513, 513)),
-    "ade20k": dict(dataset=dict(name="ade20k", num_classes=150, crop_size=(512, 512),
-                                scale=(2048, 512), eval_scale=(2048, 512),
-                                eval_canvas=(1024, 1024), eval_label_canvas=(2048, 2048)),
-                   num_steps=160_000, batch_size=16, eval_mode="whole", stride=(341, 682)),
+    "cityscapes": _mmseg_protocol("cityscapes-512x1024", 80_000, batch_size=8),
+    "cityscapes769": _mmseg_protocol("cityscapes-769x769", 80_000, batch_size=8),
+    # batched evaluation during training: each image resized, padded onto a 1024x1024 canvas
+    "ade20k": _mmseg_protocol("ade20k-512x512", 160_000, eval_canvas=(1024, 1024)),
     # SegFormer's Cityscapes: 1024x1024 crops, batch 8, 160k, 1024x1024 windows of stride 768
-    "cityscapes1024": dict(dataset=dict(name="cityscapes", num_classes=19, crop_size=(1024, 1024),
-                                        scale=(2048, 1024)),
-                           num_steps=160_000, batch_size=8, eval_mode="slide", stride=(768, 768)),
+    "cityscapes1024": _mmseg_protocol("cityscapes-1024x1024", 160_000, batch_size=8),
     "voc12aug": _mmseg_protocol("voc12aug-512x512", 40_000),
     "pascal_context": _mmseg_protocol("pascal-context-480x480", 80_000),
     "pascal_context_59": _mmseg_protocol("pascal-context-59-480x480", 80_000),
     "coco_stuff164k": _mmseg_protocol("coco-stuff164k-512x512", 160_000),
     "coco_stuff10k": _mmseg_protocol("coco-stuff10k-512x512", 40_000),
 }
+
+
 def parse_arg(arg: str, **fields: Any) -> ConfigDict:
     """Parse a recipe argument into typed fields (after big_vision's ``parse_arg``).
 
@@ -131,7 +128,7 @@ def mmseg_schedule(dataset: str, model: str) -> ConfigDict:
     c.dataset.update(d["dataset"])
     c.num_steps = d["num_steps"]
     c.batch_size = d["batch_size"]
-    c.eval_batch_size = d.get("eval_batch_size", 8)
+    c.eval_batch_size = d["eval_batch_size"]
     c.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
                             schedule="poly", power=0.9, min_lr=1e-4))
     c.eval.mode = d["eval_mode"]

@@ -57,6 +57,7 @@ print(execution_peak_bytes(run, x))
 """
 
 
+@pytest.mark.slow  # two fresh processes
 def test_slide_memory_is_one_window_not_all_of_them():
     """Peak memory of sliding-window inference (each size in a fresh process, Linux's
     high-water mark) with a dense-attention model whose window holds a 21 MiB map: a 400x400

@@ -50,9 +50,9 @@ def test_decay_ratio_holds_the_peak_between_warmup_and_cosine_decay(num_updates,
         np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("warmup,ratio,match", [(-1, 1.0, "optimizer.warmup_steps must be >= 0"),
-                                                (0, 0.0, r"optimizer.decay_ratio must be in"),
-                                                (0, 1.5, r"optimizer.decay_ratio must be in")])
+@pytest.mark.parametrize("warmup,ratio,match", [(-1, 1.0, "optimizer.warmup_steps must be an integer >= 0"),
+                                                (0, 0.0, r"optimizer.decay_ratio must be a number in \(0, 1\]"),
+                                                (0, 1.5, r"optimizer.decay_ratio must be a number in")])
 def test_schedule_phases_out_of_range_are_named(warmup, ratio, match):
     cfg = engine.default_config().optimizer
     cfg.warmup_steps, cfg.decay_ratio = warmup, ratio

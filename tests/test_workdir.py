@@ -103,6 +103,7 @@ def test_a_step_whose_config_is_unreadable_is_set_aside_with_one_true_warning(ru
     assert resumed["mIoU"] == result["mIoU"]
 
 
+@pytest.mark.slow  # 20 s
 def test_a_resume_from_an_older_step_leaves_one_curve(run, tmp_path):
     """The newest checkpoint gone (a run killed after logging steps it never saved): the
     resume from step 2 trains 3-4 again. metrics.jsonl keeps one row per step and split (the

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attnzoo._checks import same_stems
 from attnzoo.data import context_shapes as cs
 from attnzoo.data.tf_loader import import_tensorflow
 
@@ -455,10 +456,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         if not files:
             raise FileNotFoundError(f"folder dataset: no images ({', '.join(IMAGE_SUFFIXES)}) "
                                     f"in {images}")
-        stems: dict[str, list[str]] = {}
-        for path in files:
-            stems.setdefault(path.stem, []).append(path.name)
-        shared = [names for names in stems.values() if len(names) > 1]
+        shared = same_stems(files, show=lambda path: path.name)
         if shared:
             raise ValueError(f"folder dataset: images of one name in {images}: "
                              + "; ".join(" and ".join(names) for names in shared)

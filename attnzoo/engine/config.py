@@ -174,15 +174,23 @@ DOMAINS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
+def check_domain(name: str, value: Any) -> None:
+    """ValueError unless ``value`` is in the domain :data:`DOMAINS` gives field ``name`` (a
+    dotted name; ``None``, a placeholder, passes): ``config.optimizer.learning_rate must be a
+    positive finite number; got -0.01``."""
+    for field, test, what in DOMAINS:
+        if field == name and value is not None and not test(value):
+            raise ValueError(f"config.{name} must be {what}; got {value!r}")
+
+
 def check_domains(config: Mapping[str, Any]) -> None:
-    """ValueError naming the first field of :data:`DOMAINS` whose value is outside its domain
-    (``config.optimizer.learning_rate must be a positive finite number; got -0.01``)."""
-    for name, test, what in DOMAINS:
+    """:func:`check_domain` for every field of :data:`DOMAINS` (the first one outside its
+    domain is named)."""
+    for name, _, _ in DOMAINS:
         value: Any = config
         for part in name.split("."):
             value = value[part]
-        if value is not None and not test(value):
-            raise ValueError(f"config.{name} must be {what}; got {value!r}")
+        check_domain(name, value)
     lo, hi = config["dataset"]["ratio_range"]
     if lo > hi:
         raise ValueError(f"config.dataset.ratio_range must be (low, high) with low <= high; got "

@@ -9,6 +9,7 @@ import jax
 import optax
 
 from attnzoo._checks import check_choice, check_positive
+from attnzoo.engine.config import check_domain
 
 
 def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax.Schedule:
@@ -28,11 +29,9 @@ def learning_rate_schedule(config: Mapping[str, Any], num_updates: int) -> optax
     check_choice(config["schedule"], ("poly", "cosine", "constant"), "optimizer.schedule")
     check_positive(num_updates, "num_steps")
     lr, min_lr = float(config["learning_rate"]), float(config["min_lr"])
-    warmup, ratio = int(config["warmup_steps"]), float(config.get("decay_ratio", 1.0))
-    if warmup < 0:
-        raise ValueError(f"optimizer.warmup_steps must be >= 0; got {warmup}")
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"optimizer.decay_ratio must be in (0, 1]; got {ratio}")
+    warmup, ratio = config["warmup_steps"], config.get("decay_ratio", 1.0)
+    check_domain("optimizer.warmup_steps", warmup)
+    check_domain("optimizer.decay_ratio", ratio)
     decay_start = max(warmup, num_updates - round(ratio * num_updates))
     decay_steps = max(num_updates - decay_start, 1)
     if config["schedule"] == "poly":

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attnzoo._checks import check_choice, check_floating, check_rank
+from attnzoo._checks import check_choice, check_floating, check_pair, check_rank
 
 Array = jax.Array
 Pair = tuple[int, int]
@@ -327,14 +327,6 @@ def pointwise(x: Array, kernel: Array, *, implementation: str | None = None) -> 
     return _pointwise_narrow_transposed(x, kernel)
 
 
-def _pair(value: int | tuple[int, int], name: str) -> Pair:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                             for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them; got {value!r}")
-    return pair
-
-
 def _padding(value: int | tuple[Pair, Pair]) -> Padding:
     pads = ((value, value), (value, value)) if isinstance(value, int) else value
     try:
@@ -384,7 +376,7 @@ def conv2d(
     if kernel.shape[2] != x.shape[-1]:
         raise ValueError(f"kernel expects {kernel.shape[2]} input channels (shape "
                          f"{tuple(kernel.shape)}); x has {x.shape[-1]} (shape {tuple(x.shape)})")
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    stride, dilation = check_pair(stride, "stride"), check_pair(dilation, "dilation")
     pads = _padding(padding)
     if resolve_implementation(implementation, kernel.shape[2] * kernel.shape[3]) == "xla":
         return _plain(x, kernel, stride, dilation, pads)

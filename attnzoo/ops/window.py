@@ -14,25 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo._checks import check_divisible, check_floating, check_positive, check_rank
+from attnzoo._checks import check_divisible, check_floating, check_pair, check_rank
 from attnzoo.ops.dot_product import dot_product_attention
 
 Array = jax.Array
 
 
-def _pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair; got {size!r}")
-    for s in pair:
-        check_positive(s, name)
-    return pair  # type: ignore[return-value]
-
-
 def window_partition(x: Array, window_size: int | tuple[int, int]) -> Array:
     """``(B, H, W, ...)`` -> ``(B, nH, nW, wh * ww, ...)`` windows, row-major (a numpy array
     stays numpy: :func:`shifted_window_mask` partitions its region map at trace time)."""
-    wh, ww = _pair(window_size, "window_size")
+    wh, ww = check_pair(window_size, "window_size")
     if x.ndim < 3:
         raise ValueError(f"x must have rank >= 3 (B, H, W, ...); got shape {x.shape}")
     b, h, w = x.shape[:3]
@@ -45,7 +36,7 @@ def window_partition(x: Array, window_size: int | tuple[int, int]) -> Array:
 
 def window_merge(windows: Array, window_size: int | tuple[int, int]) -> Array:
     """Inverse of :func:`window_partition`: ``(B, nH, nW, wh*ww, ...)`` -> ``(B, H, W, ...)``."""
-    wh, ww = _pair(window_size, "window_size")
+    wh, ww = check_pair(window_size, "window_size")
     if windows.ndim < 4 or windows.shape[3] != wh * ww:
         raise ValueError(
             f"windows must be (B, nH, nW, {wh * ww}, ...) for window_size {(wh, ww)}; "
@@ -64,7 +55,7 @@ def relative_position_index(window_size: int | tuple[int, int]) -> np.ndarray:
     Entry ``[i, j]`` encodes the offset ``(y_i - y_j, x_i - x_j)`` as
     ``(dy + wh - 1) * (2 ww - 1) + (dx + ww - 1)``, Swin's layout.
     """
-    wh, ww = _pair(window_size, "window_size")
+    wh, ww = check_pair(window_size, "window_size")
     ys, xs = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")
     coords = np.stack([ys.ravel(), xs.ravel()])
     rel = coords[:, :, None] - coords[:, None, :]
@@ -80,7 +71,7 @@ def shifted_window_mask(
     four regions that were not adjacent in the image; positions attend only
     to positions of their own region (True = may attend).
     """
-    wh, ww = _pair(window_size, "window_size")
+    wh, ww = check_pair(window_size, "window_size")
     sh, sw = shift_size if isinstance(shift_size, tuple) else (shift_size, shift_size)
     region = np.zeros((height, width), np.int32)
     label = 0
@@ -118,7 +109,7 @@ def window_attention(
     for name, arr in (("query", query), ("key", key), ("value", value)):
         check_rank(arr, 5, name, "B, H, W, heads, d")
         check_floating(arr, name)
-    size = _pair(window_size, "window_size")
+    size = check_pair(window_size, "window_size")
     q, k, v = (jnp.moveaxis(window_partition(t, size), -2, -3) for t in (query, key, value))
     # q: (B, nH, nW, heads, M*M, d)
     if mask is not None:
