@@ -33,6 +33,9 @@ def test_restore_gives_the_trained_model_and_prints_no_orbax_warnings(run, conte
         model, variables, restored_config = engine.restore(workdir)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert restored_config.model.name == config.model.name
+    from attnzoo.data.datasets import spec  # the run records none: its dataset's names
+
+    assert restored_config.dataset.class_names == spec(config.dataset.name).classes
     for path in (workdir / "checkpoints", workdir / "checkpoints" / "4"):
         _, v, _ = engine.restore(path)
         assert_trees_equal(v, variables)

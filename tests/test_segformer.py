@@ -171,11 +171,16 @@ def test_from_transformers_equals_hugging_face_in_both_key_layouts(tmp_path, siz
 def test_a_hub_sized_config_maps_to_its_registered_model():
     """The hub's nvidia/segformer-b2 sizes name segformer_mit_b2 (768-wide decoder); the model
     is the registered one with Hugging Face's LayerNorm epsilon."""
+    from attnzoo.data.datasets import spec
+
+    ade = spec("ade20k").classes
     config = dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768,
-                  id2label={str(i): f"c{i}" for i in range(150)})
+                  id2label={str(i): n + (" " if n == "bed" else "") for i, n in enumerate(ade)})
     c = from_fields(transformers_config_fields(config))
     assert c.model.name == "segformer_mit_b2" and c.dataset.num_classes == 150
     assert c.dataset.name == "ade20k" and tuple(c.dataset.eval_scale) == (2048, 512)
+    assert c.dataset.class_names == ade  # the hub's id2label ("bed " as the hub spells it)
+    assert (c.num_steps, c.batch_size) == (160_000, 16)  # SegFormer's ADE20K recipe
     model = engine.build_model(c)
     assert isinstance(model.backbone, backbones.MixVisionTransformer)
     assert model.backbone.depths == (3, 4, 6, 3) and model.head.channels == 768
@@ -185,8 +190,18 @@ def test_a_hub_sized_config_maps_to_its_registered_model():
             == jax.tree.map(lambda a: a.shape,
                             jax.eval_shape(registered.init, jax.random.key(0), x)))
     city = from_fields(transformers_config_fields(
-        {**config, "id2label": {str(i): "c" for i in range(19)}}))
+        {**config, "id2label": dict(enumerate(spec("cityscapes").classes))}))
     assert city.eval.mode == "slide" and tuple(city.eval.crop_size) == (1024, 1024)
+    assert (city.num_steps, city.batch_size) == (160_000, 8)
+    # 150 classes that are not ADE20K's, or no names: the model's own, never a built-in dataset
+    mine = from_fields(transformers_config_fields(
+        {**config, "id2label": {str(i): f"c{i}" for i in range(150)}}))
+    assert mine.dataset.name == "folder" and mine.dataset.class_names[149] == "c149"
+    unnamed = from_fields(transformers_config_fields(
+        {**config, "id2label": {str(i): f"LABEL_{i}" for i in range(5)}}))
+    assert unnamed.dataset.name == "folder" and unnamed.dataset.class_names[4] == "class_4"
+    assert from_fields(transformers_config_fields(
+        {**config, "id2label": {str(i): f"LABEL_{i}" for i in range(150)}})).dataset.name == "ade20k"
     with pytest.raises(ValueError, match="protocol 'ade20k-640x640' has 150 classes"):
         transformers_config_fields({**config, "id2label": {"0": "a"}}, "ade20k-640x640")
 
@@ -215,14 +230,18 @@ def test_convert_command_writes_a_run_that_restores_and_predicts(tmp_path, capsy
     from attnzoo import predict, viz
     from attnzoo.convert.__main__ import main
 
-    hf = _hf_model(seed=3)
+    hf = _hf_model(seed=3, id2label={i: f"c{i}" for i in range(5)})
     hf.save_pretrained(tmp_path / "hub")
     model, variables = from_transformers(tmp_path / "hub", tmp_path / "hub" / "config.json")
     assert main(["--source", "transformers:segformer", "--checkpoint", str(tmp_path / "hub"),
                  "--out", str(tmp_path / "run")]) == 0
-    assert "transformers:segformer" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "transformers:segformer" in printed and "dataset folder" in printed
+    assert "--manual-dir YOUR_FOLDER (images/ and masks/ of its 5 classes: c0, c1" in printed
     restored_model, restored, config = engine.restore(str(tmp_path / "run"))
     assert config.model.name == "segformer_mit_b0" and config.dataset.num_classes == 5
+    assert config.dataset.name == "folder"  # 5 classes of no built-in dataset: never one
+    assert config.dataset.class_names == tuple(f"c{i}" for i in range(5))
     x = np.random.default_rng(0).standard_normal((1, 40, 56, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(restored_model.apply(restored, x)["out"]),
                                   np.asarray(model.apply(variables, x)["out"]))

@@ -86,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         _clear(Path(args.out), args.overwrite)
         out = save_pretrained(args.out, variables, config)
         n = sum(x.size for x in __import__("jax").tree.leaves(variables["params"]))
-        print(f"wrote {args.source} ({n:,} parameters) to {out}; evaluate with "
-              f"python -m attnzoo.evaluate --workdir {out}")
+        names = list(config.dataset.class_names or [])
+        data = (f" --manual-dir YOUR_FOLDER (images/ and masks/ of its {len(names)} classes: "
+                f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                if config.dataset.name == "folder" else "")
+        print(f"wrote {args.source} ({n:,} parameters, dataset {config.dataset.name}) to {out}; "
+              f"evaluate with python -m attnzoo.evaluate --workdir {out}{data}")
         return 0
     convert = {"timm": from_timm, "torchvision": from_torchvision}.get(library)
     if convert is None or not model:

@@ -33,6 +33,7 @@ import numpy as np
 from attnzoo import backbones, heads, models
 from attnzoo.blocks.transformer import layer_renames
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
+from attnzoo.data.datasets import spec
 
 # mmseg's dataset configs: classes, crop, test-time resize (keep ratio), inference mode and
 # window stride; the 769x769 Cityscapes recipes resize with align_corners=True
@@ -194,15 +195,17 @@ class MmsegRecipe:
 
     def config_fields(self) -> dict[str, Any]:
         """The engine config fields (dotted names) that evaluate and fine-tune this model as
-        mmseg does: model, schedule and :func:`protocol_fields` (set ``dataset.eval_canvas``
-        to batch ADE20K's images on a padded canvas)."""
+        mmseg does: model, schedule (iterations and batch as the config's name states),
+        :func:`protocol_fields` (set ``dataset.eval_canvas`` to batch ADE20K's images on a
+        padded canvas) and the dataset's class names (mmseg's)."""
         return {"model.name": self.model,
                 "model.align_corners": bool(self.model_kwargs.get("align_corners", False)),
                 "model.backbone_kwargs": dict(self.model_kwargs.get("backbone_kwargs", {})),
                 "model.head_kwargs": dict(self.model_kwargs.get("head_kwargs", {})),
                 "model.aux_kwargs": dict(self.model_kwargs.get("aux_kwargs", {})),
                 "num_steps": self.iterations, "batch_size": self.batch_size,
-                **protocol_fields(self.protocol), **self.fields}
+                **protocol_fields(self.protocol), **self.fields,
+                "dataset.class_names": spec(PROTOCOLS[self.protocol]["dataset"]).classes}
 
 
 def protocol_fields(protocol: str) -> dict[str, Any]:

@@ -168,35 +168,67 @@ def from_transformers(state_dict: Mapping[str, Any] | str | Path,
                                      regex_renames=TRANSFORMERS_RENAMES)
 
 
+# the schedule of SegFormer's mmseg recipe of each protocol: (iterations, batch)
+SEGFORMER_SCHEDULES = {"ade20k-512x512": (160_000, 16), "ade20k-640x640": (160_000, 16),
+                       "cityscapes-1024x1024": (160_000, 8)}
+
+
+def hub_class_names(config: Mapping[str, Any] | str | Path) -> tuple[str, ...] | None:
+    """The class names of a Hugging Face config's ``id2label``, in label order (surrounding
+    spaces removed); ``None`` when it has none or only transformers' placeholder
+    ``LABEL_<i>`` names."""
+    labels = _config_from(config).get("id2label") or {}
+    names = tuple(str(labels[k]).strip() for k in sorted(labels, key=int))
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
+
+
 def transformers_config_fields(config: Mapping[str, Any] | str | Path,
                                protocol: str | None = None) -> dict[str, Any]:
     """The engine config fields (dotted names) of a converted Hugging Face SegFormer: its model
-    (name and overrides), classes and evaluation protocol.
+    (name and overrides), classes (``dataset.class_names``, from ``id2label``), evaluation
+    protocol and the schedule of SegFormer's recipe for it (160k iterations; batch 16 on
+    ADE20K, 8 on Cityscapes).
 
     Args:
       config: the hub's ``config.json`` (dict or path).
       protocol: an mmseg dataset protocol of SegFormer's recipes (``"ade20k-512x512"``,
         ``"ade20k-640x640"``, ``"cityscapes-1024x1024"``: test resize, whole or 1024x1024
-        sliding windows). By default the ADE20K 512 one for 150 classes, the Cityscapes one
-        for 19, none otherwise (set ``config.dataset`` for your data).
+        sliding windows). By default the ADE20K 512 one for ADE20K's 150 classes and the
+        Cityscapes one for Cityscapes' 19 (the same names, or none given); otherwise the
+        model's classes are a ``folder`` dataset's (``dataset.manual_dir``: your data),
+        never a built-in dataset's.
 
     Raises:
       ValueError for an unknown protocol or one whose class count differs from the config's.
     """
+    from attnzoo.data.datasets import spec
+
     name, kwargs = transformers_model_kwargs(config)
+    n, names = kwargs["num_classes"], hub_class_names(config)
     fields: dict[str, Any] = {"model.name": name,
                               "model.backbone_kwargs": dict(kwargs["backbone_kwargs"]),
                               "model.head_kwargs": dict(kwargs["head_kwargs"]),
-                              "dataset.num_classes": kwargs["num_classes"]}
+                              "dataset.num_classes": n, "dataset.class_names": names}
     if protocol is None:
-        protocol = {150: PROTOCOLS_OF_SEGFORMER[0], 19: PROTOCOLS_OF_SEGFORMER[2]}.get(
-            kwargs["num_classes"])
+        known = {150: PROTOCOLS_OF_SEGFORMER[0], 19: PROTOCOLS_OF_SEGFORMER[2]}.get(n)
+        if known is not None and (names is None or _same_names(
+                names, spec(PROTOCOLS[known]["dataset"]).classes)):
+            protocol = known
     if protocol is None:
-        return fields
+        return {**fields, "dataset.name": "folder",
+                "dataset.class_names": names or tuple(f"class_{i}" for i in range(n))}
     if protocol not in PROTOCOLS_OF_SEGFORMER:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS_OF_SEGFORMER)}; got "
                          f"{protocol!r}")
-    if PROTOCOLS[protocol]["num_classes"] != kwargs["num_classes"]:
+    if PROTOCOLS[protocol]["num_classes"] != n:
         raise ValueError(f"protocol {protocol!r} has {PROTOCOLS[protocol]['num_classes']} "
-                         f"classes but the config {kwargs['num_classes']}")
-    return {**fields, **protocol_fields(protocol)}
+                         f"classes but the config {n}")
+    iterations, batch = SEGFORMER_SCHEDULES[protocol]
+    return {**fields, **protocol_fields(protocol), "num_steps": iterations, "batch_size": batch}
+
+
+def _same_names(ours: tuple[str, ...], theirs: tuple[str, ...]) -> bool:
+    """Whether two class lists hold the same names (case and surrounding spaces aside)."""
+    return [n.strip().lower() for n in ours] == [n.strip().lower() for n in theirs]

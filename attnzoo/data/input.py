@@ -7,7 +7,9 @@
 ``num_classes``, ``ignore_index``,
 ``crop_size``, ``ratio_range``, ``scale``, ``cat_max_ratio``, ``photometric``,
 ``shuffle_buffer``, ``eval_scale``, ``eval_canvas`` and ``eval_label_canvas``
-(see ``pipeline.eval_dataset``; needed for datasets of mixed image sizes). Every
+(see ``pipeline.eval_dataset``; needed for datasets of mixed image sizes), ``class_names``
+(the model's classes, recorded by a conversion: a Hugging Face model's ``id2label``; unset,
+the dataset's own). Every
 process reads its own shard; batches come back as global ``jax.Array``s
 sharded over the mesh's ``data`` axis, images normalised with the model's ``pixel_mean`` /
 ``pixel_std`` (``config.model``'s, which the engine passes).
@@ -56,10 +58,12 @@ def check_splits(config: Mapping[str, Any], builder: Any) -> None:
 
 
 def class_names(config: Mapping[str, Any], builder: Any) -> list[str]:
-    """The dataset's class names; ValueError if they disagree with ``num_classes``."""
+    """``class_names`` if the config records them, else the dataset's; ValueError if they
+    disagree with ``num_classes``."""
     from attnzoo import data
 
-    names = list(data.spec(config["name"]).classes or builder.info.metadata["classes"])
+    names = list(config.get("class_names") or data.spec(config["name"]).classes
+                 or builder.info.metadata["classes"])
     if len(names) != config["num_classes"]:
         raise ValueError(
             f"dataset.num_classes={config['num_classes']} but dataset {config['name']!r} has "

@@ -444,7 +444,9 @@ def restore(workdir_or_path: str | Path, *, step: int | None = None,
     ``workdir_or_path``: a training workdir, its ``checkpoints`` directory or
     one step's directory; ``step`` picks a step (default: the newest readable).
     ``config_overrides`` (e.g. ``{"model.memory_efficient": True}``) change the
-    rebuilt model without changing its parameters. Needs no TensorFlow.
+    rebuilt model without changing its parameters. ``config.dataset.class_names`` names the
+    model's classes: those the run records (a converted model's), else its built-in dataset's.
+    Needs no TensorFlow.
     """
     model, variables, config, _ = restore_with_step(workdir_or_path, step=step,
                                                     config_overrides=config_overrides)
@@ -475,13 +477,28 @@ def _restore_step(ckpts: Checkpoints, step: int, config_overrides: Mapping[str, 
                   ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict, int]:
     from attnzoo.engine import optim, state as state_lib
 
-    config = ckpts.config(step)
+    config = _with_class_names(ckpts.config(step))
     config.update_from_flattened_dict(dict(config_overrides or {}))
     model = state_lib.build_model(config)
     tx, _ = optim.make_optimizer(config.optimizer, config.num_steps)
     mesh = make_mesh(jax.local_devices()[:1])  # this process alone, also multi-host
     state, _ = ckpts.restore_state(state_lib.abstract_state(model, tx, config, mesh), step)
     return model, state.variables(), config, step
+
+
+def _with_class_names(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with ``dataset.class_names`` set to its built-in dataset's names when it
+    records none (a folder dataset's come from its ``classes.txt`` when it is read)."""
+    from attnzoo.data.datasets import spec
+
+    if not config.dataset.get("class_names"):
+        try:
+            names = spec(config.dataset.name).classes
+        except ValueError:  # a dataset this version does not know
+            names = ()
+        if len(names) == config.dataset.num_classes:
+            config.dataset.class_names = tuple(names)
+    return config
 
 
 def save_pretrained(directory: str | Path, variables: Mapping[str, Any],

@@ -107,6 +107,7 @@ def default_config() -> ConfigDict:
         shuffle_buffer=1000, eval_scale=config_dict.placeholder(tuple),
         eval_canvas=config_dict.placeholder(tuple),
         eval_label_canvas=config_dict.placeholder(tuple),
+        class_names=config_dict.placeholder(tuple),
     ))
     c.optimizer = ConfigDict(dict(
         name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, b1=0.9, b2=0.999,
