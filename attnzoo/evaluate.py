@@ -21,7 +21,6 @@ from typing import Any
 
 from attnzoo import _cli
 
-TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 log = logging.getLogger("attnzoo")
 
 
@@ -58,6 +57,7 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
 
     from attnzoo.data import input as data_input
     from attnzoo.engine import checkpoint, evaluate, make_eval_step
+    from attnzoo.inference import TTA_SCALES
     from attnzoo.ops.conv import describe_implementation
     from attnzoo.sharding import make_mesh, replicated
 

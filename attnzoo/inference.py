@@ -24,6 +24,8 @@ from attnzoo._checks import check_choice, check_pair, check_rank
 from attnzoo.models.segmentor import resize_logits
 
 Array = jax.Array
+# mmseg's multi-scale + flip test scales (its ``TestTimeAug`` ratios)
+TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 LogitsFn = Callable[[Array], Array]
 
 
@@ -152,6 +154,31 @@ def inference(
             probs = probs + jax.nn.softmax(resize_logits(logits.astype(jnp.float32), (h, w)), -1)
             passes += 1
     return probs / passes
+
+
+def protocol_scores(fn: LogitsFn, images: Array, *, mode: str,
+                    crop_size: int | Sequence[int], stride: int | Sequence[int],
+                    scales: Sequence[float] = (1.0,), flip: bool = False,
+                    logits_if_single: bool = True, crf: dict[str, Any] | None = None,
+                    pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
+                    pixel_std: Sequence[float] = (1.0, 1.0, 1.0)) -> Array:
+    """The scores an evaluation protocol labels ``images`` (normalised, ``(B, H, W, 3)``)
+    by: one scale without flip and ``logits_if_single``, the logits of the whole image or of
+    the sliding windows (mmseg resizes those back to each label); otherwise the averaged
+    probabilities of :func:`inference`. ``crf`` (:func:`attnzoo.ops.dense_crf` arguments)
+    refines them on the images mapped back to RGB with ``pixel_mean`` / ``pixel_std``
+    (probabilities enter as their logarithm). Their argmax is the labelling."""
+    single = logits_if_single and tuple(scales) == (1.0,) and not flip
+    if single:
+        scores = fn(images) if mode == "whole" else slide_inference(fn, images, crop_size, stride)
+    else:
+        scores = inference(fn, images, mode=mode, crop_size=crop_size, stride=stride,
+                           scales=scales, flip=flip)
+    if crf is None:
+        return scores
+    rgb = images.astype(jnp.float32) * jnp.asarray(pixel_std) + jnp.asarray(pixel_mean)
+    unary = scores if single else jnp.log(jnp.maximum(scores, jnp.finfo(jnp.float32).tiny))
+    return ops.dense_crf(unary, rgb, **crf)
 
 
 def labels_at_original_size(scores: Array, size: Array, label_size: Array,

@@ -1,18 +1,21 @@
-r"""Predict segmentation masks for image files with a trained run.
+r"""Predict segmentation masks for image files with a trained or converted run, with the
+protocol the run records (its test resize, whole image or sliding windows; ``attnzoo.Segmenter``).
 
     python -m attnzoo.predict --workdir runs/quickstart --out preds img1.png img2.jpg
+    python -m attnzoo.predict --workdir runs/ade20k --out preds --format index,overlay img.jpg
     python -m attnzoo.predict --workdir runs/quickstart --out preds --attention \
         --point 64,64 --point 100,20 img1.png
     python -m attnzoo.predict --workdir runs/quickstart --out preds --crf img1.png
 
-For each image writes ``<stem>_mask.png`` (class colours) and
+For each image writes, as ``--format`` says (default ``color,overlay``):
+``<stem>_labels.png`` (class indices, 8-bit grey), ``<stem>_mask.png`` (class colours) and
 ``<stem>_overlay.png``. With ``--attention`` (DANet models) also
 ``<stem>_pam.png``: for each query point (``y,x`` in image pixels) the
 position-attention weights it gives to every position, as the DANet paper's
 Figure 4; and ``<stem>_cam.png``: channel maps of the channel-attention
 output (``--channels``), as its Figure 5. ``--crf`` refines the masks with the fully
 connected CRF (:func:`attnzoo.ops.dense_crf`, DeepLab's parameters unless ``--crf-params``
-sets them). Needs no TensorFlow.
+sets them); ``--tta`` averages scales 0.5-1.75 and flips. Needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import _cli, ops, viz
-from attnzoo._checks import check_writable_folder, same_stems
+from attnzoo._checks import check_choice, check_writable_folder, same_stems
 from attnzoo.blocks.danet import ChannelAttention, PositionAttention
 from attnzoo.ops.conv import describe_implementation
-from attnzoo.data.datasets import spec
 from attnzoo.pixels import normalize_image
 
 log = logging.getLogger("attnzoo")
@@ -106,102 +108,49 @@ def _check_distinct_stems(images: Sequence[str | Path]) -> None:
                          "--out folders or rename one")
 
 
-def _with_memory_efficient_attention(config: Any) -> Any:
-    """``config``'s model built with ``memory_efficient=True`` (the same variables)."""
-    from attnzoo.engine.state import build_model
-
-    config = config.copy_and_resolve_references()
-    config.model.memory_efficient = True
-    return build_model(config)
-
-
-def _size(n: int) -> str:
-    """Bytes as ``"1.5 GiB"`` or ``"12 MiB"``."""
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def _needs_bounded_attention(path: str | Path, dense: Any, bounded: Any, args: Sequence[Any]
-                             ) -> bool:
-    """Whether ``path``'s image must take the memory-bounded attention: the largest array of
-    the dense program (traced, not run; :func:`attnzoo.inference.largest_intermediate_bytes`)
-    exceeds a quarter of the free memory and the bounded program's does not (said in one
-    line). ValueError when neither fits the free memory."""
-    from attnzoo.inference import available_memory_bytes, largest_intermediate_bytes
-
-    free = available_memory_bytes()
-    if free <= 0:  # unknown: nothing to judge by
-        return False
-    need = largest_intermediate_bytes(dense, *args)
-    if need <= free // 4:
-        return False
-    need_bounded = largest_intermediate_bytes(bounded, *args)
-    h, w = args[1].shape[1:3]
-    if need_bounded > free:
-        raise ValueError(f"{path}: predicting this {h}x{w} image needs at least "
-                         f"{_size(need_bounded)} (its largest array, with the memory-bounded "
-                         f"attention) and {_size(free)} are free: predict a smaller copy of it")
-    if need_bounded >= need:  # no attention map to bound: run it as it is
-        return False
-    log.info("%s: the %dx%d image's dense attention map would take %s of the %s free; using "
-             "the memory-bounded attention (as --memory-efficient; the same result)",
-             path, h, w, _size(need), _size(free))
-    return True
+FORMATS = {"index": "labels", "color": "mask", "overlay": "overlay"}
 
 
 def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | Path, *,
-                  attention: bool = False, points: Sequence[tuple[int, int]] = (),
-                  channels: Sequence[int] = (0, 1, 2, 3), memory_efficient: bool = False,
-                  step: int | None = None, crf: dict[str, Any] | None = None) -> list[Path]:
-    """Write masks and overlays (and attention pictures) of ``images`` to ``out``; returns the
-    files written. ``crf`` (:func:`attnzoo.ops.dense_crf` arguments, ``{}`` for its defaults)
-    refines the masks on each image. Logs the run's convolution setting
-    (``config.conv_implementation``), which the predictions are computed with. An image whose
-    dense attention map would not fit the free memory takes the memory-bounded attention
-    (``memory_efficient``, exact) with a one-line message; one that would not fit either
-    way is refused naming it."""
-    from attnzoo.engine.checkpoint import restore
+                  formats: Sequence[str] = ("color", "overlay"), attention: bool = False,
+                  points: Sequence[tuple[int, int]] = (), channels: Sequence[int] = (0, 1, 2, 3),
+                  memory_efficient: bool = False, step: int | None = None,
+                  crf: dict[str, Any] | None = None, mode: str | None = None,
+                  tta: bool = False) -> list[Path]:
+    """Segment ``images`` with the run's protocol (:class:`attnzoo.Segmenter`) and write, per
+    image and ``formats``: ``<stem>_labels.png`` (``index``: class indices, 8-bit grey),
+    ``<stem>_mask.png`` (``color``: the classes' colours), ``<stem>_overlay.png``
+    (``overlay``); with ``attention`` the DANet pictures. Returns the files written. ``crf``
+    (:func:`attnzoo.ops.dense_crf` arguments, ``{}`` for DeepLab's), ``mode`` and ``tta`` as
+    :class:`attnzoo.Segmenter`'s. Logs the run's convolution setting, which the predictions
+    are computed with."""
+    from attnzoo.segmenter import Segmenter
 
     _check_distinct_stems(images)
+    for f in formats:
+        check_choice(f, tuple(FORMATS), "--format")
     out = check_writable_folder(out, "--out")
-    model, variables, config = restore(workdir, step=step,
-                                       config_overrides={"model.memory_efficient": memory_efficient})
+    segmenter = Segmenter.from_run(workdir, step=step, memory_efficient=memory_efficient,
+                                   crf=crf, mode=mode, tta=tta)
+    config = segmenter.config
     log.info("%s", describe_implementation(config.conv_implementation))
-    num_classes, ignore = int(config.dataset.num_classes), int(config.dataset.ignore_index)
-    palette = spec(config.dataset.name).class_colours(num_classes)
-
-    def labels_of(m: Any) -> Any:
-        @ops.conv_implementation(config.conv_implementation)
-        def labels(v: Any, x: jax.Array, rgb: jax.Array) -> jax.Array:
-            logits = m.apply(v, x)["out"].astype(jnp.float32)
-            if crf is not None:
-                logits = ops.dense_crf(logits, rgb, **crf)
-            return logits.argmax(-1)
-
-        return labels
-
-    bounded_model = model if memory_efficient else _with_memory_efficient_attention(config)
-    bounded_by_shape: dict[tuple[int, ...], bool] = {}
-    programs: dict[bool, Any] = {}
+    if len(segmenter.classes) > 256 and "index" in formats:
+        raise ValueError(f"--format index writes 8-bit PNGs; the model has "
+                         f"{len(segmenter.classes)} classes")
     written = []
     for path in images:
+        result = segmenter(str(path))
         rgb = viz.load_image(path)
-        x = jnp.asarray(normalize_image(rgb, config.model.pixel_mean, config.model.pixel_std))[None]
-        args = (variables, x, jnp.asarray(rgb, jnp.float32)[None])
-        if x.shape not in bounded_by_shape:
-            bounded_by_shape[x.shape] = memory_efficient or _needs_bounded_attention(
-                path, labels_of(model), labels_of(bounded_model), args)
-        bounded = bounded_by_shape[x.shape]
-        chosen = bounded_model if bounded else model
-        if bounded not in programs:
-            programs[bounded] = jax.jit(labels_of(chosen))
-        mask = np.asarray(programs[bounded](*args))[0]
-        colours = viz.colorize(mask, num_classes, ignore, colours=palette)
         stem = Path(path).stem
-        written.append(viz.save_png(out / f"{stem}_mask.png", colours))
-        written.append(viz.save_png(out / f"{stem}_overlay.png", viz.overlay(rgb, colours)))
+        pictures = {"index": lambda: result.labels.astype(np.uint8), "color": result.colors,
+                    "overlay": lambda: result.overlay(rgb)}
+        for f in formats:
+            written.append(viz.save_png(out / f"{stem}_{FORMATS[f]}.png", pictures[f]()))
         if attention:
+            x = jnp.asarray(normalize_image(rgb, config.model.pixel_mean,
+                                            config.model.pixel_std))[None]
             pts = list(points) or [(rgb.shape[0] // 2, rgb.shape[1] // 2)]
-            pam, cam = attention_maps(chosen, variables, x, pts, channels)
+            pam, cam = attention_maps(segmenter.model, segmenter.variables, x, pts, channels)
             size = rgb.shape[:2]
             row = [rgb]
             for (y, xx), m in zip(pts, pam):
@@ -228,7 +177,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         help="a query point in image pixels (repeat for several; default: the "
                              "image centre)")
     parser.add_argument("--channels", default="0,1,2,3", help="CAM output channels to draw")
-    parser.add_argument("--memory-efficient", action="store_true")
+    parser.add_argument("--memory-efficient", action="store_true",
+                        help="exact memory-bounded attention (taken by itself for an image "
+                             "whose attention map would not fit the free memory)")
+    parser.add_argument("--format", default="color,overlay", metavar="index,color,overlay",
+                        help="what to write per image: class indices (<stem>_labels.png), class "
+                             "colours (<stem>_mask.png), the colours over the image "
+                             "(<stem>_overlay.png); default color,overlay")
+    parser.add_argument("--mode", choices=("whole", "slide"), default=None,
+                        help="default: the run's evaluation mode")
+    parser.add_argument("--tta", action="store_true", help="multi-scale + flip")
     _cli.add_crf_arguments(parser)
     _cli.add_cache_arguments(parser)
     args = parser.parse_args(argv)
@@ -237,10 +195,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         channels = [int(c) for c in args.channels.split(",")]
     except ValueError:
         parser.error(f"--channels takes comma-separated integers; got {args.channels!r}")
-    written = predict_files(args.workdir, args.images, args.out, attention=args.attention,
-                            points=_parse_points(args.point), channels=channels,
-                            memory_efficient=args.memory_efficient, step=args.step,
-                            crf=_cli.crf_arguments(args))
+    written = predict_files(args.workdir, args.images, args.out,
+                            formats=[f.strip() for f in args.format.split(",") if f.strip()],
+                            attention=args.attention, points=_parse_points(args.point),
+                            channels=channels, memory_efficient=args.memory_efficient,
+                            step=args.step, crf=_cli.crf_arguments(args), mode=args.mode,
+                            tta=args.tta)
     for path in written:
         print(path)
     return written

@@ -301,3 +301,24 @@ def test_a_read_only_output_folder_is_one_line(run, tmp_path):
     assert "the metrics above could not be written to" in evaluate[1]
     assert "(Read-only file system); the table is the result" in evaluate[1]
     assert evaluate[2] != "0" and predict[2] == convert[2] == "0"  # evaluate printed its table
+
+
+def test_predict_writes_class_indices_with_the_runs_protocol(run, tmp_path):
+    """``--format index`` writes each image's class indices at its own size: the labels
+    ``attnzoo.Segmenter`` gives with the run's protocol; ``--format`` names are checked."""
+    from PIL import Image
+
+    from attnzoo import Segmenter, predict, viz
+    from attnzoo.data import context_shapes as cs
+
+    workdir, _, _ = run
+    image, _, _ = cs.render(5, 1, 0)
+    path = viz.save_png(tmp_path / "odd.png", image[:77, :101].astype(np.uint8))
+    written = predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "o"),
+                            "--format", "index", str(path)])
+    assert [p.name for p in written] == ["odd_labels.png"]
+    labels = np.asarray(Image.open(written[0]))
+    np.testing.assert_array_equal(labels, Segmenter.from_run(workdir)(str(path)).labels)
+    with pytest.raises(ValueError, match="--format must be one of"):
+        predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "p"), "--format",
+                      "colour", str(path)])

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from attnzoo.data.tf_loader import import_tensorflow
+from attnzoo import pixels
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 tf = import_tensorflow()
@@ -132,15 +133,13 @@ def _split_example(example: dict, image_key: str, mask_key: str) -> tuple[tf.Ten
 
 def fit_size(size: tf.Tensor, scale: tuple[int, int] | None,
              canvas: tuple[int, int] | None) -> tf.Tensor:
-    """The (h, w) an image of ``size`` is resized to for evaluation: keep-ratio rescale
-    (:func:`keep_ratio_factor` of ``scale``), shrunk further if needed to fit ``canvas``; a
-    canvas alone never enlarges. Rounded half up, as ``mmcv.imrescale``."""
-    size = tf.cast(size, tf.float32)
-    r = keep_ratio_factor(size, scale) if scale is not None else tf.constant(1.0)
-    if canvas is not None:
-        r = tf.minimum(r, tf.reduce_min(tf.constant(canvas, tf.float32) / size))
-    new = tf.cast(tf.floor(size * r + 0.5), tf.int32)
-    return tf.minimum(new, canvas) if canvas is not None else new
+    """:func:`attnzoo.pixels.fit_size` of an image's ``size`` tensor (one rule for the pipeline
+    and the inference code; computed in Python, as mmcv, per image)."""
+    def fit(hw: np.ndarray) -> np.ndarray:
+        return np.asarray(pixels.fit_size(hw, scale, canvas), np.int32)
+
+    new = tf.numpy_function(fit, [size], tf.int32, stateful=False)
+    return tf.ensure_shape(new, (2,))
 
 
 def resize_to_fit(image: tf.Tensor, label: tf.Tensor, scale: tuple[int, int] | None,

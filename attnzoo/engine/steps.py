@@ -76,7 +76,7 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
 
     crop, stride = tuple(e["crop_size"]), tuple(e["stride"])
     align_corners = bool(config["model"]["align_corners"])
-    mean, std = (jnp.asarray(config["model"][k]) for k in ("pixel_mean", "pixel_std"))
+    mean, std = (tuple(config["model"][k]) for k in ("pixel_mean", "pixel_std"))
 
     @ops.conv_implementation(config["conv_implementation"])
     def step_fn(variables: dict[str, Any], batch: dict[str, Array]) -> Array:
@@ -84,17 +84,9 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
             return model.apply(variables, images.astype(dtype))["out"].astype(jnp.float32)
 
         original = "label_size" in batch  # labels at their original size (as mmseg)
-        single = original and scales == (1.0,) and not flip
-        if single:  # logits: mmseg resizes the logits themselves
-            scores = fn(batch["image"]) if mode == "whole" else \
-                inference.slide_inference(fn, batch["image"], crop, stride)
-        else:  # averaged probabilities
-            scores = inference.inference(fn, batch["image"], mode=mode, crop_size=crop,
-                                         stride=stride, scales=scales, flip=flip)
-        if crf is not None:
-            rgb = batch["image"].astype(jnp.float32) * std + mean
-            unary = scores if single else jnp.log(jnp.maximum(scores, jnp.finfo(jnp.float32).tiny))
-            scores = ops.dense_crf(unary, rgb, **crf)
+        scores = inference.protocol_scores(
+            fn, batch["image"], mode=mode, crop_size=crop, stride=stride, scales=scales,
+            flip=flip, logits_if_single=original, crf=crf, pixel_mean=mean, pixel_std=std)
         predicted = inference.labels_at_original_size(
             scores, batch["size"], batch["label_size"], batch["label"].shape[1:3],
             align_corners=align_corners) if original else scores.argmax(-1)
