@@ -50,7 +50,6 @@ def test_a_recorded_test_resize_is_applied_and_undone_as_evaluate_does(run, tmp_
     overrides = {"dataset.eval_scale": (80, 48), "dataset.eval_label_canvas": (128, 128)}
     model, variables, restored = engine.restore(workdir, config_overrides=overrides)
     segmenter = Segmenter(model, variables, restored)
-    rng = np.random.default_rng(0)
     images, labels = _images(4)
     crops = [(128, 128), (97, 61), (50, 120), (33, 33)]
     images = [im[:h, :w] for im, (h, w) in zip(images, crops)]
