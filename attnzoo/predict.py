@@ -138,8 +138,8 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
         raise ValueError(f"--format index writes 8-bit PNGs; the model has "
                          f"{len(segmenter.classes)} classes")
     written = []
-    for path in images:
-        result = segmenter(str(path))
+    for i, result in segmenter.iterate([str(p) for p in images], progress=len(images) > 1):
+        path = images[i]
         rgb = viz.load_image(path)
         stem = Path(path).stem
         pictures = {"index": lambda: result.labels.astype(np.uint8), "color": result.colors,

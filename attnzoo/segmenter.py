@@ -3,6 +3,8 @@
     from attnzoo import Segmenter
 
     segmenter = Segmenter.from_run("runs/danet")          # a trained or converted run
+    segmenter = Segmenter.from_mmseg("danet_r50-d8_4xb4-160k_ade20k-512x512", "danet.pth")
+    segmenter = Segmenter.from_transformers("segformer-b0-finetuned-ade-512-512/")
     result = segmenter("street.png")                      # a path, PIL image or array
     result.labels                                         # (H, W) class indices, original size
     result.colors()                                       # (H, W, 3) the classes' colours
@@ -23,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnzoo import inference, ops, viz
+from attnzoo import inference, ops, sharding, viz
 from attnzoo.inference import TTA_SCALES
 from attnzoo.pixels import fit_size, normalize_image
 
@@ -90,6 +94,7 @@ class Segmenter:
         self._models = {bool(config.model.memory_efficient): model}
         self._programs: dict[bool, Any] = {}
         self._bounded_for: dict[tuple[int, ...], bool] = {}
+        self._placed: tuple[tuple[int, ...], Any] | None = None  # variables on the devices
 
     @classmethod
     def from_run(cls, workdir: str | Path, *, step: int | None = None,
@@ -104,29 +109,112 @@ class Segmenter:
             workdir, step=step, config_overrides={"model.memory_efficient": memory_efficient})
         return cls(model, variables, config, **options)
 
-    def __call__(self, images: Any, *, probabilities: bool = False
+    @classmethod
+    def from_mmseg(cls, config_stem: str, checkpoint: str | Path | Any,
+                   **options: Any) -> Segmenter:
+        """The segmenter of an mmsegmentation checkpoint: ``config_stem`` mmseg's config name
+        (``"danet_r50-d8_4xb4-160k_ade20k-512x512"``), ``checkpoint`` its ``.pth`` file (or
+        state dict), with mmseg's protocol and classes for the config's dataset
+        (:func:`attnzoo.convert.from_mmseg`; nothing is written)."""
+        from attnzoo.convert.mmseg import from_mmseg, mmseg_recipe
+        from attnzoo.engine.config import from_fields
+
+        model, variables = from_mmseg(config_stem, checkpoint)
+        return cls(model, variables, from_fields(mmseg_recipe(config_stem).config_fields()),
+                   **options)
+
+    @classmethod
+    def from_transformers(cls, folder: str | Path, *, protocol: str | None = None,
+                          **options: Any) -> Segmenter:
+        """The segmenter of a Hugging Face SegFormer download (``folder`` with
+        ``model.safetensors`` and ``config.json``), its classes from ``id2label`` and SegFormer's
+        protocol for them (or ``protocol``; :func:`attnzoo.convert.transformers_config_fields`)."""
+        from attnzoo.convert.segformer import from_transformers, transformers_config_fields
+        from attnzoo.engine.config import from_fields
+
+        folder = Path(folder)
+        config_path = (folder if folder.is_dir() else folder.parent) / "config.json"
+        model, variables = from_transformers(folder, config_path)
+        return cls(model, variables,
+                   from_fields(transformers_config_fields(config_path, protocol)), **options)
+
+    def __call__(self, images: Any, *, probabilities: bool = False,
+                 batch_size: int | None = None, progress: bool = False
                  ) -> Segmentation | list[Segmentation]:
         """Segment one image (a path, a PIL image of any mode, or a uint8 / float ``(H, W, 3)``
-        or ``(H, W)`` array of 0-255 values) or a list or tuple of them (a list of results);
-        ``probabilities`` adds each pixel's class probabilities."""
-        if isinstance(images, (list, tuple)):
-            return [self._one(image, probabilities) for image in images]
-        return self._one(images, probabilities)
+        or ``(H, W)`` array of 0-255 values) or a list or tuple of them (a list of results, in
+        their order; see :meth:`iterate`); ``probabilities`` adds each pixel's class
+        probabilities."""
+        if not isinstance(images, (list, tuple)):
+            return next(self.iterate([images], probabilities=probabilities))[1]
+        results: list[Any] = [None] * len(images)
+        for i, result in self.iterate(images, probabilities=probabilities,
+                                      batch_size=batch_size, progress=progress):
+            results[i] = result
+        return results
 
-    def _one(self, image: Any, probabilities: bool) -> Segmentation:
-        name = str(image) if isinstance(image, (str, Path)) else "image"
-        rgb = _rgb(image)
-        size = rgb.shape[:2]
-        d, m = self.config.dataset, self.config.model
-        resized = fit_size(size, d.get("eval_scale"))
-        x = jnp.asarray(rgb, jnp.float32)[None]
-        if resized != size:  # resized as the evaluation pipeline does, then normalised
+    def iterate(self, images: Sequence[Any], *, probabilities: bool = False,
+                batch_size: int | None = None, progress: bool = False
+                ) -> Iterator[tuple[int, Segmentation]]:
+        """``(index, result)`` for each of ``images`` as it is done. Images that take one size
+        through the protocol go together, ``batch_size`` at a time (default: one per local
+        device), spread over the local devices: one program per size, never padded (a whole
+        image's context is its own). Only a batch's images are read at a time; ``progress``
+        prints a count on stderr."""
+        devices = jax.local_devices()
+        batch_size = batch_size or len(devices)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {batch_size}")
+        groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
+        for i, image in enumerate(images):
+            size = _image_size(image)
+            groups.setdefault((size, fit_size(size, self.config.dataset.get("eval_scale"))),
+                              []).append(i)
+        done = 0
+        for (size, resized), members in groups.items():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                batch = self._batch([images[i] for i in chunk], size, resized, devices)
+                name = str(images[chunk[0]]) if isinstance(images[chunk[0]], (str, Path)) \
+                    else "image"
+                bounded = self._needs_bounded_attention(name, batch, size)
+                labels, probs = self._program(bounded)(self._replicated(devices), batch, size,
+                                                       probabilities)
+                labels = np.asarray(labels)
+                probs = None if probs is None else np.asarray(probs)
+                for j, i in enumerate(chunk):
+                    done += 1
+                    if progress:
+                        print(f"\rsegmented {done}/{len(images)} images", end="",
+                              file=sys.stderr, flush=True)
+                    yield i, Segmentation(labels[j], self.classes, self.palette,
+                                          None if probs is None else probs[j])
+        if progress and images:
+            print(file=sys.stderr)
+
+    def _batch(self, images: Sequence[Any], size: tuple[int, int], resized: tuple[int, int],
+               devices: Sequence[Any]) -> jax.Array:
+        """``images`` (of ``size``) resized as the evaluation pipeline does, normalised, and
+        laid over ``devices`` (the batch repeated up to a multiple of their number)."""
+        m = self.config.model
+        rgb = np.stack([_rgb(image) for image in images])
+        if rgb.shape[1:3] != size:
+            raise ValueError(f"image {images[0]} changed size while being read")
+        x = jnp.asarray(rgb, jnp.float32)
+        if resized != size:
             x = ops.resize_bilinear(x, resized)
-        x = jnp.asarray(normalize_image(np.asarray(x), m.pixel_mean, m.pixel_std))
-        bounded = self._needs_bounded_attention(name, x, size)
-        labels, probs = self._program(bounded)(self.variables, x, size, probabilities)
-        return Segmentation(np.asarray(labels[0]), self.classes, self.palette,
-                            None if probs is None else np.asarray(probs[0]))
+        x = normalize_image(np.asarray(x), m.pixel_mean, m.pixel_std)
+        n = -(-len(x) // len(devices)) * len(devices)
+        x = np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+        return jax.device_put(x, sharding.batch_sharding(sharding.make_mesh(devices)))
+
+    def _replicated(self, devices: Sequence[Any]) -> Any:
+        """The variables replicated on ``devices`` (placed once)."""
+        key = tuple(d.id for d in devices)
+        if self._placed is None or self._placed[0] != key:
+            mesh = sharding.make_mesh(devices)
+            self._placed = (key, jax.device_put(self.variables, sharding.replicated(mesh)))
+        return self._placed[1]
 
     def _model(self, bounded: bool) -> Any:
         """The model, or (``bounded``) the same one with the memory-bounded attention."""
@@ -198,8 +286,10 @@ class Segmenter:
             stride=tuple(c.eval.stride), scales=self.scales, flip=self.flip, crf=self.crf,
             pixel_mean=tuple(c.model.pixel_mean), pixel_std=tuple(c.model.pixel_std))
         align = bool(c.model.align_corners)
+        b = x.shape[0]
         labels = inference.labels_at_original_size(
-            scores, jnp.asarray([x.shape[1:3]]), jnp.asarray([size]), size, align_corners=align)
+            scores, jnp.tile(jnp.asarray([x.shape[1:3]]), (b, 1)),
+            jnp.tile(jnp.asarray([size]), (b, 1)), size, align_corners=align)
         if not probabilities:
             return labels, None
         back = ops.interpolate(scores, size, align_corners=align)
@@ -210,6 +300,21 @@ class Segmenter:
 def _size(n: int) -> str:
     """Bytes as ``"1.5 GiB"`` or ``"12 MiB"``."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _image_size(image: Any) -> tuple[int, int]:
+    """``(h, w)`` of ``image`` without decoding a file's pixels (PIL reads its header)."""
+    if isinstance(image, (str, Path)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(image) as im:
+                return im.height, im.width
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"cannot read image {image}: {err}") from err
+    if hasattr(image, "mode") and hasattr(image, "convert"):
+        return image.height, image.width
+    return _rgb(image).shape[:2]
 
 
 def _rgb(image: Any) -> np.ndarray:

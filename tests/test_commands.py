@@ -209,6 +209,7 @@ def test_evaluate_falls_back_past_an_unreadable_checkpoint_with_one_warning(run,
         engine.restore(copy, step=3)
 
 
+@pytest.mark.slow  # 10 s
 def test_predict_takes_the_memory_bounded_attention_when_the_map_would_not_fit(
         run, tmp_path, monkeypatch, caplog):
     """An image whose dense attention map (traced, not run) exceeds a quarter of the free

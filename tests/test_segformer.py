@@ -247,6 +247,13 @@ def test_convert_command_writes_a_run_that_restores_and_predicts(tmp_path, capsy
                                   np.asarray(model.apply(variables, x)["out"]))
     image = viz.save_png(tmp_path / "street.png", np.full((48, 64, 3), 120, np.uint8))
     assert len(predict.predict_files(str(tmp_path / "run"), [image], str(tmp_path / "p"))) == 2
+    from attnzoo import Segmenter  # the hub folder directly: the converted run's labels
+
+    rgb = np.random.default_rng(1).integers(0, 256, (45, 70, 3), np.uint8)
+    direct = Segmenter.from_transformers(tmp_path / "hub")
+    assert direct.classes == tuple(f"c{i}" for i in range(5))
+    np.testing.assert_array_equal(direct(rgb).labels,
+                                  Segmenter.from_run(tmp_path / "run")(rgb).labels)
 
 
 def _train_step(model, config, devices):

@@ -19,7 +19,7 @@ def _confusion(segmenter, images, labels, num_classes):
                for r, lb in zip(segmenter(images), labels))
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])  # 27 s
 def test_labels_equal_the_evaluation_step_on_the_same_images(run, tta):
     """Whole images at their size (the run's protocol): the segmenter's labels give the eval
     step's confusion matrix exactly, single-scale and multi-scale + flip."""
@@ -50,8 +50,8 @@ def test_a_recorded_test_resize_is_applied_and_undone_as_evaluate_does(run, tmp_
     overrides = {"dataset.eval_scale": (80, 48), "dataset.eval_label_canvas": (128, 128)}
     model, variables, restored = engine.restore(workdir, config_overrides=overrides)
     segmenter = Segmenter(model, variables, restored)
-    images, labels = _images(4)
-    crops = [(128, 128), (97, 61), (50, 120), (33, 33)]
+    images, labels = _images(3)
+    crops = [(128, 128), (97, 61), (33, 33)]
     images = [im[:h, :w] for im, (h, w) in zip(images, crops)]
     labels = [lb[:h, :w] for lb, (h, w) in zip(labels, crops)]
     results = segmenter(images, probabilities=True)
@@ -105,3 +105,21 @@ def test_any_image_kind_and_size(run, tmp_path):
         segmenter(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(ValueError, match="must hold finite 0-255 values"):
         segmenter(np.full((4, 4, 3), 300.0))
+
+
+def test_images_of_one_size_go_together_over_the_devices_with_the_same_labels(run, capsys):
+    """Eight images of two sizes, batches of 3 over the 8 simulated devices (each batch
+    repeated up to 8): the labels of one image alone, in the caller's order; the progress
+    count on stderr."""
+    workdir, _, _ = run
+    segmenter = Segmenter.from_run(workdir)
+    images, _ = _images(8)
+    images = [im if i % 2 else im[:70, :90] for i, im in enumerate(images)]
+    together = segmenter(images, batch_size=3, progress=True)
+    assert "segmented 8/8 images" in capsys.readouterr().err
+    for image, result in zip(images, together):
+        np.testing.assert_array_equal(result.labels, segmenter(image).labels)
+    order = [i for i, _ in segmenter.iterate(images, batch_size=3)]
+    assert sorted(order) == list(range(8)) and order[:4] == [0, 2, 4, 6]
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        segmenter(images, batch_size=-1)
