@@ -464,12 +464,12 @@ def test_segmenter_labels_equal_mmsegs_inference_model():
     >= 99.99 % of pixels (float32 near-ties). One of 256x300 is resized 4x: cv2 rounds the
     resized image to uint8, attnzoo's pipeline keeps it float (as TensorFlow's resize), so
     >= 99 % (measured below each time)."""
-    from mmseg.apis import inference_model
-
     from attnzoo import Segmenter
 
     stem = "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"
-    model, cfg = mmseg_support.build(stem)
+    model, cfg = mmseg_support.build(stem)  # mmcv.ops in place before mmseg.apis is imported
+    from mmseg.apis import inference_model
+
     randomize_torch(model, seed=1)
     model.float().eval()
     model.cfg = cfg
