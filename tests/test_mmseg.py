@@ -463,12 +463,18 @@ def test_segmenter_labels_equal_mmsegs_inference_model():
     random-weight model (float32 both). An image of 1024x1200 is not resized: labels agree on
     >= 99.99 % of pixels (float32 near-ties). One of 256x300 is resized 4x: cv2 rounds the
     resized image to uint8, attnzoo's pipeline keeps it float (as TensorFlow's resize), so
-    >= 99 % (measured below each time)."""
+    >= 99 % (measured here: 100 % and 99.57 %; printed with -s)."""
     from attnzoo import Segmenter
 
     stem = "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"
     model, cfg = mmseg_support.build(stem)  # mmcv.ops in place before mmseg.apis is imported
     from mmseg.apis import inference_model
+    from mmseg.registry import MODELS
+
+    from mmengine.config import Config
+
+    preprocessor = Config.fromfile(str(mmseg_support.config_path(stem))).model.data_preprocessor
+    model.data_preprocessor = MODELS.build(preprocessor)  # the config's own
 
     randomize_torch(model, seed=1)
     model.float().eval()
@@ -482,4 +488,5 @@ def test_segmenter_labels_equal_mmsegs_inference_model():
         got = segmenter(rgb).labels
         assert got.shape == want.shape == (h, w)
         agree = (got == want).mean()
+        print(f"{h}x{w}: labels agree on {100 * agree:.3f} % of pixels")
         assert agree >= floor, f"{h}x{w}: labels agree on {100 * agree:.3f} % of pixels"
