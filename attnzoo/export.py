@@ -5,7 +5,7 @@ RGB images and returns logits, weights and input normalisation inside.
     python -m attnzoo.export --workdir runs/danet --out danet_b4.stablehlo --size 512x1024 --batch 4
 
 The program's input is ``(batch, H, W, 3)`` uint8 RGB (the batch symbolic unless ``--batch N``;
-``H`` and ``W`` the ``--size``: no family's graph takes a symbolic image size, its resizes
+``H`` and ``W`` the ``--size``: the graphs tried (FCN, DANet, SegFormer) take no symbolic image size, their resizes
 computing their taps from static sizes), its output the logits ``(batch, H, W, classes)``
 float32 of the model's main head at the input's size (no test resize: feed images at the
 size the model should see).
