@@ -158,9 +158,10 @@ class Segmenter:
                 ) -> Iterator[tuple[int, Segmentation]]:
         """``(index, result)`` for each of ``images`` as it is done. Images that take one size
         through the protocol go together, ``batch_size`` at a time (default: one per local
-        device), spread over the local devices: one program per size, never padded (a whole
-        image's context is its own). Only a batch's images are read at a time; ``progress``
-        prints a count on stderr."""
+        device), spread over the local devices (a batch smaller than their number over as many
+        as it has images; a larger one repeats its last image up to a multiple of them): one
+        program per size, images never padded (a whole image's context is its own). Only a
+        batch's images are read at a time; ``progress`` prints a count on stderr."""
         devices = jax.local_devices()
         batch_size = batch_size or len(devices)
         if batch_size < 1:
@@ -174,11 +175,12 @@ class Segmenter:
         for (size, resized), members in groups.items():
             for start in range(0, len(members), batch_size):
                 chunk = members[start:start + batch_size]
-                batch = self._batch([images[i] for i in chunk], size, resized, devices)
+                used = devices[:len(chunk)]  # a short batch is not repeated over idle devices
+                batch = self._batch([images[i] for i in chunk], size, resized, used)
                 name = str(images[chunk[0]]) if isinstance(images[chunk[0]], (str, Path)) \
                     else "image"
                 bounded = self._needs_bounded_attention(name, batch, size)
-                labels, probs = self._program(bounded)(self._replicated(devices), batch, size,
+                labels, probs = self._program(bounded)(self._replicated(used), batch, size,
                                                        probabilities)
                 labels = np.asarray(labels)
                 probs = None if probs is None else np.asarray(probs)

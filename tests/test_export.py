@@ -48,6 +48,7 @@ def test_the_exported_program_equals_the_model_at_another_batch(run, tmp_path, c
         main(["--workdir", str(workdir), "--out", str(tmp_path / "n"), "--size", "64"])
 
 
+@pytest.mark.slow  # 5 s
 def test_a_fixed_batch_is_kept(run):
     workdir, _, _ = run
     model, variables, config = engine.restore(workdir)

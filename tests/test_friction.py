@@ -151,28 +151,29 @@ def test_misspelt_names_and_fields_get_the_nearest_suggested(call, match):
         call()
 
 
-def test_a_misspelt_config_override_is_one_line_with_the_suggestion():
+def _one_line_error_of_override(override):
+    """``train.py`` on the quickstart with ``override``: its stderr, checked to be one line
+    without a traceback and exit status 2."""
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
                            f"--config={ROOT / 'configs' / 'quickstart.py'}", "--workdir=unused",
-                           "--config.num_step=3"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                           override], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "the config has no field 'num_step'" in proc.stderr
-    assert 'Did you mean "num_steps"' in proc.stderr
+    return proc.stderr
+
+
+def test_a_misspelt_config_override_is_one_line_with_the_suggestion():
+    stderr = _one_line_error_of_override("--config.num_step=3")
+    assert "the config has no field 'num_step'" in stderr
+    assert 'Did you mean "num_steps"' in stderr
 
 
 def test_an_unknown_config_override_names_the_nearest_fields():
     """``--config.foo=1``: ml_collections suggests nothing so far from every name; the three
     nearest dotted fields of the default config are named instead, on one line."""
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
-                           f"--config={ROOT / 'configs' / 'quickstart.py'}", "--workdir=unused",
-                           "--config.optimizer.schedul_kind=poly"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    stderr = _one_line_error_of_override("--config.optimizer.schedul_kind=poly")
     assert "the config has no field 'schedul_kind'; nearest fields: optimizer.schedule, " \
-        in proc.stderr, proc.stderr
+        in stderr, stderr
 
 
 def test_list_functions_take_a_pattern_and_describe_each_entry():

@@ -37,6 +37,7 @@ def test_labels_equal_the_evaluation_step_on_the_same_images(run, tta):
     np.testing.assert_array_equal(_confusion(segmenter, images, labels, n), want)
 
 
+@pytest.mark.slow  # 19 s
 def test_a_recorded_test_resize_is_applied_and_undone_as_evaluate_does(run, tmp_path):
     """A run recording mmseg's keep-ratio test resize and original-size scoring (as converted
     ADE20K runs do): images of mixed sizes through the TensorFlow evaluation pipeline and the
@@ -108,9 +109,9 @@ def test_any_image_kind_and_size(run, tmp_path):
 
 
 def test_images_of_one_size_go_together_over_the_devices_with_the_same_labels(run, capsys):
-    """Eight images of two sizes, batches of 3 over the 8 simulated devices (each batch
-    repeated up to 8): the labels of one image alone, in the caller's order; the progress
-    count on stderr."""
+    """Eight images of two sizes, batches of 3 over 3 of the 8 simulated devices (and one
+    batch of 9, repeated up to 16 over all 8): the labels of one image alone, in the
+    caller's order; the progress count on stderr."""
     workdir, _, _ = run
     segmenter = Segmenter.from_run(workdir)
     images, _ = _images(8)
@@ -118,6 +119,9 @@ def test_images_of_one_size_go_together_over_the_devices_with_the_same_labels(ru
     together = segmenter(images, batch_size=3, progress=True)
     assert "segmented 8/8 images" in capsys.readouterr().err
     for image, result in zip(images, together):
+        np.testing.assert_array_equal(result.labels, segmenter(image).labels)
+    same = [images[i % 8] for i in range(1, 20, 2)]  # ten of 128x128: 9 (padded to 16) + 1
+    for image, result in zip(same, segmenter(same, batch_size=9)):
         np.testing.assert_array_equal(result.labels, segmenter(image).labels)
     order = [i for i, _ in segmenter.iterate(images, batch_size=3)]
     assert sorted(order) == list(range(8)) and order[:4] == [0, 2, 4, 6]
