@@ -34,26 +34,21 @@ def logits_fn(model: nn.Module, variables: Any) -> LogitsFn:
     return jax.jit(lambda images: model.apply(variables, images)["out"])
 
 
-def largest_intermediate_bytes(fn: Callable[..., Any], *args: Any) -> int:
-    """Bytes of the largest array ``fn(*args)`` computes (its jaxpr traced on ``args``' shapes
-    and dtypes, nothing run; inside loops, one iteration's). A lower bound of the memory a call
-    needs, close to it where one array dominates (a dense attention's ``N x N`` map)."""
-    def largest(jaxpr: jax.extend.core.Jaxpr) -> int:
-        most = 0
-        for eqn in jaxpr.eqns:
-            for var in eqn.outvars:
-                aval = var.aval
-                if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-                    most = max(most, math.prod(aval.shape) * np.dtype(aval.dtype).itemsize)
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, (tuple, list)) else (param,):
-                    inner = getattr(sub, "jaxpr", sub)
-                    if isinstance(inner, jax.extend.core.Jaxpr):
-                        most = max(most, largest(inner))
-        return most
-
-    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), args)
-    return largest(jax.make_jaxpr(fn)(*shapes).jaxpr)
+def largest_array_bytes(jaxpr: Any) -> int:
+    """Bytes of the largest array a (closed) jaxpr computes; inside loops and calls, one
+    iteration's. A lower bound of the memory running it needs, close to it where one array
+    dominates (a dense attention's ``N x N`` map)."""
+    most = 0
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        for var in eqn.outvars:
+            aval = var.aval
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                most = max(most, math.prod(aval.shape) * np.dtype(aval.dtype).itemsize)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(getattr(sub, "jaxpr", sub), jax.extend.core.Jaxpr):
+                    most = max(most, largest_array_bytes(sub))
+    return most
 
 
 def available_memory_bytes() -> int:

@@ -238,7 +238,7 @@ class Segmenter:
     def _needs_bounded_attention(self, name: str, x: jax.Array, size: tuple[int, int]) -> bool:
         """Whether an input of ``x``'s shape takes the memory-bounded attention: the model's
         own if it has it; else when the dense program's largest array (traced, not run:
-        :func:`attnzoo.inference.largest_intermediate_bytes`) exceeds a quarter of the free
+        :func:`attnzoo.inference.largest_array_bytes`) exceeds a quarter of the free
         memory and the bounded one's does not (said in one line). ValueError naming the
         image when neither fits the free memory."""
         if self.config.model.memory_efficient:
@@ -253,10 +253,9 @@ class Segmenter:
         if free <= 0:  # unknown: nothing to judge by
             return False
 
-        def need(bounded: bool) -> int:
-            model = self._model(bounded)
-            return inference.largest_intermediate_bytes(
-                lambda v, x: self._scores_to_labels(model, v, x, size, False), self.variables, x)
+        def need(bounded: bool) -> int:  # the trace is the one the call then reuses
+            traced = self._program(bounded).trace(self.variables, x, size, False)
+            return inference.largest_array_bytes(traced.jaxpr)
 
         dense = need(False)
         if dense <= free // 4:

@@ -304,6 +304,7 @@ def test_a_read_only_output_folder_is_one_line(run, tmp_path):
     assert evaluate[2] != "0" and predict[2] == convert[2] == "0"  # evaluate printed its table
 
 
+@pytest.mark.slow  # default run time
 def test_predict_writes_class_indices_with_the_runs_protocol(run, tmp_path):
     """``--format index`` writes each image's class indices at its own size: the labels
     ``attnzoo.Segmenter`` gives with the run's protocol; ``--format`` names are checked."""

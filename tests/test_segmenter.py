@@ -80,6 +80,7 @@ def test_a_recorded_test_resize_is_applied_and_undone_as_evaluate_does(run, tmp_
     np.testing.assert_array_equal(_confusion(segmenter, images, labels, n), want)
 
 
+@pytest.mark.slow  # default run time
 def test_any_image_kind_and_size(run, tmp_path):
     """Paths, PIL images of other modes, grey and float arrays, a 1x1 image and the same
     image at two sizes in one call; bad arrays are refused naming the shape or values."""
@@ -108,6 +109,7 @@ def test_any_image_kind_and_size(run, tmp_path):
         segmenter(np.full((4, 4, 3), 300.0))
 
 
+@pytest.mark.slow  # default run time
 def test_images_of_one_size_go_together_over_the_devices_with_the_same_labels(run, capsys):
     """Eight images of two sizes, batches of 3 over 3 of the 8 simulated devices (and one
     batch of 9, repeated up to 16 over all 8): the labels of one image alone, in the
