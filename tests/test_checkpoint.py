@@ -141,6 +141,7 @@ def _flip_one_bit(step_dir: Path) -> Path:
     return data
 
 
+@pytest.mark.slow  # default run time
 def test_a_flipped_bit_in_a_saved_array_is_caught_by_its_checksum(run, tmp_path, caplog):
     """One bit changed in a checkpoint's array file restores without error in orbax (a few
     values change); the checksums saved with the step find it: restore warns naming the step

@@ -237,6 +237,7 @@ def test_predict_takes_the_memory_bounded_attention_when_the_map_would_not_fit(
         predict.main(["--workdir", str(workdir), "--out", str(tmp_path / "none"), str(path)])
 
 
+@pytest.mark.slow  # default run time
 def test_an_output_folder_that_is_a_file_or_under_one_is_one_line(run, tmp_path, capsys):
     from attnzoo import predict, viz
     from attnzoo._checks import check_writable_folder

@@ -29,6 +29,7 @@ def _close(got, want, tol=1e-5, what=""):
     assert err <= tol, f"{what}: max relative error {err:.2e}"
 
 
+@pytest.mark.slow  # default run time
 def test_the_exported_program_equals_the_model_at_another_batch(run, tmp_path, capsys):
     """Exported with a symbolic batch at 64x96, reloaded from the file by JAX alone, run on
     3 uint8 images: the logits of the model on the same normalised images (1e-5 of the
@@ -61,7 +62,7 @@ def test_a_fixed_batch_is_kept(run):
         export_stablehlo(model, variables, config, size=(48, 80), batch=0)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 100 s
 def test_every_head_family_exports():
     """The quickstart's model of every head family (``configs/quickstart.py:<family>``, random
     weights) exports with a symbolic batch and runs, reloaded, at batch 2 with the model's

@@ -168,6 +168,7 @@ def test_a_misspelt_config_override_is_one_line_with_the_suggestion():
     assert 'Did you mean "num_steps"' in stderr
 
 
+@pytest.mark.slow  # default run time
 def test_an_unknown_config_override_names_the_nearest_fields():
     """``--config.foo=1``: ml_collections suggests nothing so far from every name; the three
     nearest dotted fields of the default config are named instead, on one line."""

@@ -455,7 +455,7 @@ def test_convert_command_writes_a_run_that_restores_predicts_and_initialises(tmp
         np.asarray(variables["params"]["head"]["cls"]["conv_seg"]["kernel"]))
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 45 s
 def test_segmenter_labels_equal_mmsegs_inference_model():
     """``Segmenter.from_mmseg`` against mmseg's own ``inference_model`` (its test pipeline from
     the config: keep-ratio ``Resize`` to 2048x1024 with cv2, the data preprocessor's BGR -> RGB

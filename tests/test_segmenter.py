@@ -19,7 +19,7 @@ def _confusion(segmenter, images, labels, num_classes):
                for r, lb in zip(segmenter(images), labels))
 
 
-@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])  # 27 s
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.exhaustive)])  # 27 s
 def test_labels_equal_the_evaluation_step_on_the_same_images(run, tta):
     """Whole images at their size (the run's protocol): the segmenter's labels give the eval
     step's confusion matrix exactly, single-scale and multi-scale + flip."""

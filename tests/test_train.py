@@ -169,7 +169,7 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_parameters(context_sha
     assert final == [line for line in straight.stdout.splitlines() if line.startswith("final mIoU")]
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 85 s
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(context_shapes_dir,
                                                                          tmp_path):
     """A 4 MiB tmpfs (in a private mount namespace, so nothing outside the test sees it) holds
