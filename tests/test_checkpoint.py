@@ -206,6 +206,38 @@ def test_checksums_change_with_any_flipped_bit_and_not_with_the_sharding():
     assert len(spread.sharding.device_set) == jax.device_count() > 1
     assert array_checksums({"x": spread}) == array_checksums({"x": x})
     assert array_checksums({"x": x})["arrays"]["x"].startswith("float32:")
+    grid = jax.make_mesh((2, jax.device_count() // 2), ("a", "b"))
+    for spec in (("b", "a"), (None, "a"), ()):  # blocks that are not runs of the flat order
+        y = rng.standard_normal((4 * jax.device_count(), 6, 3)).astype(np.float32)
+        split = jax.device_put(y, jax.sharding.NamedSharding(grid, jax.sharding.PartitionSpec(*spec)))
+        assert array_checksums({"y": split}) == array_checksums({"y": y}), spec
+
+
+def test_checksums_are_the_stated_weighted_sums():
+    """``_bit_sums`` against the formula written as a loop over Python integers: words in
+    row-major order, 8- and 16-bit types widened, 64-bit types as two little-endian halves."""
+    from attnzoo.engine.checkpoint import _bit_sums
+
+    def looped(words: list[int]) -> list[int]:
+        first = second = 0
+        for i, w in enumerate(words):
+            first += w * (2 * i + 1)
+            second += w * (((i * 0x9E3779B1 + 0x7F4A7C15) % 2**32) | 1)
+        return [first % 2**32, second % 2**32]
+
+    rng = np.random.default_rng(3)
+    cases = {np.float32: np.uint32, jnp.bfloat16: np.uint16, np.int8: np.uint8,
+             np.int32: np.uint32}
+    for dtype, unsigned in cases.items():
+        a = (rng.standard_normal((3, 5, 2)) * 50).astype(dtype)
+        words = [int(w) for w in a.reshape(-1).view(unsigned)]
+        assert _bit_sums(a).tolist() == looped(words), dtype
+        assert _bit_sums(jnp.asarray(a)).tolist() == looped(words), dtype
+    wide = rng.standard_normal(7)
+    halves = [int(w) for v in wide.view(np.uint64) for w in (v % 2**32, v >> 32)]
+    assert _bit_sums(wide).tolist() == looped(halves)
+    flags = rng.integers(0, 2, 9).astype(bool)
+    assert _bit_sums(flags).tolist() == looped([int(f) for f in flags])
 
 
 def test_checkpoints_without_checksums_restore_unverified(tmp_path):

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from attnzoo.engine.config import migrate
@@ -271,36 +272,68 @@ CHECKSUMS = "checksums"
 _CHECKSUM_VERSION = "bits-weighted-sums-v1"
 
 
-def _bit_sums(x: jax.Array) -> jax.Array:
-    """``[sum_i b_i (2i + 1), sum_i b_i w_i] mod 2**32`` over the array's bits ``b_i`` read
-    as unsigned words (16-bit and 8-bit types widened, 64-bit types as two words) and
-    ``w_i`` an odd multiplicative hash of ``i``. Every weight is odd, so a change of one word
-    (any flipped bit) always changes both sums; integer sums are exact in any order, so the
-    result does not depend on sharding or backend."""
-    x = jnp.asarray(x)
-    if x.dtype == jnp.bool_:
-        words = x.astype(jnp.uint32)
-    else:
-        size = x.dtype.itemsize
-        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
-        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    words = words.reshape(-1)
-    i = jnp.arange(words.size, dtype=jnp.uint32)
-    hashed = (i * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)) | jnp.uint32(1)
-    return jnp.stack([jnp.sum(words * (2 * i + 1), dtype=jnp.uint32),
-                      jnp.sum(words * hashed, dtype=jnp.uint32)])
+_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}
 
 
-_tree_bit_sums = jax.jit(lambda tree: jax.tree.map(_bit_sums, tree))
+def _words(block: np.ndarray) -> np.ndarray:
+    """``block``'s bits as unsigned 32-bit words, shape ``block.shape + (k,)``: 8-, 16- and
+    32-bit types widened (``k = 1``), bools as 0 / 1, 64-bit types as their two little-endian
+    halves, low first (``k = 2``)."""
+    block = np.ascontiguousarray(block)
+    if block.dtype == np.bool_:
+        return block.astype(np.uint32)[..., None]
+    words = block.reshape(-1).view(_WORDS[block.dtype.itemsize]).astype(np.uint32)
+    return words.reshape(block.shape + (-1,))
+
+
+def _block_bit_sums(block: np.ndarray, index: tuple[slice, ...], shape: tuple[int, ...]
+                    ) -> np.ndarray:
+    """:func:`_bit_sums`' two sums over one block of an array of ``shape`` (the block at
+    ``index``), each word weighted by its index in the whole array."""
+    words = _words(block)
+    full = tuple(shape) + words.shape[-1:]
+    if words.shape == full:  # the whole array: no index arithmetic per axis
+        i = np.arange(words.size, dtype=np.uint32).reshape(full)
+    else:  # index mod 2**32, as the sums
+        strides = np.cumprod((full[1:] + (1,))[::-1])[::-1] % 2**32
+        i = np.zeros((), np.uint32)
+        for where, n, stride in zip(tuple(index) + (slice(None),) * (len(full) - len(index)),
+                                    full, strides):
+            start, stop, _ = where.indices(n)
+            i = i[..., None] + np.arange(start, stop, dtype=np.uint32) * np.uint32(stride)
+    hashed = (i * np.uint32(0x9E3779B1) + np.uint32(0x7F4A7C15)) | np.uint32(1)
+    return np.array([np.sum(words * (2 * i + 1), dtype=np.uint32),
+                     np.sum(words * hashed, dtype=np.uint32)], np.uint32)
+
+
+def _bit_sums(x: Any) -> np.ndarray:
+    """``[sum_i b_i (2i + 1), sum_i b_i w_i] mod 2**32`` over an array's words ``b_i``
+    (:func:`_words`, in row-major order) and ``w_i = (i * 0x9E3779B1 + 0x7F4A7C15) | 1``, an
+    odd multiplicative hash of ``i``. Every weight is odd, so a change of one word (any
+    flipped bit) always changes both sums; integer sums are exact in any order, so the result
+    does not depend on sharding or backend. Computed on the host from this process's shards
+    (replica 0 of each; no program to compile): an array with shards in other processes
+    holds only this process's part (:func:`array_checksums` adds the parts)."""
+    if not isinstance(x, jax.Array):
+        block = np.asarray(x)
+        return _block_bit_sums(block, (), block.shape)
+    sums = np.zeros(2, np.uint32)
+    for shard in x.addressable_shards:
+        if shard.replica_id == 0:
+            sums += _block_bit_sums(np.asarray(shard.data), shard.index, x.shape)
+    return sums
 
 
 def array_checksums(tree: Any) -> dict[str, Any]:
     """``{"version", "arrays": {path: "dtype:sum1:sum2"}}`` for every array of ``tree``
-    (:func:`_bit_sums`, computed where the arrays are, in one jitted call)."""
+    (:func:`_bit_sums`; the parts of arrays sharded over processes added over all of them,
+    so every process must call it, as they all save and restore)."""
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    sums = jax.device_get(_tree_bit_sums([leaf for _, leaf in leaves]))
+    sums = np.stack([_bit_sums(leaf) for _, leaf in leaves]) if leaves else np.zeros((0, 2))
+    if any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable for _, leaf in leaves):
+        sums = np.sum(multihost_utils.process_allgather(sums), axis=0, dtype=np.uint32)
     return {"version": _CHECKSUM_VERSION, "arrays": {
-        _path_names(path): f"{jnp.asarray(leaf).dtype}:{int(a):08x}:{int(b):08x}"
+        _path_names(path): f"{leaf.dtype if hasattr(leaf, 'dtype') else np.asarray(leaf).dtype}:{int(a):08x}:{int(b):08x}"
         for (path, leaf), (a, b) in zip(leaves, sums)}}
 
 
