@@ -140,7 +140,7 @@ def predict_files(workdir: str | Path, images: Sequence[str | Path], out: str | 
     written = []
     for i, result in segmenter.iterate([str(p) for p in images], progress=len(images) > 1):
         path = images[i]
-        rgb = viz.load_image(path)
+        rgb = viz.load_image(path) if attention or "overlay" in formats else None
         stem = Path(path).stem
         pictures = {"index": lambda: result.labels.astype(np.uint8), "color": result.colors,
                     "overlay": lambda: result.overlay(rgb)}

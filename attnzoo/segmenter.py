@@ -315,7 +315,16 @@ def _image_size(image: Any) -> tuple[int, int]:
             raise ValueError(f"cannot read image {image}: {err}") from err
     if hasattr(image, "mode") and hasattr(image, "convert"):
         return image.height, image.width
-    return _rgb(image).shape[:2]
+    return _image_array(image).shape[:2]
+
+
+def _image_array(image: Any) -> np.ndarray:
+    """``image`` as an array, its shape checked (``(H, W, 3)`` or ``(H, W)``), not its values."""
+    a = np.asarray(image)
+    if a.ndim not in (2, 3) or a.ndim == 3 and a.shape[-1] != 3 or a.shape[0] < 1 \
+            or a.shape[1] < 1:
+        raise ValueError(f"image: expected an (H, W, 3) or (H, W) array; got shape {a.shape}")
+    return a
 
 
 def _rgb(image: Any) -> np.ndarray:
@@ -324,11 +333,9 @@ def _rgb(image: Any) -> np.ndarray:
         return viz.load_image(image)
     if hasattr(image, "mode") and hasattr(image, "convert"):  # a PIL image
         return viz.to_rgb8(image)
-    a = np.asarray(image)
+    a = _image_array(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"image: expected an (H, W, 3) or (H, W) array; got shape {a.shape}")
     if a.dtype != np.uint8:
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
             raise ValueError(f"image: a {a.dtype} array must hold finite 0-255 values; got "
