@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnzoo import engine
-from attnzoo.export import export_stablehlo, load_stablehlo, main
+from attnzoo.export import export_onnx, export_savedmodel, export_stablehlo, load_stablehlo, main
 from attnzoo.pixels import normalize_image
 
 
@@ -62,22 +62,106 @@ def test_a_fixed_batch_is_kept(run):
         export_stablehlo(model, variables, config, size=(48, 80), batch=0)
 
 
-@pytest.mark.exhaustive  # 100 s
-def test_every_head_family_exports():
-    """The quickstart's model of every head family (``configs/quickstart.py:<family>``, random
-    weights) exports with a symbolic batch and runs, reloaded, at batch 2 with the model's
-    jitted logits (1e-5 of the largest) and its op-by-op ones on numpy-normalised images
-    (1e-4: the normalisation fused otherwise)."""
-    from attnzoo import heads
+@pytest.mark.slow  # 25 s (TensorFlow)
+def test_the_savedmodel_runs_in_tensorflow_at_another_batch(run, tmp_path, capsys):
+    """Written by the command with a symbolic batch, loaded by ``tf.saved_model.load``, run on
+    3 images through ``serve`` and the ``serving_default`` signature: the model's logits
+    (1e-5 of the largest); the folder holds the weights as variables, not graph constants."""
+    tf = pytest.importorskip("tensorflow")
+    workdir, _, _ = run
+    out = main(["--workdir", str(workdir), "--format", "savedmodel", "--out",
+                str(tmp_path / "sm"), "--size", "64x96"])
+    assert "as a SavedModel" in capsys.readouterr().out
+    assert (out / "variables").is_dir() and not list(tmp_path.glob(".sm.*"))
+    model, variables, config = engine.restore(workdir)
+    images = np.random.default_rng(3).integers(0, 256, (3, 64, 96, 3), np.uint8)
+    loaded = tf.saved_model.load(str(out))
+    want = _jitted_logits(model, variables, images, config)
+    _close(loaded.serve(images)["logits"].numpy(), want)
+    _close(loaded.signatures["serving_default"](images=tf.constant(images))["logits"].numpy(),
+           want)
+    with pytest.raises(ValueError, match="exists; give a new folder"):
+        export_savedmodel(model, variables, config, out, size=(64, 96))
+
+
+@pytest.mark.slow  # 10 s
+def test_the_onnx_file_runs_in_onnxruntime(run, tmp_path, capsys):
+    """Written by the command at batch 2, run by onnxruntime: the model's jitted logits (1e-5
+    of the largest) and its op-by-op ones on numpy-normalised images (1e-4); another batch is
+    refused by the runtime (ONNX graphs have a fixed batch)."""
+    ort = pytest.importorskip("onnxruntime")
+    workdir, _, _ = run
+    out = main(["--workdir", str(workdir), "--format", "onnx", "--batch", "2", "--out",
+                str(tmp_path / "m.onnx"), "--size", "64x96"])
+    assert "as ONNX" in capsys.readouterr().out
+    model, variables, config = engine.restore(workdir)
+    images = np.random.default_rng(4).integers(0, 256, (2, 64, 96, 3), np.uint8)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images})[0]
+    _close(got, _jitted_logits(model, variables, images, config))
+    _close(got, _logits(model, variables, images), tol=1e-4)
+    with pytest.raises(Exception, match="dimension|shape"):
+        session.run(None, {"images": images[:1]})
+
+
+def test_a_memory_bounded_graph_is_refused_by_onnx_naming_the_loop():
+    from attnzoo.engine.config import load_config_file
+    from attnzoo.onnx_graph import UnsupportedPrimitiveError
+    from helpers import ROOT
+
+    pytest.importorskip("onnx")
+    config = load_config_file(f"{ROOT / 'configs' / 'quickstart.py'}:danet")
+    config.model.memory_efficient = True
+    model = engine.build_model(config)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    with pytest.raises(UnsupportedPrimitiveError,
+                       match="danet_r18_d8 does not export to ONNX: .*'scan'.*memory-bounded"):
+        export_onnx(model, variables, config, size=(64, 64))
+    with pytest.raises(ValueError, match="fixed batch"):
+        export_onnx(model, variables, config, size=(64, 64), batch=None)
+
+
+def _case_model(model_or_config: str):
+    """The model, random variables at 64x64 (the quickstart's crop for its configs) and the
+    config of a row of ``tools/gen_docs.export_cases``."""
+    from attnzoo import models
     from attnzoo.engine.config import load_config_file
     from helpers import ROOT
 
-    for family in heads.list_families():
-        config = load_config_file(f"{ROOT / 'configs' / 'quickstart.py'}:{family}")
+    if model_or_config.startswith("configs/"):
+        config = load_config_file(str(ROOT / model_or_config))
         model = engine.build_model(config)
         size = tuple(config.dataset.crop_size)
-        variables = model.init(jax.random.key(0), jnp.zeros((1, *size, 3)))
+    else:
+        config = engine.default_config()
+        model = models.create(model_or_config, num_classes=5)
+        size = (64, 64)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *size, 3)))
+    return model, variables, config, size
+
+
+@pytest.mark.exhaustive  # 12 min
+def test_every_family_exports_to_every_format(tmp_path):
+    """Every row of the export table in docs/models.md (``tools/gen_docs.export_cases``: each
+    family's quickstart model, the first model of its other model sets, the attention U-Net;
+    random weights) exports to StableHLO (symbolic batch), a SavedModel (symbolic batch) and
+    ONNX (batch 2), and each, run by JAX, TensorFlow and onnxruntime on 2 images, gives the
+    model's jitted logits within 1e-5 of the largest."""
+    ort = pytest.importorskip("onnxruntime")
+    tf = pytest.importorskip("tensorflow")
+    from tools.gen_docs import export_cases
+
+    for family, model_set, name in export_cases():
+        model, variables, config, size = _case_model(name)
         images = np.random.default_rng(2).integers(0, 256, (2, *size, 3), np.uint8)
+        want = _jitted_logits(model, variables, images, config)
+        what = f"{family} ({name})"
         got = load_stablehlo(export_stablehlo(model, variables, config, size=size))(images)
-        _close(got, _jitted_logits(model, variables, images, config), what=family)
-        _close(got, _logits(model, variables, images), tol=1e-4, what=family)
+        _close(got, want, what=f"{what} StableHLO")
+        folder = export_savedmodel(model, variables, config, tmp_path / f"{family}_{model_set}",
+                                   size=size)
+        _close(tf.saved_model.load(str(folder)).serve(images)["logits"].numpy(), want,
+               what=f"{what} SavedModel")
+        session = ort.InferenceSession(export_onnx(model, variables, config, size=size, batch=2),
+                                       providers=["CPUExecutionProvider"])
+        _close(session.run(None, {"images": images})[0], want, what=f"{what} ONNX")

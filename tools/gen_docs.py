@@ -148,6 +148,33 @@ def pretrained_md() -> str:
     return "\n".join(out) + "\n"
 
 
+EXPORT_FORMATS = ("StableHLO", "SavedModel", "ONNX")
+
+
+def export_cases() -> list[tuple[str, str, str]]:
+    """``(family, model set, model)`` that ``tests/test_export.py`` exports to every format:
+    the quickstart's model of each family (``configs/quickstart.py:<family>``, its first
+    model set), the first model of each other set, and the attention U-Net."""
+    from attnzoo import heads, models
+
+    rows = []
+    for name in heads.list_families():
+        family = heads.get_family(name)
+        for i, model_set in enumerate(family.model_sets):
+            model = f"configs/quickstart.py:{name}" if i == 0 else \
+                next(iter(models.zoo.MODEL_SETS[model_set](family)))
+            rows.append((name, model_set, model))
+    rows.append(("attention_unet", "unet", "attention_unet_small"))
+    return rows
+
+
+def export_table() -> str:
+    """Which families export to which format (every case of :func:`export_cases` to all)."""
+    return table(["family", "model set", "model exported by the test", *EXPORT_FORMATS],
+                 [[f"`{f}`", s, f"`{m}`", *(["yes"] * len(EXPORT_FORMATS))]
+                  for f, s, m in export_cases()])
+
+
 def models_md() -> str:
     """``docs/models.md``: every registered model with its parameters (traced, ~1 min)."""
     from attnzoo import models
@@ -172,6 +199,20 @@ def models_md() -> str:
         "SegFormer's Mix Transformer, the head reading its four stages (256 channels for "
         "B0/B1, 768 for B2-B5), no auxiliary head. `attention_unet` is the U-Net of Oktay et "
         "al. with attention gates.",
+        "",
+        "## Export",
+        "",
+        "`python -m attnzoo.export --format stablehlo|savedmodel|onnx` (guide: "
+        "[guide.md](guide.md#export)). Every case below is exported with random weights to "
+        "each format and run by its runtime (JAX, TensorFlow, onnxruntime) against the "
+        "model's logits, within 1e-5 of the largest (`tests/test_export.py::"
+        "test_every_family_exports_to_every_format`, exhaustive set). The image size is "
+        "fixed in all three; the batch is symbolic in StableHLO and SavedModel, fixed in "
+        "ONNX. Graphs with the memory-bounded attention (`--memory-efficient`) export to "
+        "StableHLO and SavedModel, not ONNX: the bounded attention is a `scan` loop, which "
+        "`attnzoo.onnx_graph` does not translate (the error names it).",
+        "",
+        export_table(),
         "",
         "## Parameters",
         "",
