@@ -9,10 +9,9 @@ logits, the weights and the input normalisation inside.
 The input is ``(batch, H, W, 3)`` uint8 RGB, ``H`` and ``W`` the ``--size`` (the models'
 resizes compute their taps from static sizes, so the image size is fixed); the output the
 logits ``(batch, H, W, classes)`` float32 of the model's main head at the input's size (no
-test resize: feed images at the size the model should see). The batch is symbolic in
-StableHLO and SavedModel unless ``--batch N``; ONNX graphs have a fixed batch (``--batch``,
-default 1: their shapes are static, see :mod:`attnzoo.onnx_graph`). StableHLO and SavedModel
-programs are lowered for CPU, CUDA and TPU (``--platforms``).
+test resize: feed images at the size the model should see). The batch is symbolic unless
+``--batch N``. StableHLO and SavedModel programs are lowered for CPU, CUDA and TPU
+(``--platforms``).
 
 Run them with JAX alone, TensorFlow or onnxruntime:
 
@@ -136,11 +135,11 @@ def export_savedmodel(model: Any, variables: Any, config: Any, out: str | Path, 
 
 
 def export_onnx(model: Any, variables: Any, config: Any, *, size: tuple[int, int],
-                batch: int = 1) -> bytes:
+                batch: int | None = None) -> bytes:
     """The serialized ONNX model (opset :data:`attnzoo.onnx_graph.OPSET`) of
-    :func:`uint8_logits`: input ``images`` uint8 ``(batch, *size, 3)``, output ``logits``,
-    the weights as initializers (:func:`attnzoo.onnx_graph.to_onnx`; a fixed batch). Needs
-    the ``onnx`` package.
+    :func:`uint8_logits`: input ``images`` uint8 ``(batch, *size, 3)`` (``batch`` ``None``:
+    a symbolic ``batch`` dimension), output ``logits``, the weights as initializers
+    (:func:`attnzoo.onnx_graph.to_onnx`). Needs the ``onnx`` package.
 
     Raises:
       ValueError for a non-positive size or batch;
@@ -149,13 +148,12 @@ def export_onnx(model: Any, variables: Any, config: Any, *, size: tuple[int, int
     """
     from attnzoo.onnx_graph import UnsupportedPrimitiveError, to_onnx
 
-    if batch is None:
-        raise ValueError("batch: ONNX graphs have a fixed batch; give one (e.g. 1)")
     h, w = _checked(size, batch)
     fn = uint8_logits(model, config)
+    shape = jax.export.symbolic_shape(f"b, {h}, {w}, 3") if batch is None else (batch, h, w, 3)
     try:
         proto = to_onnx(lambda images: fn(variables, images),
-                        jax.ShapeDtypeStruct((batch, h, w, 3), jnp.uint8),
+                        jax.ShapeDtypeStruct(shape, jnp.uint8),
                         doc=f"attnzoo {config.model.name}: uint8 RGB images -> logits")
     except UnsupportedPrimitiveError as err:
         loop = " (a loop: the memory-bounded attention; export without it)" \
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--size", required=True, help="the image size HxW")
     parser.add_argument("--batch", type=int, default=None,
-                        help="fixed batch size (default: any batch; ONNX: 1)")
+                        help="fixed batch size (default: any batch)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
                         help="stablehlo / savedmodel: the platforms to lower for "
                              "(default cpu,cuda,tpu)")
@@ -215,7 +213,7 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         blob = export_stablehlo(model, variables, config, size=size, batch=args.batch,
                                 platforms=platforms) if args.format == "stablehlo" else \
-            export_onnx(model, variables, config, size=size, batch=args.batch or 1)
+            export_onnx(model, variables, config, size=size, batch=args.batch)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_bytes(blob)
         tmp.replace(out)

@@ -5,8 +5,10 @@ and ``jax2onnx`` pins an orbax older than attnzoo's, so the ONNX export walks th
 itself: every equation of the traced program (nested ``jit`` / ``custom_jvp`` / ``custom_vjp``
 calls inlined) becomes the ONNX nodes that compute the same values. Equations whose inputs
 are all constants (the weights, ``iota``, the resize matrices) are evaluated at export time
-and stored as initializers, so the graph holds only what depends on the image. Shapes are
-static: the batch is the one traced.
+and stored as initializers, so the graph holds only what depends on the image. One input
+dimension may be symbolic (``jax.export.symbolic_shape``; the batch): shapes that depend on it
+become ``-1`` in reshapes and the input's own size in broadcasts, so one graph serves every
+batch size; every other dimension is static.
 
 What it translates is what attnzoo's inference graphs use (checked on every registered
 family by ``tests/test_export.py``); anything else raises :class:`UnsupportedPrimitiveError`
@@ -16,6 +18,7 @@ naming the primitive, e.g. a ``scan`` of the memory-bounded attention or sliding
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +27,7 @@ import numpy as np
 
 OPSET = 18
 _Value = Any  # a numpy array (a constant known at export time) or a str (an ONNX tensor name)
+_END = np.iinfo(np.int64).max  # a Slice's end past any size
 
 
 class UnsupportedPrimitiveError(NotImplementedError):
@@ -36,15 +40,23 @@ def _onnx_dtype(dtype: Any) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-class _Graph:
-    """The nodes and initializers of the ONNX graph being built."""
+def _static(shape: Sequence[Any]) -> bool:
+    return all(isinstance(d, (int, np.integer)) for d in shape)
 
-    def __init__(self) -> None:
+
+class _Graph:
+    """The nodes and initializers of the ONNX graph being built; ``symbol`` the symbolic
+    dimension of input ``source`` at ``axis`` (or ``None``)."""
+
+    def __init__(self, symbol: Any = None, source: str = "", axis: int = 0) -> None:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._count = itertools.count()
+        self.symbol, self._source, self._axis = symbol, source, axis
+        self._symbol_size: str | None = None
 
     def fresh(self, hint: str) -> str:
+        """A tensor name not used before."""
         return f"{hint}_{next(self._count)}"
 
     def tensor(self, value: _Value) -> str:
@@ -66,19 +78,50 @@ class _Graph:
                                            name=out, **attrs))
         return out
 
-    def shape(self, x: _Value, shape: Sequence[int]) -> _Value:
-        return np.reshape(x, shape) if not isinstance(x, str) else \
-            self.op("Reshape", [x, np.asarray(shape, np.int64)])
+    def shape(self, x: _Value, shape: Sequence[Any]) -> _Value:
+        """``x`` reshaped (a constant at once, a tensor by a ``Reshape`` node; the one
+        dimension that depends on the symbolic one inferred, ``-1``)."""
+        if not isinstance(x, str):
+            return np.reshape(x, shape)
+        symbolic = [d for d in shape if not isinstance(d, (int, np.integer))]
+        if len(symbolic) > 1:
+            raise UnsupportedPrimitiveError(f"a reshape to {tuple(shape)}: more than one "
+                                            f"dimension depends on the symbolic one")
+        target = [int(d) if isinstance(d, (int, np.integer)) else -1 for d in shape]
+        return self.op("Reshape", [x, np.asarray(target, np.int64)])
+
+    def expand(self, x: _Value, shape_of_x: Sequence[Any], shape: Sequence[Any]) -> _Value:
+        """``x`` (of ``shape_of_x``, the same rank) broadcast to ``shape``: an ``Expand`` whose
+        target is 1 where ``x`` has the dimension already and the input's own size where a
+        dimension is the symbolic one."""
+        if tuple(shape_of_x) == tuple(shape):
+            return x
+        if _static(shape):
+            return self.op("Expand", [x, np.asarray(shape, np.int64)])
+        pieces: list[_Value] = []
+        for have, want in zip(shape_of_x, shape):
+            if isinstance(want, (int, np.integer)) or have == want:
+                pieces.append(np.asarray([want if isinstance(want, (int, np.integer)) else 1],
+                                         np.int64))
+            elif want == self.symbol:
+                pieces.append(self.symbol_size())
+            else:
+                raise UnsupportedPrimitiveError(f"a broadcast to {tuple(shape)}")
+        return self.op("Expand", [x, self.op("Concat", pieces, axis=0)])
+
+    def symbol_size(self) -> str:
+        """The size of the symbolic dimension, a 1-element int64 tensor read off the input."""
+        if self._symbol_size is None:
+            self._symbol_size = _slice(self, self.op("Shape", [self._source]), [self._axis],
+                                       [self._axis + 1])
+        return self._symbol_size
 
     def transpose(self, x: _Value, perm: Sequence[int]) -> _Value:
+        """``x`` transposed (nothing for the identity; a constant at once)."""
         if list(perm) == sorted(perm):
             return x
         return np.transpose(x, perm) if not isinstance(x, str) else \
             self.op("Transpose", [x], perm=list(perm))
-
-
-def _aval(var: Any) -> Any:
-    return var.aval
 
 
 _Rule = Callable[[_Graph, Any, list[_Value]], list[_Value]]
@@ -86,6 +129,8 @@ _RULES: dict[str, _Rule] = {}
 
 
 def _rule(*names: str) -> Callable[[_Rule], _Rule]:
+    """Register the decorated function as the translation of the primitives ``names``."""
+
     def register(fn: _Rule) -> _Rule:
         for name in names:
             _RULES[name] = fn
@@ -106,10 +151,10 @@ _BITWISE = {"and": ("And", "BitwiseAnd"), "or": ("Or", "BitwiseOr"), "not": ("No
 def _elementwise(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     name = eqn.primitive.name
     if name in _BITWISE:
-        op = _BITWISE[name][_aval(eqn.outvars[0]).dtype != np.bool_]
+        op = _BITWISE[name][eqn.outvars[0].aval.dtype != np.bool_]
     else:
         op = _ELEMENTWISE[name]
-    if name == "div" and np.issubdtype(_aval(eqn.outvars[0]).dtype, np.integer):
+    if name == "div" and np.issubdtype(eqn.outvars[0].aval.dtype, np.integer):
         raise UnsupportedPrimitiveError("integer div (lax rounds toward zero; ONNX's Div "
                                         "leaves it to the runtime)")
     return [g.op(op, ins)]
@@ -136,7 +181,7 @@ def _rsqrt(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
 
 @_rule("erfc")
 def _erfc(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
-    one = np.ones((), _aval(eqn.outvars[0]).dtype)
+    one = np.ones((), eqn.outvars[0].aval.dtype)
     return [g.op("Sub", [one, g.op("Erf", ins)])]
 
 
@@ -149,7 +194,8 @@ def _square(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
 def _integer_pow(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     y = eqn.params["y"]
     if y == 0:
-        return [np.ones(_aval(eqn.outvars[0]).shape, _aval(eqn.outvars[0]).dtype)]
+        aval = eqn.outvars[0].aval
+        return [g.expand(np.ones((1,) * aval.ndim, aval.dtype), (1,) * aval.ndim, aval.shape)]
     out = ins[0]
     for _ in range(abs(y) - 1):  # products as XLA's expansion of small powers
         out = g.op("Mul", [out, ins[0]])
@@ -163,7 +209,7 @@ def _convert(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
 
 @_rule("reshape", "squeeze", "expand_dims")
 def _reshape(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
-    return [g.shape(ins[0], _aval(eqn.outvars[0]).shape)]
+    return [g.shape(ins[0], eqn.outvars[0].aval.shape)]
 
 
 @_rule("broadcast_in_dim")
@@ -171,10 +217,9 @@ def _broadcast(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     shape = eqn.params["shape"]
     kept = [1] * len(shape)
     for src, dst in enumerate(eqn.params["broadcast_dimensions"]):
-        kept[dst] = _aval(eqn.invars[0]).shape[src]
-    x = g.shape(ins[0], kept)
-    return [x if tuple(kept) == tuple(shape) else
-            g.op("Expand", [x, np.asarray(shape, np.int64)])]
+        kept[dst] = eqn.invars[0].aval.shape[src]
+    x = ins[0] if tuple(kept) == tuple(eqn.invars[0].aval.shape) else g.shape(ins[0], kept)
+    return [g.expand(x, kept, shape)]
 
 
 @_rule("transpose")
@@ -197,8 +242,14 @@ def _slice(g: _Graph, x: _Value, starts: Sequence[int], ends: Sequence[int],
 
 @_rule("slice")
 def _slice_rule(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
-    return [_slice(g, ins[0], eqn.params["start_indices"], eqn.params["limit_indices"],
-                   eqn.params["strides"])]
+    shape, p = eqn.invars[0].aval.shape, eqn.params
+    if not _static(p["start_indices"]) or not all(
+            isinstance(end, (int, np.integer)) or end == n
+            for end, n in zip(p["limit_indices"], shape)):
+        raise UnsupportedPrimitiveError("a slice of part of the symbolic dimension")
+    ends = [int(end) if isinstance(end, (int, np.integer)) else _END
+            for end in p["limit_indices"]]
+    return [_slice(g, ins[0], p["start_indices"], ends, p["strides"])]
 
 
 @_rule("pad")
@@ -210,10 +261,9 @@ def _pad(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     grow = [max(lo, 0) for lo, _, _ in config] + [max(hi, 0) for _, hi, _ in config]
     if any(grow):
         x = g.op("Pad", [x, np.asarray(grow, np.int64), g.shape(value, ())], mode="constant")
-    if any(lo < 0 or hi < 0 for lo, hi, _ in config):  # negative padding crops
-        shape = _aval(eqn.invars[0]).shape
-        x = _slice(g, x, [max(-lo, 0) for lo, _, _ in config],
-                   [n + max(lo, 0) + hi for n, (lo, hi, _) in zip(shape, config)])
+    if any(lo < 0 or hi < 0 for lo, hi, _ in config):  # negative padding crops (ends < 0:
+        x = _slice(g, x, [max(-lo, 0) for lo, _, _ in config],  # counted from the end)
+                   [hi if hi < 0 else _END for _, hi, _ in config])
     return [x]
 
 
@@ -222,11 +272,11 @@ def _select_n(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     which, *cases = ins
     if len(cases) == 1:
         return [cases[0]]
-    if _aval(eqn.invars[0]).dtype == np.bool_:
+    if eqn.invars[0].aval.dtype == np.bool_:
         return [g.op("Where", [which, cases[1], cases[0]])]
     out = cases[0]
     for k, case in enumerate(cases[1:], 1):
-        index = np.asarray(k, _aval(eqn.invars[0]).dtype)
+        index = np.asarray(k, eqn.invars[0].aval.dtype)
         out = g.op("Where", [g.op("Equal", [which, index]), case, out])
     return [out]
 
@@ -256,15 +306,15 @@ def _dot_general(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     each group flattened, one MatMul, the result reshaped to lax's ``(batch, lhs free, rhs
     free)``."""
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    ls, rs = (_aval(v).shape for v in eqn.invars)
+    ls, rs = (v.aval.shape for v in eqn.invars)
     lf = [d for d in range(len(ls)) if d not in (*lc, *lb)]
     rf = [d for d in range(len(rs)) if d not in (*rc, *rb)]
     batch = [ls[d] for d in lb]
-    size = lambda dims, shape: int(np.prod([shape[d] for d in dims], dtype=np.int64))  # noqa: E731
+    size = lambda dims, shape: math.prod(shape[d] for d in dims)  # noqa: E731
     lhs = g.shape(g.transpose(ins[0], [*lb, *lf, *lc]), [*batch, size(lf, ls), size(lc, ls)])
     rhs = g.shape(g.transpose(ins[1], [*rb, *rc, *rf]), [*batch, size(rc, rs), size(rf, rs)])
     out = g.op("MatMul", [lhs, rhs])
-    return [g.shape(out, _aval(eqn.outvars[0]).shape)]
+    return [g.shape(out, eqn.outvars[0].aval.shape)]
 
 
 @_rule("conv_general_dilated")
@@ -310,14 +360,16 @@ def _gather(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     other axes (out-of-range indices refused, where lax would fill)."""
     dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
     x, indices = ins
-    shape, ishape = _aval(eqn.invars[0]).shape, _aval(eqn.invars[1]).shape
+    shape, ishape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+    if isinstance(indices, str):
+        raise UnsupportedPrimitiveError("gather at indices computed from the image")
+    if ishape == (len(dn.start_index_map),) and not dn.operand_batching_dims:
+        return [_gather_one_window(g, eqn, x, indices)]
     axis = dn.start_index_map[0]
     offset = [d for d in range(len(shape)) if d != axis and d not in dn.operand_batching_dims]
     if len(dn.start_index_map) != 1 or tuple(dn.collapsed_slice_dims) != (axis,) or \
             ishape[-1] != 1 or any(sizes[d] != shape[d] for d in offset):
         raise UnsupportedPrimitiveError(f"gather of this form ({dn})")
-    if isinstance(indices, str):
-        raise UnsupportedPrimitiveError("gather at indices computed from the image")
     indices = indices[..., 0]
     if (indices < 0).any() or (indices >= shape[axis]).any():
         raise UnsupportedPrimitiveError("gather at indices out of range")
@@ -336,7 +388,7 @@ def _gather(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
                                for d in range(len(shape))])
         full = [shape[d] if d in offset else index.shape[d] for d in range(len(shape))]
         op, attrs = "GatherElements", {"axis": axis}
-        index = g.op("Expand", [index, np.asarray(full, np.int64)])
+        index = g.expand(g.tensor(index), index.shape, full)
         onnx_order = [("i", source[d]) if d in source else ("o", d) for d in range(len(shape))]
     else:
         raise UnsupportedPrimitiveError(f"gather of this form ({dn})")
@@ -345,6 +397,26 @@ def _gather(g: _Graph, eqn: Any, ins: list[_Value]) -> list[_Value]:
     lax_order = [("o", next(rest_o)) if pos in dn.offset_dims else ("i", next(rest_i))
                  for pos in range(len(onnx_order))]
     return [g.transpose(out, [onnx_order.index(k) for k in lax_order])]
+
+
+def _gather_one_window(g: _Graph, eqn: Any, x: _Value, start: np.ndarray) -> _Value:
+    """A gather of one window at constant ``start`` (what indexing with constants becomes
+    when a dimension is symbolic): a ``Slice``, the collapsed dimensions reshaped away."""
+    dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+    shape = eqn.invars[0].aval.shape
+    starts, ends = [0] * len(shape), []
+    for d, v in zip(dn.start_index_map, start.tolist()):
+        starts[d] = v
+    for d, (n, size) in enumerate(zip(shape, sizes)):
+        if isinstance(size, (int, np.integer)) and isinstance(n, (int, np.integer)):
+            if starts[d] < 0 or starts[d] + size > n:
+                raise UnsupportedPrimitiveError("gather of a window out of range")
+            ends.append(starts[d] + int(size))
+        elif size == n and not starts[d]:
+            ends.append(_END)
+        else:
+            raise UnsupportedPrimitiveError("gather of part of the symbolic dimension")
+    return g.shape(_slice(g, x, starts, ends), eqn.outvars[0].aval.shape)
 
 
 def _inner_jaxpr(eqn: Any) -> Any | None:
@@ -382,7 +454,8 @@ def _translate(g: _Graph, jaxpr: Any, consts: Sequence[Any], args: Sequence[_Val
             body = closed.jaxpr if closed is not None else inner
             outs = _translate(g, body, closed.consts if closed is not None else (),
                               ins[len(ins) - len(body.invars):])
-        elif all(not isinstance(v, str) for v in ins):
+        elif all(not isinstance(v, str) for v in ins) and all(
+                _static(v.aval.shape) for v in eqn.outvars):
             outs = _evaluate(eqn, ins)
         elif eqn.primitive.name in _RULES:
             outs = _RULES[eqn.primitive.name](g, eqn, ins)
@@ -398,23 +471,37 @@ def to_onnx(fn: Callable[[jax.Array], jax.Array], example: jax.ShapeDtypeStruct,
             input_name: str = "images", output_name: str = "logits",
             doc: str = "") -> Any:
     """The ``onnx.ModelProto`` (opset :data:`OPSET`) computing ``fn`` on one input of
-    ``example``'s shape and dtype (closed-over arrays become initializers).
+    ``example``'s shape and dtype (closed-over arrays become initializers). At most one
+    dimension of ``example`` may be symbolic (``jax.export.symbolic_shape``): it is named
+    ``batch`` in the graph's input and output.
 
     Raises:
       UnsupportedPrimitiveError naming the first primitive without a translation.
+      ValueError for more than one symbolic input dimension.
     """
     from onnx import checker, helper
 
+    symbolic = [(axis, d) for axis, d in enumerate(example.shape)
+                if not isinstance(d, (int, np.integer))]
+    if len(symbolic) > 1:
+        raise ValueError(f"example: at most one symbolic dimension; got {example.shape}")
+    axis, symbol = symbolic[0] if symbolic else (0, None)
     closed = jax.make_jaxpr(fn)(example)
-    g = _Graph()
+    g = _Graph(symbol, input_name, axis)
     (out,) = _translate(g, closed.jaxpr, closed.consts, [input_name])
     out_aval = closed.out_avals[0]
     g.nodes.append(helper.make_node("Identity", [g.tensor(out)], [output_name]))
+
+    def dims(shape: Sequence[Any]) -> list[Any]:
+        return [int(d) if isinstance(d, (int, np.integer)) else
+                "batch" if d == symbol else str(d) for d in shape]
+
     graph = helper.make_graph(
-        g.nodes, "attnzoo", [helper.make_tensor_value_info(
-            input_name, _onnx_dtype(example.dtype), list(example.shape))],
+        g.nodes, "attnzoo",
+        [helper.make_tensor_value_info(input_name, _onnx_dtype(example.dtype),
+                                       dims(example.shape))],
         [helper.make_tensor_value_info(output_name, _onnx_dtype(out_aval.dtype),
-                                       list(out_aval.shape))], initializer=g.initializers)
+                                       dims(out_aval.shape))], initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="attnzoo", doc_string=doc)
     model.ir_version = 9  # what onnxruntime 1.20+ reads

@@ -66,7 +66,8 @@ def test_a_fixed_batch_is_kept(run):
 def test_the_savedmodel_runs_in_tensorflow_at_another_batch(run, tmp_path, capsys):
     """Written by the command with a symbolic batch, loaded by ``tf.saved_model.load``, run on
     3 images through ``serve`` and the ``serving_default`` signature: the model's logits
-    (1e-5 of the largest); the folder holds the weights as variables, not graph constants."""
+    (1e-4 of the largest: TensorFlow's own XLA compiles it); the folder holds the weights as
+    variables, not graph constants."""
     tf = pytest.importorskip("tensorflow")
     workdir, _, _ = run
     out = main(["--workdir", str(workdir), "--format", "savedmodel", "--out",
@@ -77,29 +78,35 @@ def test_the_savedmodel_runs_in_tensorflow_at_another_batch(run, tmp_path, capsy
     images = np.random.default_rng(3).integers(0, 256, (3, 64, 96, 3), np.uint8)
     loaded = tf.saved_model.load(str(out))
     want = _jitted_logits(model, variables, images, config)
-    _close(loaded.serve(images)["logits"].numpy(), want)
+    _close(loaded.serve(images)["logits"].numpy(), want, tol=1e-4)
     _close(loaded.signatures["serving_default"](images=tf.constant(images))["logits"].numpy(),
-           want)
+           want, tol=1e-4)
     with pytest.raises(ValueError, match="exists; give a new folder"):
         export_savedmodel(model, variables, config, out, size=(64, 96))
 
 
 @pytest.mark.slow  # 10 s
-def test_the_onnx_file_runs_in_onnxruntime(run, tmp_path, capsys):
-    """Written by the command at batch 2, run by onnxruntime: the model's jitted logits (1e-5
-    of the largest) and its op-by-op ones on numpy-normalised images (1e-4); another batch is
-    refused by the runtime (ONNX graphs have a fixed batch)."""
+def test_the_onnx_file_runs_in_onnxruntime_at_any_batch(run, tmp_path, capsys):
+    """Written by the command with a symbolic batch, run by onnxruntime on 2 images and on 1:
+    the model's logits within 1e-4 of the largest (jitted, and op by op on numpy-normalised
+    images); ``--batch 2`` fixes the batch, which the runtime then holds to."""
     ort = pytest.importorskip("onnxruntime")
     workdir, _, _ = run
-    out = main(["--workdir", str(workdir), "--format", "onnx", "--batch", "2", "--out",
+    out = main(["--workdir", str(workdir), "--format", "onnx", "--out",
                 str(tmp_path / "m.onnx"), "--size", "64x96"])
     assert "as ONNX" in capsys.readouterr().out
     model, variables, config = engine.restore(workdir)
     images = np.random.default_rng(4).integers(0, 256, (2, 64, 96, 3), np.uint8)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": images})[0]
-    _close(got, _jitted_logits(model, variables, images, config))
-    _close(got, _logits(model, variables, images), tol=1e-4)
+    assert session.get_inputs()[0].shape == ["batch", 64, 96, 3]
+    for batch in (images, images[1:]):
+        got = session.run(None, {"images": batch})[0]
+        _close(got, _jitted_logits(model, variables, batch, config), tol=1e-4)
+        _close(got, _logits(model, variables, batch), tol=1e-4)
+    fixed = main(["--workdir", str(workdir), "--format", "onnx", "--batch", "2", "--out",
+                  str(tmp_path / "b2.onnx"), "--size", "64x96"])
+    session = ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, 64, 96, 3]
     with pytest.raises(Exception, match="dimension|shape"):
         session.run(None, {"images": images[:1]})
 
@@ -117,8 +124,6 @@ def test_a_memory_bounded_graph_is_refused_by_onnx_naming_the_loop():
     with pytest.raises(UnsupportedPrimitiveError,
                        match="danet_r18_d8 does not export to ONNX: .*'scan'.*memory-bounded"):
         export_onnx(model, variables, config, size=(64, 64))
-    with pytest.raises(ValueError, match="fixed batch"):
-        export_onnx(model, variables, config, size=(64, 64), batch=None)
 
 
 def _case_model(model_or_config: str):
@@ -144,9 +149,11 @@ def _case_model(model_or_config: str):
 def test_every_family_exports_to_every_format(tmp_path):
     """Every row of the export table in docs/models.md (``tools/gen_docs.export_cases``: each
     family's quickstart model, the first model of its other model sets, the attention U-Net;
-    random weights) exports to StableHLO (symbolic batch), a SavedModel (symbolic batch) and
-    ONNX (batch 2), and each, run by JAX, TensorFlow and onnxruntime on 2 images, gives the
-    model's jitted logits within 1e-5 of the largest."""
+    random weights) exports with a symbolic batch to StableHLO, a SavedModel and ONNX, and
+    each, run by JAX, TensorFlow and onnxruntime on 2 images, gives the model's jitted logits
+    within 1e-5 of the largest for StableHLO, 1e-4 for the others (TensorFlow compiles the
+    program with its own XLA, onnxruntime runs its own kernels: 3.6e-5 and 2.8e-5 on the
+    Segmenter's ViT)."""
     ort = pytest.importorskip("onnxruntime")
     tf = pytest.importorskip("tensorflow")
     from tools.gen_docs import export_cases
@@ -160,8 +167,8 @@ def test_every_family_exports_to_every_format(tmp_path):
         _close(got, want, what=f"{what} StableHLO")
         folder = export_savedmodel(model, variables, config, tmp_path / f"{family}_{model_set}",
                                    size=size)
-        _close(tf.saved_model.load(str(folder)).serve(images)["logits"].numpy(), want,
-               what=f"{what} SavedModel")
-        session = ort.InferenceSession(export_onnx(model, variables, config, size=size, batch=2),
+        loaded = tf.saved_model.load(str(folder))  # (held: its variables die with it)
+        _close(loaded.serve(images)["logits"].numpy(), want, tol=1e-4, what=f"{what} SavedModel")
+        session = ort.InferenceSession(export_onnx(model, variables, config, size=size),
                                        providers=["CPUExecutionProvider"])
-        _close(session.run(None, {"images": images})[0], want, what=f"{what} ONNX")
+        _close(session.run(None, {"images": images})[0], want, tol=1e-4, what=f"{what} ONNX")

@@ -1,5 +1,6 @@
 """``attnzoo.onnx_graph``: each primitive's ONNX translation, run by onnxruntime on random
-inputs, equals JAX's jitted result (1e-5 of the largest value; integers and booleans exactly)."""
+inputs, equals JAX's jitted result (1e-5 of the largest value; integers and booleans exactly),
+with static shapes and with a symbolic batch."""
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,33 @@ def test_each_translation_equals_jax(name):
     want = np.asarray(jax.jit(CASES[name])(x))
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_symbolic_batch_serves_every_batch_size():
+    """Traced with a symbolic batch: reshapes and slices over it, a constant broadcast to it,
+    attention over each image's tokens, a take_along_axis index broadcast over it, a window of
+    constant indices (a gather when a dimension is symbolic), a cropping pad; run at 1 and 3."""
+
+    def fn(x):
+        b = x.shape[0]
+        tokens = x.reshape(b, 35, 4)
+        keys = jnp.broadcast_to(jnp.asarray(W[0, 0, :, :4]), (b, 4, 4))
+        attention = jax.nn.softmax(tokens @ keys, -1) @ tokens.transpose(0, 2, 1)
+        picked = jnp.take_along_axis(attention, (np.arange(35) % 7)[None, :, None], axis=2)
+        window = x[:, 1:6, 3, 2:]
+        cropped = lax.pad(x, 0.5, ((0, 0, 0), (1, -2, 0), (0, 0, 0), (-1, 1, 0)))
+        return jnp.concatenate([picked.reshape(b, -1), window.reshape(b, -1),
+                                cropped.reshape(b, -1)], axis=1)
+
+    model = to_onnx(fn, jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 7, 5, 4"),
+                                             np.float32))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 7, 5, 4]
+    for batch in (1, 3):
+        x = RNG.standard_normal((batch, 7, 5, 4)).astype(np.float32)
+        want = np.asarray(jax.jit(fn)(x))
+        np.testing.assert_allclose(session.run(None, {"images": x})[0], want, rtol=0,
+                                   atol=1e-5 * np.abs(want).max())
 
 
 def test_uint8_input_and_constants_folded_at_export():

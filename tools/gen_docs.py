@@ -204,11 +204,12 @@ def models_md() -> str:
         "",
         "`python -m attnzoo.export --format stablehlo|savedmodel|onnx` (guide: "
         "[guide.md](guide.md#export)). Every case below is exported with random weights to "
-        "each format and run by its runtime (JAX, TensorFlow, onnxruntime) against the "
-        "model's logits, within 1e-5 of the largest (`tests/test_export.py::"
+        "each format with a symbolic batch and run by its runtime (JAX, TensorFlow, "
+        "onnxruntime) on 2 images against the model's logits: within 1e-5 of the largest "
+        "for StableHLO, 1e-4 for the SavedModel (TensorFlow's own XLA) and ONNX "
+        "(onnxruntime's kernels) (`tests/test_export.py::"
         "test_every_family_exports_to_every_format`, exhaustive set). The image size is "
-        "fixed in all three; the batch is symbolic in StableHLO and SavedModel, fixed in "
-        "ONNX. Graphs with the memory-bounded attention (`--memory-efficient`) export to "
+        "fixed. Graphs with the memory-bounded attention (`--memory-efficient`) export to "
         "StableHLO and SavedModel, not ONNX: the bounded attention is a `scan` loop, which "
         "`attnzoo.onnx_graph` does not translate (the error names it).",
         "",
