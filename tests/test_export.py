@@ -111,6 +111,7 @@ def test_the_onnx_file_runs_in_onnxruntime_at_any_batch(run, tmp_path, capsys):
         session.run(None, {"images": images[:1]})
 
 
+@pytest.mark.slow  # 8 s (default run time); test_onnx_graph.py checks a scan is named by default
 def test_a_memory_bounded_graph_is_refused_by_onnx_naming_the_loop():
     from attnzoo.engine.config import load_config_file
     from attnzoo.onnx_graph import UnsupportedPrimitiveError
