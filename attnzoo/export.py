@@ -60,13 +60,15 @@ def uint8_logits(model: Any, config: Any) -> Callable[[Any, jax.Array], jax.Arra
     return logits
 
 
-def _checked(size: tuple[int, int], batch: int | None) -> tuple[int, int]:
+def _input_shape(size: tuple[int, int], batch: int | None) -> tuple[Any, int, int, int]:
+    """``(batch, h, w, 3)``, the batch symbolic (``b``) when ``None``; ValueError for a
+    non-positive size or batch."""
     from attnzoo._checks import check_pair
 
     h, w = check_pair(size, "size")
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be positive; got {batch}")
-    return h, w
+    return (jax.export.symbolic_shape("b")[0] if batch is None else batch, h, w, 3)
 
 
 def export_stablehlo(model: Any, variables: Any, config: Any, *, size: tuple[int, int],
@@ -78,9 +80,8 @@ def export_stablehlo(model: Any, variables: Any, config: Any, *, size: tuple[int
     Raises:
       ValueError for a non-positive size or batch.
     """
-    h, w = _checked(size, batch)
+    shape = _input_shape(size, batch)
     fn = uint8_logits(model, config)
-    shape = jax.export.symbolic_shape(f"b, {h}, {w}, 3") if batch is None else (batch, h, w, 3)
     exported = jax.export.export(jax.jit(lambda images: fn(variables, images)),
                                  platforms=tuple(platforms))(
         jax.ShapeDtypeStruct(shape, jnp.uint8))
@@ -110,7 +111,7 @@ def export_savedmodel(model: Any, variables: Any, config: Any, out: str | Path, 
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    h, w = _checked(size, batch)
+    _, h, w, _ = _input_shape(size, batch)
     out = Path(out)
     if out.exists():
         raise ValueError(f"out {out} exists; give a new folder")
@@ -148,9 +149,8 @@ def export_onnx(model: Any, variables: Any, config: Any, *, size: tuple[int, int
     """
     from attnzoo.onnx_graph import UnsupportedPrimitiveError, to_onnx
 
-    h, w = _checked(size, batch)
+    shape = _input_shape(size, batch)
     fn = uint8_logits(model, config)
-    shape = jax.export.symbolic_shape(f"b, {h}, {w}, 3") if batch is None else (batch, h, w, 3)
     try:
         proto = to_onnx(lambda images: fn(variables, images),
                         jax.ShapeDtypeStruct(shape, jnp.uint8),
