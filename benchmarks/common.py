@@ -86,10 +86,17 @@ def execution_peak_bytes(compiled: Callable[..., Any], *args: Any) -> int:
         before = device.memory_stats()["bytes_in_use"]
         jax.block_until_ready(compiled(*args))
         return device.memory_stats()["peak_bytes_in_use"] - before
+    return host_peak_bytes(lambda: compiled(*args))
+
+
+def host_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak resident memory (Linux) that ``fn()`` adds: resets the process's high-water mark
+    (``/proc/self/clear_refs`` <- 5), runs, and returns ``VmHWM`` minus the resident size
+    before the call."""
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    jax.block_until_ready(compiled(*args))
+    jax.block_until_ready(fn())
     return (_status_kib("VmHWM") - before) * 1024
 
 

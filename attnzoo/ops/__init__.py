@@ -27,6 +27,7 @@ from attnzoo.ops.crf import (
     mean_field,
     permutohedral_lattice,
     potts,
+    table_sizes,
 )
 from attnzoo.ops.criss_cross import criss_cross_attention, criss_cross_weights
 from attnzoo.ops.dot_product import (
@@ -123,6 +124,7 @@ __all__ = [
     "resolve_implementation",
     "shifted_window_mask",
     "spatial_gather",
+    "table_sizes",
     "temporal_attention",
     "window_attention",
     "window_merge",
