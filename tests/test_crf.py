@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from attnzoo import _cli, blocks, models, ops
+from attnzoo.ops import crf as crf_ops
 
 
 def image_like(h, w, seed=0):
@@ -43,6 +44,55 @@ def loop_gaussian_sum(f, v):
         for j in range(len(f)):
             out[i] += np.exp(-0.5 * np.sum((f[i] - f[j]) ** 2)) * v[j]
     return out
+
+
+def loop_permutohedral_filter(f, v):
+    """Adams, Baek & Davis's permutohedral filter point by point in float64, with a dict as the
+    hash table (as densecrf): elevate onto H_d, the enclosing simplex from the nearest
+    remainder-0 point and the ranks of the offsets, splat by barycentric weights, blur
+    [1/2, 1, 1/2] along each direction in turn, slice, times 1 / (1 + 2^-d). Returns the
+    filtered values and the number of distinct vertices."""
+    n, d = f.shape
+    scale = np.sqrt(2 / 3) * (d + 1) / np.sqrt(np.arange(1, d + 1) * np.arange(2, d + 2))
+    table, splat = {}, []
+    for point in f.astype(np.float64):
+        cf = point * scale
+        e = np.empty(d + 1)
+        e[d] = -d * cf[d - 1]
+        for i in range(d - 1, 0, -1):
+            e[i] = cf[i:].sum() - i * cf[i - 1]
+        e[0] = cf.sum()
+        rem0 = np.where(np.ceil(e / (d + 1)) * (d + 1) - e < e - np.floor(e / (d + 1)) * (d + 1),
+                        np.ceil(e / (d + 1)), np.floor(e / (d + 1))) * (d + 1)
+        diff = e - rem0
+        rank = np.array([np.sum(diff > diff[i]) + np.sum(diff[:i] == diff[i])
+                         for i in range(d + 1)]) + int(round(rem0.sum() / (d + 1)))
+        rem0 = rem0 + np.where(rank < 0, d + 1, 0) - np.where(rank > d, d + 1, 0)
+        rank = np.where(rank < 0, rank + d + 1, np.where(rank > d, rank - d - 1, rank))
+        bary = np.zeros(d + 2)
+        for i in range(d + 1):
+            bary[d - rank[i]] += (e[i] - rem0[i]) / (d + 1)
+            bary[d + 1 - rank[i]] -= (e[i] - rem0[i]) / (d + 1)
+        bary[0] += 1 + bary[d + 1]
+        for k in range(d + 1):
+            key = tuple(int(x) for x in np.where(rank <= d - k, rem0 + k, rem0 + k - d - 1))
+            splat.append((table.setdefault(key, len(table)), bary[k]))
+    values = np.zeros((len(table), v.shape[1]))
+    for (vertex, weight), point in zip(splat, np.repeat(np.arange(n), d + 1)):
+        values[vertex] += weight * v[point]
+    keys = list(table)
+    for j in range(d + 1):
+        step = np.ones(d + 1, int) - (d + 1) * np.eye(d + 1, dtype=int)[j]
+        old = values.copy()
+        for vertex, key in enumerate(keys):
+            for sign in (1, -1):
+                other = table.get(tuple(int(x) for x in np.asarray(key) + sign * step))
+                if other is not None:
+                    values[vertex] += 0.5 * old[other]
+    out = np.zeros(v.shape)
+    for (vertex, weight), point in zip(splat, np.repeat(np.arange(n), d + 1)):
+        out[point] += weight * values[vertex]
+    return out / (1 + 2.0 ** -d), len(table)
 
 
 def loop_mean_field(logits, image, iterations, w_a, ta, tb, w_s, tg, mu, normalization):
@@ -104,6 +154,39 @@ def test_dense_mean_field_equals_the_pixel_loop(normalization):
                         method="dense", normalization=normalization, chunk_size=16, **params)
     np.testing.assert_allclose(softmax(np.asarray(out[0])), softmax(ref), atol=1e-5)
     assert (np.asarray(out[0]).argmax(-1) != logits.argmax(-1)).any()  # the CRF did something
+
+
+@pytest.mark.parametrize("d, spread", [(5, 3.0), (2, 4.0), (5, 40.0)])
+def test_lattice_equals_a_looped_permutohedral_filter(d, spread):
+    """The lattice filter against the point-by-point permutohedral filter with a hash table
+    (float64) within 1e-5 of the largest value, on a batch whose items occupy different numbers
+    of vertices: the table takes the smallest of ``table_sizes`` that holds the larger count
+    (plus the zero slot). The widest spread is the one whose keys do not pack into one word."""
+    rng = np.random.default_rng(d)
+    n = 1000
+    features = np.stack([rng.normal(0, spread, (n, d)), rng.normal(0, 1.0, (n, d))])
+    values = rng.uniform(0, 1, (2, n, 3))
+    lattice = jax.jit(ops.permutohedral_lattice)(jnp.asarray(features, jnp.float32))
+    keys, _ = crf_ops._vertex_keys(jnp.asarray(features, jnp.float32))
+    assert bool(jax.vmap(crf_ops._box)(keys).fits.all()) == (spread < 10)  # packed or key columns
+    out = np.asarray(jax.jit(ops.lattice_filter)(lattice, jnp.asarray(values, jnp.float32)))
+    counts = []
+    for item in range(2):
+        expected, count = loop_permutohedral_filter(features[item], values[item])
+        np.testing.assert_allclose(out[item], expected, atol=1e-5 * np.abs(expected).max())
+        counts.append(count)
+    assert counts[0] > counts[1]
+    sizes = ops.table_sizes(n, d)
+    chosen = sizes[int(lattice.size_index)]
+    assert chosen >= counts[0] + 1 and (chosen == sizes[0] or sizes[int(lattice.size_index) - 1]
+                                        < counts[0] + 1)
+
+
+def test_table_sizes_are_powers_of_two_up_to_the_worst_case():
+    assert ops.table_sizes(300, 5) == (1024, 1801)
+    assert ops.table_sizes(1000, 5) == (1024, 2048, 4096, 6001)
+    assert ops.table_sizes(10, 2) == (31,)
+    assert ops.table_sizes(512 * 1024, 5)[-1] == 512 * 1024 * 6 + 1
 
 
 @pytest.mark.slow  # 8 s; the lattice against densecrf runs in the default set

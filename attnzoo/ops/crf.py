@@ -179,79 +179,100 @@ def table_sizes(points: int, d: int) -> tuple[int, ...]:
 
 
 def _elevate(features: Array) -> Array:
-    """Project ``(N, d)`` features onto the hyperplane ``sum = 0`` of ``R^{d+1}``, scaled so the
-    lattice's blur is a unit-variance Gaussian in feature units (Adams et al., Sec. 3.1)."""
+    """Project ``(..., d)`` features onto the hyperplane ``sum = 0`` of ``R^{d+1}``, scaled so
+    the lattice's blur is a unit-variance Gaussian in feature units (Adams et al., Sec. 3.1)."""
     d = features.shape[-1]
     i = np.arange(1, d + 1)
     scale = math.sqrt(2.0 / 3.0) * (d + 1) / np.sqrt(i * (i + 1))
     cf = features * scale.astype(np.float32)
-    tail = jnp.concatenate([jnp.cumsum(cf[:, ::-1], -1)[:, ::-1],
-                            jnp.zeros_like(cf[:, :1])], -1)  # tail[j] = sum_{k >= j} cf[k]
-    return tail.at[:, 1:].add(-i.astype(np.float32) * cf)
+    tail = jnp.concatenate([jnp.cumsum(cf[..., ::-1], -1)[..., ::-1],
+                            jnp.zeros_like(cf[..., :1])], -1)  # tail[j] = sum_{k >= j} cf[k]
+    return tail.at[..., 1:].add(-i.astype(np.float32) * cf)
 
 
 def _simplex(elevated: Array) -> tuple[Array, Array, Array]:
     """The nearest remainder-0 lattice point ``rem0`` (int), the rank of each coordinate's
-    offset from it (which simplex holds the point) and the barycentric weights ``(N, d+1)``."""
-    n, dp1 = elevated.shape
+    offset from it (which simplex holds the point) and the barycentric weights ``(..., d+1)``.
+    Written per coordinate (``d + 1`` is small): elementwise ops on the points that fuse."""
+    dp1 = elevated.shape[-1]
     d = dp1 - 1
     v = elevated / dp1
     up, down = jnp.ceil(v) * dp1, jnp.floor(v) * dp1
     rem0 = jnp.where(up - elevated < elevated - down, up, down)
     excess = jnp.round(rem0.sum(-1) / dp1).astype(jnp.int32)
-    diff = elevated - rem0
+    diff = [elevated[..., i] - rem0[..., i] for i in range(dp1)]
     # rank_i = #{j > i: diff_i < diff_j} + #{j < i: diff_j >= diff_i} (ties broken by index).
-    later = jnp.triu(jnp.ones((dp1, dp1), bool), 1)
-    earlier = jnp.tril(jnp.ones((dp1, dp1), bool), -1)
-    greater = diff[:, None, :] > diff[:, :, None]            # [n, i, j]: diff_j > diff_i
-    less = diff[:, None, :] < diff[:, :, None]               # [n, i, j]: diff_j < diff_i
-    rank = jnp.sum(jnp.where(later, greater, earlier & ~less), -1)
-    rank = rank + excess[:, None]
+    rank = jnp.stack([sum((diff[j] > diff[i] if j > i else diff[j] >= diff[i]).astype(jnp.int32)
+                          for j in range(dp1) if j != i) for i in range(dp1)], -1)
+    rank = rank + excess[..., None]
     rem0 = rem0.astype(jnp.int32)
     low, high = rank < 0, rank > d
     rank = jnp.where(low, rank + dp1, jnp.where(high, rank - dp1, rank))
     rem0 = jnp.where(low, rem0 + dp1, jnp.where(high, rem0 - dp1, rem0))
     delta = (elevated - rem0) / dp1
-    slots = jnp.arange(d + 2)
-    bary = jnp.sum(delta[..., None] * ((slots == (d - rank)[..., None]).astype(jnp.float32)
-                                       - (slots == (d + 1 - rank)[..., None])), 1)
-    bary = bary.at[:, 0].add(1.0 + bary[:, d + 1])
-    return rem0, rank, bary[:, :dp1]
+    # Coordinate i adds its offset to weight d - rank_i and takes it from d + 1 - rank_i.
+    bary = [sum(jnp.where(rank[..., i] == d - s, delta[..., i], 0.0)
+                - jnp.where(rank[..., i] == d + 1 - s, delta[..., i], 0.0) for i in range(dp1))
+            for s in range(d + 2)]
+    bary[0] = bary[0] + 1.0 + bary[d + 1]
+    return rem0, rank, jnp.stack(bary[:dp1], -1)
 
 
-def _lexsort_perm(columns: Sequence[Array]) -> tuple[list[Array], Array]:
-    """Sort rows by ``columns`` (first column most significant); returns the sorted columns and
-    the permutation."""
-    iota = jnp.arange(columns[0].shape[0], dtype=jnp.int32)
-    out = jax.lax.sort((*columns, iota), num_keys=len(columns))
-    return list(out[:-1]), out[-1]
-
-
-def _vertices(features: Array) -> tuple[Array, Array, Array, Array]:
-    """One item's simplex vertices: ``offsets`` ``(N, d+1)`` (table slots), barycentric
-    ``weights``, the table of distinct vertex keys (first ``d`` coordinates; slot ``s`` in row
-    ``s``, rows after the last occupied one zero) and the number of distinct vertices."""
-    n, d = features.shape
+def _vertex_keys(features: Array) -> tuple[Array, Array]:
+    """The simplex vertices of features ``(B, N, d)``: their keys ``(B, N (d+1), d)`` (the first
+    ``d`` coordinates of each point's ``d + 1`` vertices; the last is minus their sum) and the
+    barycentric weights ``(B, N, d+1)``."""
+    b, n, d = features.shape
     dp1 = d + 1
-    elevated = _elevate(features.astype(jnp.float32))
-    rem0, rank, bary = _simplex(elevated)
-    r = np.arange(dp1)[:, None]
-    k = np.arange(dp1)[None, :]
-    canonical = jnp.asarray(np.where(k <= d - r, r, r - dp1), jnp.int32)  # [remainder, rank]
-    keys = rem0[:, None, :d] + canonical[:, rank[:, :d]].transpose(1, 0, 2)  # (N, d+1, d)
-    keys = keys.reshape(n * dp1, d)
-    # Deduplicate: sort the vertex keys; table slot = 1 + index among the distinct keys.
-    cols, perm = _lexsort_perm([keys[:, i] for i in range(d)])
-    sorted_keys = jnp.stack(cols, -1)
-    new = jnp.concatenate([jnp.ones((1,), bool), jnp.any(sorted_keys[1:] != sorted_keys[:-1], -1)])
-    slot = jnp.cumsum(new.astype(jnp.int32))
-    offsets = jnp.zeros(n * dp1, jnp.int32).at[perm].set(slot).reshape(n, dp1)
-    table = jnp.zeros((n * dp1 + 1, d), jnp.int32).at[slot].set(sorted_keys)
-    return offsets, bary, table, slot[-1]
+    rem0, rank, bary = _simplex(_elevate(features.astype(jnp.float32)))
+    # Vertex r of the simplex: rem0 plus the canonical simplex's vertex r, whose coordinate of
+    # rank k is r if k <= d - r, else r - (d + 1).
+    r = np.arange(dp1, dtype=np.int32)[:, None]
+    keys = rem0[..., None, :d] + r - dp1 * (rank[..., None, :d] > d - r).astype(jnp.int32)
+    return keys.reshape(b, n * dp1, d), bary
+
+
+class _Box(NamedTuple):
+    """The box the keys of one item span, in units of ``d + 1``: every coordinate of a lattice
+    point has the same remainder ``k`` modulo ``d + 1``, so a key is ``k + (d + 1) m`` with
+    ``low <= m < low + spans``; ``fits`` when ``(d + 1) prod(spans)`` codes fit one int32."""
+
+    low: Array
+    spans: Array
+    fits: Array
+
+
+def _box(keys: Array) -> _Box:
+    dp1 = keys.shape[-1] + 1
+    m = jnp.floor_divide(keys, dp1)
+    low = m.min(0)
+    spans = m.max(0) - low + 1
+    return _Box(low, spans, jnp.prod(spans.astype(jnp.float32)) * dp1 < 2.0 ** 30)
+
+
+def _pack(keys: Array, box: _Box) -> Array:
+    """One int32 code per key ``(M, 1)``: ``k + (d + 1) sum_i (m_i - low_i) stride_i`` (strides
+    the running products of ``spans``), -1 for a key outside the box (no vertex there)."""
+    dp1 = keys.shape[-1] + 1
+    m = jnp.floor_divide(keys, dp1) - box.low
+    strides = jnp.cumprod(jnp.concatenate([box.spans[1:], jnp.ones(1, jnp.int32)])[::-1])[::-1]
+    code = jnp.remainder(keys[:, 0], dp1) + dp1 * jnp.sum(m * strides, -1)
+    return jnp.where(jnp.all((m >= 0) & (m < box.spans), -1), code, -1)[:, None]
+
+
+def _unpack(codes: Array, box: _Box) -> Array:
+    """The keys ``(M, d)`` of codes ``(M, 1)`` from :func:`_pack`."""
+    dp1 = box.low.shape[0] + 1
+    rest = codes[:, 0] // dp1
+    m = []
+    for span in jnp.unstack(box.spans)[::-1]:
+        m.append(rest % span)
+        rest = rest // span
+    return jnp.remainder(codes, dp1) + dp1 * (jnp.stack(m[::-1], -1) + box.low)
 
 
 def _lex_less(a: Array, b: Array) -> Array:
-    """Row-wise lexicographic ``a < b`` of ``(..., d)`` integer keys (first column most
+    """Row-wise lexicographic ``a < b`` of ``(..., c)`` integer codes (first column most
     significant)."""
     less = a[..., -1] < b[..., -1]
     for k in range(a.shape[-1] - 2, -1, -1):
@@ -260,13 +281,14 @@ def _lex_less(a: Array, b: Array) -> Array:
 
 
 def _find(table: Array, count: Array, queries: Array) -> Array:
-    """The slot of each of ``queries`` ``(Q, d)`` among the sorted keys in rows ``1..count`` of
-    ``table``, 0 where absent: a vectorised binary search (lower bound) of fixed depth."""
+    """The slot of each of ``queries`` ``(Q, c)`` among the sorted codes in rows ``1..count`` of
+    ``table``, 0 where absent: a vectorised binary search (lower bound), as deep as ``count``
+    needs."""
     size = table.shape[0]
     lo = jnp.ones(queries.shape[0], jnp.int32)
     hi = jnp.full(queries.shape[0], count + 1, jnp.int32)
 
-    def halve(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+    def halve(_: Array, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
         lo, hi = bounds
         mid = (lo + hi) // 2
         go_right = _lex_less(table[jnp.minimum(mid, size - 1)], queries)
@@ -274,28 +296,63 @@ def _find(table: Array, count: Array, queries: Array) -> Array:
         return (jnp.where(searching & go_right, mid + 1, lo),
                 jnp.where(searching & ~go_right, mid, hi))
 
-    lo, _ = jax.lax.fori_loop(0, int(size).bit_length(), halve, (lo, hi))
+    depth = 32 - jax.lax.clz(count + 1)  # the bit length of count + 1
+    lo, _ = jax.lax.fori_loop(0, depth, halve, (lo, hi))
     found = (lo <= count) & jnp.all(table[jnp.minimum(lo, size - 1)] == queries, -1)
     return jnp.where(found, lo, 0)
 
 
-def _neighbours(table: Array, count: Array, slots: int) -> Array:
-    """The neighbour slots ``(d+1, 2, slots)`` of the vertices in ``table`` ``(S, d)`` (slots
-    ``1..count`` occupied, keys sorted), zero beyond ``S``: along direction ``j``, ``u + v_j``
+def _table(codes: Array, points: int) -> tuple[Array, Array, Array]:
+    """Deduplicate one item's vertex codes ``(N (d+1), c)``: the table of distinct codes, sorted
+    (slot ``s`` in row ``s``, row 0 the zero slot; ``N (d+1) + 1`` rows), their number, and each
+    point's ``d + 1`` slots ``(N, d+1)`` found in it by binary search."""
+    cols = jax.lax.sort(tuple(codes.T), num_keys=codes.shape[1])
+    ordered = jnp.stack(cols, -1)
+    new = jnp.concatenate([jnp.ones((1,), bool), jnp.any(ordered[1:] != ordered[:-1], -1)])
+    slot = jnp.cumsum(new.astype(jnp.int32))
+    table = jnp.zeros((codes.shape[0] + 1, codes.shape[1]), jnp.int32).at[slot].set(ordered)
+    count = slot[-1]
+    return table, count, _find(table, count, codes).reshape(points, -1)
+
+
+NEIGHBOUR_CHUNK = 16384
+
+
+def _neighbours(table: Array, count: Array, box: _Box, packed: bool) -> Array:
+    """The neighbour slots ``(B, d+1, 2, S)`` of the vertices in ``table`` ``(B, S, c)``
+    (sorted codes, slots ``1..count`` occupied; 0 elsewhere): along direction ``j``, ``u + v_j``
     and ``u - v_j`` with ``v_j = (1, ..., 1) - (d+1) e_j`` (Adams et al., Sec. 3.1). The first
-    is found by binary search among the keys (their first ``d`` coordinates); the second is its
-    inverse (``u + v_j = u'`` exactly when ``u' - v_j = u``)."""
-    size, d = table.shape
+    is found by binary search among the codes; the second is its inverse (``u + v_j = u'``
+    exactly when ``u' - v_j = u``). A loop over chunks of :data:`NEIGHBOUR_CHUNK` table rows
+    that stops after the batch's last occupied one, so the cost follows ``count``."""
+    b, size, c = table.shape
+    chunk = min(NEIGHBOUR_CHUNK, size)
+    rows = -(-size // chunk) * chunk
+    table = jnp.pad(table, ((0, 0), (0, rows - size), (0, 0)))
+    d = box.low.shape[-1]
     dp1 = d + 1
-    index = jnp.arange(size, dtype=jnp.int32)
-    occupied = (index >= 1) & (index <= count)
-    steps = np.ones((dp1, d), np.int32) - (d + 1) * np.eye(dp1, d, dtype=np.int32)
-    queries = (table[None] + steps[:, None, :]).reshape(dp1 * size, d)
-    plus = jnp.where(occupied, _find(table, count, queries).reshape(dp1, size), 0)
-    minus = jax.vmap(lambda p: jnp.zeros(size, jnp.int32).at[jnp.where(p > 0, p, size)].set(
-        index, mode="drop"))(plus)
-    neighbours = jnp.stack([plus, minus], 1)
-    return jnp.pad(neighbours, ((0, 0), (0, 0), (0, slots - size)))
+    steps = np.ones((dp1, d), np.int32) - dp1 * np.eye(dp1, d, dtype=np.int32)
+
+    def search(start: Array, table: Array, count: Array, box: _Box, plus: Array,
+               minus: Array) -> tuple[Array, Array]:
+        codes = jax.lax.dynamic_slice_in_dim(table, start, chunk)
+        keys = _unpack(codes, box) if packed else codes
+        queries = (keys[None] + steps[:, None, :]).reshape(dp1 * chunk, d)
+        slots = _find(table, count, _pack(queries, box) if packed else queries)
+        index = start + jnp.arange(chunk, dtype=jnp.int32)
+        slots = jnp.where((index >= 1) & (index <= count), slots.reshape(dp1, chunk), 0)
+        plus = jax.lax.dynamic_update_slice_in_dim(plus, slots, start, axis=1)
+        minus = jax.vmap(lambda m, s: m.at[jnp.where(s > 0, s, rows)].set(index, mode="drop"))(
+            minus, slots)
+        return plus, minus
+
+    def step(i: Array, found: tuple[Array, Array]) -> tuple[Array, Array]:
+        return jax.vmap(search, in_axes=(None, 0, 0, 0, 0, 0))(i * chunk, table, count, box,
+                                                               *found)
+
+    empty = jnp.zeros((b, dp1, rows), jnp.int32)
+    plus, minus = jax.lax.fori_loop(0, jnp.max(count) // chunk + 1, step, (empty, empty))
+    return jnp.stack([plus, minus], 2)[..., :size]
 
 
 def permutohedral_lattice(features: Array) -> Lattice:
@@ -306,21 +363,29 @@ def permutohedral_lattice(features: Array) -> Lattice:
     the lattice blur approximates ``exp(-|f_i - f_j|^2 / 2)``; its enclosing simplex is found
     from the nearest remainder-0 lattice point and the ranks of the coordinates' offsets, and
     its barycentric weights in that simplex computed (Adams et al. 2010, Sec. 3). The distinct
-    vertices become the lattice table (by a sort instead of a hash table). Their number picks
-    the table size from :func:`table_sizes` (the batch's largest), and for each of the
-    ``d + 1`` directions each vertex's two neighbours are found by one more sort of that many
-    slots; arrays keep the static worst-case ``N (d + 1) + 1`` slots.
+    vertices become the lattice table by a sort instead of a hash table: of one int32 code per
+    vertex where the batch's keys span a small enough box (an image's do), else of the ``d``
+    key columns. Their number picks the table size from :func:`table_sizes` (the batch's
+    largest), and each vertex's two neighbours along each of the ``d + 1`` directions are found
+    by binary search among that many slots; arrays keep the static worst-case ``N (d + 1) + 1``
+    slots.
     """
     check_rank(features, 3, "features", "B, N, d")
     _, n, d = features.shape
-    offsets, weights, table, count = jax.vmap(_vertices)(features)
+    keys, weights = _vertex_keys(features)
+    box = jax.vmap(_box)(keys)
     sizes = table_sizes(n, d)
+
+    def build(packed: bool) -> Callable[[Array, _Box], tuple[Array, Array, Array]]:
+        def run(keys: Array, box: _Box) -> tuple[Array, Array, Array]:
+            codes = jax.vmap(_pack)(keys, box) if packed else keys
+            table, count, offsets = jax.vmap(functools.partial(_table, points=n))(codes)
+            return offsets, _neighbours(table, count, box, packed), count
+        return run
+
+    offsets, neighbours, count = jax.lax.cond(jnp.all(box.fits), build(True), build(False),
+                                              keys, box)
     size_index = jnp.searchsorted(jnp.asarray(sizes), jnp.max(count) + 1).astype(jnp.int32)
-
-    def build(size: int) -> Callable[[Array, Array], Array]:
-        return lambda t, c: jax.vmap(lambda ti, ci: _neighbours(ti[:size], ci, sizes[-1]))(t, c)
-
-    neighbours = jax.lax.switch(size_index, [build(s) for s in sizes], table, count)
     return Lattice(offsets, weights, neighbours, size_index)
 
 
