@@ -19,6 +19,7 @@ exact form's and densecrf's on the same input.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -115,9 +116,12 @@ def main() -> None:
             h, w = parse_size(text, "--sizes")
             labels = {}
             for method in ("dense", "lattice", "densecrf"):
-                if method == "dense" and h * w > args.dense_max_pixels:
-                    rows.append([f"{h}x{w}", method, "not run (--dense-max-pixels)", "", "", "",
-                                 ""])
+                skip = ("--dense-max-pixels" if method == "dense" and h * w > args.dense_max_pixels
+                        else "pydensecrf2 is not installed: the crf extra"
+                        if method == "densecrf" and not importlib.util.find_spec("pydensecrf")
+                        else None)
+                if skip:
+                    rows.append([f"{h}x{w}", method, f"not run ({skip})", "", "", "", ""])
                     continue
                 labels_file = str(Path(tmp) / f"{h}x{w}_{method}.npy")
                 out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats),

@@ -163,7 +163,7 @@ def test_lattice_equals_a_looped_permutohedral_filter(d, spread):
     of vertices: the table takes the smallest of ``table_sizes`` that holds the larger count
     (plus the zero slot). The widest spread is the one whose keys do not pack into one word."""
     rng = np.random.default_rng(d)
-    n = 1000
+    n = 500
     features = np.stack([rng.normal(0, spread, (n, d)), rng.normal(0, 1.0, (n, d))])
     values = rng.uniform(0, 1, (2, n, 3))
     lattice = jax.jit(ops.permutohedral_lattice)(jnp.asarray(features, jnp.float32))
@@ -184,6 +184,7 @@ def test_lattice_equals_a_looped_permutohedral_filter(d, spread):
 
 def test_table_sizes_are_powers_of_two_up_to_the_worst_case():
     assert ops.table_sizes(300, 5) == (1024, 1801)
+    assert ops.table_sizes(500, 5) == (1024, 2048, 3001)
     assert ops.table_sizes(1000, 5) == (1024, 2048, 4096, 6001)
     assert ops.table_sizes(10, 2) == (31,)
     assert ops.table_sizes(512 * 1024, 5)[-1] == 512 * 1024 * 6 + 1
@@ -372,3 +373,4 @@ def test_benchmark_script_prints_its_table():
                           "24x24,40x32", "--repeats", "1", "--dense-max-pixels", "576"],
                          capture_output=True, text=True, check=True).stdout
     assert "| 24x24 | lattice |" in out and "not run" in out and "%" in out
+    assert "| 40x32 | densecrf |" in out

@@ -20,9 +20,11 @@ a Gaussian-kernel sum over all pixel pairs: an unnormalised attention whose scor
 - :func:`permutohedral_lattice` + :func:`lattice_filter`, the permutohedral-lattice
   approximation (Adams, Baek & Davis, Eurographics 2010) that the authors' code uses:
   splat onto the vertices of the enclosing simplices, blur with ``[1/2, 1, 1/2]`` along each of
-  the ``d + 1`` lattice directions, slice; ``O(N d^2)`` plus sorts, so whole 512x1024 images run
-  on a CPU. Written with sorts and gathers (no hash table), so it is pure, jit-able and
-  differentiable in the values and the features' barycentric weights.
+  the ``d + 1`` lattice directions, slice; ``O(N d^2)`` plus one sort, so whole 512x1024 images
+  run on a CPU. Written with a sort, binary searches and gathers instead of a hash table, so it
+  is pure, jit-able and differentiable in the values and the features' barycentric weights;
+  its cost follows the occupied vertices as a hash table's does (the neighbour search stops at
+  the last one, the blur runs on the smallest of :func:`table_sizes` that holds them).
 
 As in the authors' code (densecrf) and CRF-as-RNN, the sum includes ``j = i`` and each kernel's
 message is normalised by the kernel's row sums ``n = K 1``: ``"symmetric"``
