@@ -13,13 +13,17 @@ PyTorch in float64). Then, for each input size and batch:
 
 Each (framework, mode, size, batch) runs in a fresh process: one warm-up call (which includes
 JAX's compilation, reported separately), then the median of ``--repeats`` calls. The ratio
-attnzoo / PyTorch comes from one run of this script (same machine, same threads). It first
+attnzoo / PyTorch comes from one run of this script (same machine, same threads); with
+``--xla-flags`` (repeated) the attnzoo cells run once per set of XLA options beside the same
+PyTorch cell. It first
 prints both frameworks' rate for a square matmul (``--matmul-size``, default 2048; float32
 and bfloat16 inputs): the peak the models' convolutions are measured against.
 
     python benchmarks/compare_torch.py                       # CPU: 512x512, 512x1024; batch 1, 2
     python benchmarks/compare_torch.py --sizes 256x256 --batches 1 --repeats 2
     python benchmarks/compare_torch.py --device gpu --dtype bfloat16 --batches 2,8   # gpu.sh
+    python benchmarks/compare_torch.py --sizes 512x512 --batches 1 \
+        --xla-flags= --xla-flags=--xla_cpu_use_onednn=true        # XLA:CPU options side by side
 """
 
 from __future__ import annotations
@@ -224,10 +228,14 @@ def worker(spec: dict) -> dict:
                      spec["device"])
 
 
-def in_subprocess(spec: dict, timeout: float | None = None) -> dict:
+def in_subprocess(spec: dict, timeout: float | None = None, xla_flags: str = "") -> dict:
+    """``worker(spec)`` in a fresh process, ``xla_flags`` added to its ``XLA_FLAGS``."""
+    env = dict(os.environ)
+    if xla_flags:
+        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), xla_flags]).strip()
     try:
         done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"failed": f"stopped after {timeout:.0f} s (--cell-timeout)"}
     if done.returncode != 0:
@@ -248,6 +256,9 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--cell-timeout", type=float, default=None,
                         help="seconds a (framework, mode, size, batch) cell may take")
+    parser.add_argument("--xla-flags", action="append", default=None, metavar="FLAGS",
+                        help="XLA_FLAGS for the attnzoo cells; repeat to compare several in one "
+                             "run ('' is XLA's defaults; the default: only that)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -274,22 +285,23 @@ def main() -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 base = dict(mode=mode, size=size, batch=batch, dtype=args.dtype,
                             repeats=args.repeats, device=args.device)
-                jx = in_subprocess({**base, "framework": "jax"}, args.cell_timeout)
                 pt = in_subprocess({**base, "framework": "torch"}, args.cell_timeout)
-                cells = [mode, f"{size[0]}x{size[1]}", batch]
-                for r in (jx, pt):
-                    cells.append(r["failed"] if "failed" in r else f"{r['seconds']:.3f}")
-                if "failed" in jx or "failed" in pt:
-                    cells += ["-", "-"]
-                else:
-                    cells += [f"{jx['seconds'] / pt['seconds']:.2f}", f"{jx['first']:.1f}"]
-                rows.append(cells)
-                print(" | ".join(str(c) for c in cells), flush=True)
+                for flags in args.xla_flags or [""]:
+                    jx = in_subprocess({**base, "framework": "jax"}, args.cell_timeout, flags)
+                    cells = [mode, f"{size[0]}x{size[1]}", batch, f"`{flags}`" if flags else "-"]
+                    for r in (jx, pt):
+                        cells.append(r["failed"] if "failed" in r else f"{r['seconds']:.3f}")
+                    if "failed" in jx or "failed" in pt:
+                        cells += ["-", "-"]
+                    else:
+                        cells += [f"{jx['seconds'] / pt['seconds']:.2f}", f"{jx['first']:.1f}"]
+                    rows.append(cells)
+                    print(" | ".join(str(c) for c in cells), flush=True)
     threads = f"; PyTorch threads {pt.get('threads', '?')}" if args.device == "cpu" else ""
     print(f"\nDANet-R50-D8, 19 classes, {args.dtype} compute, median of {args.repeats}"
           f"{threads}")
-    print(table(["mode", "size", "batch", "attnzoo s", "PyTorch s", "attnzoo / PyTorch",
-                 "attnzoo first call s (compile)"], rows))
+    print(table(["mode", "size", "batch", "XLA_FLAGS", "attnzoo s", "PyTorch s",
+                 "attnzoo / PyTorch", "attnzoo first call s (compile)"], rows))
 
 
 if __name__ == "__main__":

@@ -117,10 +117,12 @@ def test_quickstart_scripts(context_shapes_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compare_torch_script(tmp_path):
-    """End to end at 64x64: parity line, both frameworks' matmul rates, one inference row."""
+    """End to end at 64x64: parity line, both frameworks' matmul rates, one inference row per
+    set of XLA options (XLA's defaults and oneDNN's thunks)."""
     done = subprocess.run(
         [sys.executable, str(BENCH / "compare_torch.py"), "--sizes", "64x64", "--batches", "1",
-         "--modes", "infer", "--repeats", "1", "--matmul-size", "128"],
+         "--modes", "infer", "--repeats", "1", "--matmul-size", "128", "--xla-flags=",
+         "--xla-flags=--xla_cpu_use_onednn=true"],
         capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     parity = next(line for line in lines if line.startswith("parity"))
@@ -128,8 +130,9 @@ def test_compare_torch_script(tmp_path):
     rates = next(line for line in lines if line.startswith("128x128 matmul GFLOP/s"))
     for name in ("jax float32", "torch float32", "jax bfloat16", "torch bfloat16"):
         assert float(rates.split(name + " ")[1].split(";")[0]) > 0
-    row = next(line for line in lines if line.startswith("| infer | 64x64 | 1 |"))
-    assert float(row.split("|")[6]) > 0  # attnzoo / PyTorch
+    rows = [line for line in lines if line.startswith("| infer | 64x64 | 1 |")]
+    assert [row.split("|")[4].strip() for row in rows] == ["-", "`--xla_cpu_use_onednn=true`"]
+    assert all(float(row.split("|")[7]) > 0 for row in rows)  # attnzoo / PyTorch
 
 
 @pytest.mark.slow
