@@ -163,21 +163,20 @@ class Lattice(NamedTuple):
 
 
 SMALLEST_TABLE = 1024
+TABLE_LEVELS = 7
 
 
 def table_sizes(points: int, d: int) -> tuple[int, ...]:
-    """The lattice table sizes (slots) for ``points`` ``d``-dimensional features: powers of two
-    from :data:`SMALLEST_TABLE` and, last, the worst case ``points (d + 1) + 1`` (every
-    vertex of every point's simplex distinct, plus the zero slot). A lattice uses the smallest
-    that holds its occupied vertices, so its cost follows them within a factor of two while the
-    shapes stay static: one branch of a ``lax.switch`` per size, only the chosen one runs."""
+    """The lattice table sizes (slots) for ``points`` ``d``-dimensional features, ascending: the
+    worst case ``W = points (d + 1) + 1`` (every vertex of every point's simplex distinct, plus
+    the zero slot) and its halves ``ceil(W / 2^k)`` for ``k < TABLE_LEVELS``, none under
+    :data:`SMALLEST_TABLE`. A lattice's filter runs on the smallest that holds its occupied
+    vertices, so the blur's cost follows them within a factor of two; below ``W / 64`` the
+    splat and slice (``W`` rows each) cost more than the blur saves. One branch of a
+    ``lax.switch`` per size; only the chosen one runs."""
     worst = points * (d + 1) + 1
-    sizes = []
-    size = SMALLEST_TABLE
-    while size < worst:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, worst)
+    floor = min(worst, SMALLEST_TABLE)
+    return tuple(sorted({max(floor, -(-worst // 2 ** k)) for k in range(TABLE_LEVELS)}))
 
 
 def _elevate(features: Array) -> Array:
@@ -367,10 +366,12 @@ def permutohedral_lattice(features: Array) -> Lattice:
     its barycentric weights in that simplex computed (Adams et al. 2010, Sec. 3). The distinct
     vertices become the lattice table by a sort instead of a hash table: of one int32 code per
     vertex where the batch's keys span a small enough box (an image's do), else of the ``d``
-    key columns. Their number picks the table size from :func:`table_sizes` (the batch's
-    largest), and each vertex's two neighbours along each of the ``d + 1`` directions are found
-    by binary search among that many slots; arrays keep the static worst-case ``N (d + 1) + 1``
-    slots.
+    key columns; each point finds its vertices' slots by binary search. Each vertex's two
+    neighbours along each of the ``d + 1`` directions are found by binary search too, in a loop
+    that stops after the last occupied slot; their number (the batch's largest) picks the table
+    size the filter runs on from :func:`table_sizes`. Arrays keep the static worst case of
+    ``N (d + 1) + 1`` slots, so the function is jit-able and its shapes depend only on ``N``
+    and ``d``.
     """
     check_rank(features, 3, "features", "B, N, d")
     _, n, d = features.shape
