@@ -183,12 +183,13 @@ def test_lattice_equals_a_looped_permutohedral_filter(d, spread):
                                         < counts[0] + 1)
 
 
-def test_table_sizes_halve_the_worst_case():
-    assert ops.table_sizes(300, 5) == (1024, 1801)
-    assert ops.table_sizes(500, 5) == (1024, 1501, 3001)
+def test_table_sizes_step_by_sqrt2_from_the_worst_case():
+    assert ops.table_sizes(300, 5) == (1024, 1274, 1801)
     assert ops.table_sizes(10, 2) == (31,)
-    assert ops.table_sizes(512 * 1024, 5) == tuple(-(-(512 * 1024 * 6 + 1) // 2 ** k)
-                                                   for k in range(6, -1, -1))
+    sizes = ops.table_sizes(512 * 1024, 5)
+    assert sizes[-1] == 512 * 1024 * 6 + 1 and len(sizes) == 13
+    assert sizes[0] == -(-sizes[-1] // 64)
+    assert all(1.41 < b / a < 1.42 for a, b in zip(sizes, sizes[1:]))
 
 
 @pytest.mark.slow  # 8 s; the lattice against densecrf runs in the default set

@@ -163,20 +163,21 @@ class Lattice(NamedTuple):
 
 
 SMALLEST_TABLE = 1024
-TABLE_LEVELS = 7
+TABLE_LEVELS = 13
 
 
 def table_sizes(points: int, d: int) -> tuple[int, ...]:
     """The lattice table sizes (slots) for ``points`` ``d``-dimensional features, ascending: the
     worst case ``W = points (d + 1) + 1`` (every vertex of every point's simplex distinct, plus
-    the zero slot) and its halves ``ceil(W / 2^k)`` for ``k < TABLE_LEVELS``, none under
-    :data:`SMALLEST_TABLE`. A lattice's filter runs on the smallest that holds its occupied
-    vertices, so the blur's cost follows them within a factor of two; below ``W / 64`` the
-    splat and slice (``W`` rows each) cost more than the blur saves. One branch of a
-    ``lax.switch`` per size; only the chosen one runs."""
+    the zero slot) and ``ceil(W / sqrt(2)^k)`` for ``k < TABLE_LEVELS`` (down to ``W / 64``),
+    none under :data:`SMALLEST_TABLE`. A lattice's filter runs on the smallest that holds its
+    occupied vertices, so the blur's cost follows them within a factor of ``sqrt(2)``; below
+    ``W / 64`` the splat and slice (``W`` rows each) cost more than the blur saves. One branch
+    of a ``lax.switch`` per size; only the chosen one runs."""
     worst = points * (d + 1) + 1
     floor = min(worst, SMALLEST_TABLE)
-    return tuple(sorted({max(floor, -(-worst // 2 ** k)) for k in range(TABLE_LEVELS)}))
+    return tuple(sorted({max(floor, math.ceil(worst / 2 ** (k / 2)))
+                         for k in range(TABLE_LEVELS)}))
 
 
 def _elevate(features: Array) -> Array:
