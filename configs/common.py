@@ -21,6 +21,12 @@ engine reads) and :func:`mmseg_schedule` sets mmsegmentation's
   Pascal Context 480x480 crops of 520x520 and 480x480 windows of stride 320), batch 16
   (4 GPUs x 4) for 40k steps (VOC, COCO-Stuff 10k), 80k (Pascal Context) or 160k
   (COCO-Stuff 164k), each image evaluated at its own size and scored at its original size.
+
+Options every recipe takes on the command line besides mmseg's settings, for models that do not
+fit a device otherwise: ``--config.model.remat.transformer`` / ``.bottleneck`` / ``.head``
+(``"dots"`` or ``"nothing"``: rematerialise the backbone's Transformer layers, its residual
+blocks or the decode head; ``attnzoo.blocks.common.REMAT_POLICIES``; memory per recipe in
+``docs/benchmarks.md#big-models-remat``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ name. ``__call__(x, *, train=False)`` returns ``{"c1": ..., "c4": ...}``, the fo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from attnzoo import ops
 from attnzoo._checks import check_image, check_positive, check_stages
 from attnzoo.backbones.resnet import BasicBlock, Bottleneck
-from attnzoo.blocks.common import Dtype, batch_norm, conv
+from attnzoo.blocks.common import Dtype, batch_norm, conv, remat
 
 Array = jax.Array
 
@@ -61,10 +61,12 @@ class HRModule(nn.Module):
     Attributes:
       widths: the branches' widths, highest resolution first.
       num_blocks: residual blocks per branch.
+      remat: rematerialise each residual block with this policy, or None (:class:`HRNet`).
     """
 
     widths: tuple[int, ...]
     num_blocks: int
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -72,9 +74,10 @@ class HRModule(nn.Module):
     def __call__(self, xs: Sequence[Array], *, train: bool = False) -> list[Array]:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         xs = list(xs)
+        block_cls = remat(BasicBlock, self.remat)
         for i, width in enumerate(self.widths):
             for k in range(self.num_blocks):
-                xs[i] = BasicBlock(width, downsample=xs[i].shape[-1] != width,
+                xs[i] = block_cls(width, downsample=xs[i].shape[-1] != width,
                                    name=f"branches_{i}_{k}", **kw)(xs[i], train=train)
         if len(xs) == 1:
             return xs
@@ -113,13 +116,17 @@ class HRNet(nn.Module):
       num_blocks: residual blocks per branch in the modules of stages 1-4.
       stage1_planes: the stage-1 bottlenecks' planes (their output is 4x as wide).
       in_channels: channels of the input images.
+      remat: rematerialise every residual block (stage 1's bottlenecks, the modules' basic
+        blocks) with this policy (:data:`~attnzoo.blocks.common.REMAT_POLICIES`), or None.
     """
 
+    remat_kind: ClassVar[str] = "bottleneck"
     widths: Sequence[int] = (18, 36, 72, 144)
     num_modules: Sequence[int] = (1, 1, 4, 3)
     num_blocks: Sequence[int] = (4, 4, 4, 4)
     stage1_planes: int = 64
     in_channels: int = 3
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -143,15 +150,16 @@ class HRNet(nn.Module):
             x = conv(STEM_WIDTH, 3, stride=2, padding=1, use_bias=False, name=f"conv{i}", **kw)(x)
             x = jax.nn.relu(batch_norm(train, name=f"bn{i}", **kw)(x))
         for k in range(self.num_blocks[0]):
-            x = Bottleneck(self.stage1_planes, downsample=k == 0 and x.shape[-1] != 4 *
-                           self.stage1_planes, name=f"layer1_{k}", **kw)(x, train=train)
+            x = remat(Bottleneck, self.remat)(
+                self.stage1_planes, downsample=k == 0 and x.shape[-1] != 4 * self.stage1_planes,
+                name=f"layer1_{k}", **kw)(x, train=train)
         xs = [x]
         for stage in (2, 3, 4):
             widths = tuple(int(w) for w in self.widths[:stage])
             xs = self._transition(xs, widths, f"transition{stage - 1}", train)
             for m in range(self.num_modules[stage - 1]):
-                xs = HRModule(widths, self.num_blocks[stage - 1], name=f"stage{stage}_{m}",
-                              **kw)(xs, train=train)
+                xs = HRModule(widths, self.num_blocks[stage - 1], self.remat,
+                              name=f"stage{stage}_{m}", **kw)(xs, train=train)
         return {f"c{i + 1}": y for i, y in enumerate(xs)}
 
     def _transition(self, xs: list[Array], widths: tuple[int, ...], name: str, train: bool

@@ -13,6 +13,7 @@ gives channels and strides, so any decode head can read it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo._checks import check_image, check_positive, check_stage_heads, check_stages
-from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv
+from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv, remat
 from attnzoo.blocks.efficient import LINEAR_INIT, SpatialReductionAttention
 
 Array = jax.Array
@@ -126,8 +127,11 @@ class MixVisionTransformer(nn.Module):
         port uses 1e-5, which :func:`attnzoo.convert.from_transformers` sets).
       memory_efficient: chunked exact attention in every block (large images).
       in_channels: channels of the input images.
+      remat: rematerialise every block with this policy
+        (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
 
+    remat_kind: ClassVar[str] = "transformer"
     embed_dims: Sequence[int] = (32, 64, 160, 256)
     depths: Sequence[int] = (2, 2, 2, 2)
     num_heads: Sequence[int] = (1, 2, 5, 8)
@@ -139,6 +143,7 @@ class MixVisionTransformer(nn.Module):
     norm_eps: float = 1e-6
     memory_efficient: bool = False
     in_channels: int = 3
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -163,11 +168,12 @@ class MixVisionTransformer(nn.Module):
         rates = [self.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
         features: dict[str, Array] = {}
         k = 0
+        block_cls = remat(MiTBlock, self.remat)
         for i, (dim, depth) in enumerate(zip(self.embed_dims, self.depths)):
             x = OverlapPatchEmbed(dim, self.patch_sizes[i], self.strides[i], self.norm_eps,
                                   name=f"patch_embed_{i}", **kw)(x)
             for j in range(depth):
-                x = MiTBlock(dim, self.num_heads[i], self.sr_ratios[i], self.mlp_ratio,
+                x = block_cls(dim, self.num_heads[i], self.sr_ratios[i], self.mlp_ratio,
                              rates[k], self.norm_eps, self.memory_efficient,
                              name=f"block_{i}_{j}", **kw)(x, train=train)
                 k += 1

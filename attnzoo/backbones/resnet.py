@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from attnzoo import blocks
 from attnzoo._checks import check_choice, check_image, check_positive
-from attnzoo.blocks.common import ConvNormAct, Dtype, batch_norm, conv
+from attnzoo.blocks.common import ConvNormAct, Dtype, batch_norm, conv, remat
 
 Array = jax.Array
 
@@ -278,8 +278,11 @@ class ResNet(nn.Module):
         ``train=True``, batch statistics are used: under ``jax.jit`` with the
         batch sharded over a mesh they are those of the global batch.
       in_channels: channels of the input images.
+      remat: rematerialise every residual block with this policy
+        (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
 
+    remat_kind: ClassVar[str] = "bottleneck"
     block_cls: type[ResidualBlock] = Bottleneck
     block_kwargs: tuple[tuple[str, Any], ...] = ()
     layers: Sequence[int] = (3, 4, 6, 3)
@@ -295,6 +298,7 @@ class ResNet(nn.Module):
     attn_kwargs: tuple[tuple[str, Any], ...] = ()
     frozen_bn: bool = False
     in_channels: int = 3
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -345,6 +349,7 @@ class ResNet(nn.Module):
         features: dict[str, Array] = {}
         in_ch, net_stride, dilation, prev_dilation = self.width, 4, 1, 1
         exp = self.block_cls.expansion
+        block_cls = remat(self.block_cls, self.remat)
         for stage, num_blocks in enumerate(self.layers):
             planes = self.width * 2**stage
             stride = 1 if stage == 0 else 2
@@ -357,7 +362,7 @@ class ResNet(nn.Module):
                     block_dilation = first = dilation * self.multi_grid[i]
                 else:
                     block_dilation, first = dilation, (prev_dilation if i == 0 else dilation)
-                x = self.block_cls(
+                x = block_cls(
                     planes, stride=stride if i == 0 else 1, dilation=block_dilation,
                     first_dilation=first,
                     downsample=i == 0 and (stride != 1 or in_ch != planes * exp),

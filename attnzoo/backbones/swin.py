@@ -27,6 +27,7 @@ its renames in :mod:`attnzoo.convert.mmseg` (``stages_<i>/blocks_<j>/attn`` for
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 from attnzoo._checks import (
     check_image, check_positive, check_rate, check_stage_heads, check_stages,
 )
-from attnzoo.blocks.common import DropPath, Dtype, conv
+from attnzoo.blocks.common import DropPath, Dtype, conv, remat
 from attnzoo.blocks.transformer import Mlp
 from attnzoo.blocks.window import WindowAttention
 
@@ -111,13 +112,15 @@ class SwinStage(nn.Module):
     window_size: int
     mlp_ratio: float
     drop_paths: tuple[float, ...]
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
+        block_cls = remat(SwinBlock, self.remat)
         for j in range(self.depth):
-            x = SwinBlock(self.num_heads, self.window_size, j % 2 == 1, self.mlp_ratio,
+            x = block_cls(self.num_heads, self.window_size, j % 2 == 1, self.mlp_ratio,
                           self.drop_paths[j], name=f"blocks_{j}", dtype=self.dtype,
                           param_dtype=self.param_dtype)(x, train=train)
         return x
@@ -137,8 +140,11 @@ class SwinTransformer(nn.Module):
         mmseg's UPerNet recipes).
       patch_size: of the patch embedding (4).
       in_channels: channels of the input images.
+      remat: rematerialise every Swin block with this policy
+        (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
 
+    remat_kind: ClassVar[str] = "transformer"
     embed_dim: int = 96
     depths: Sequence[int] = (2, 2, 6, 2)
     num_heads: Sequence[int] = (3, 6, 12, 24)
@@ -147,6 +153,7 @@ class SwinTransformer(nn.Module):
     drop_path_rate: float = 0.3
     patch_size: int = 4
     in_channels: int = 3
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -175,7 +182,8 @@ class SwinTransformer(nn.Module):
         start = 0
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
             x = SwinStage(depth, heads, self.window_size, self.mlp_ratio,
-                          tuple(rates[start:start + depth]), name=f"stages_{i}", **kw)(
+                          tuple(rates[start:start + depth]), self.remat, name=f"stages_{i}",
+                          **kw)(
                 x, train=train)
             start += depth
             features[f"c{i + 1}"] = nn.LayerNorm(LN_EPS, name=f"norm{i}", **kw)(x)

@@ -25,6 +25,7 @@ Submodules are named as mmseg's state dict (after the renames of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -36,7 +37,7 @@ from attnzoo._checks import (
     check_divisible, check_image, check_rate, check_stage_heads, check_stages,
 )
 from attnzoo.backbones.swin import pad_to_multiple
-from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv
+from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv, remat
 from attnzoo.blocks.efficient import SpatialReductionAttention
 from attnzoo.blocks.transformer import Mlp
 
@@ -167,8 +168,11 @@ class Twins(nn.Module):
       patch_sizes: kernel and stride of each stage's patch embedding (4, 2, 2, 2).
       drop_path_rate: stochastic depth, rising linearly over the layers from 0 to this.
       in_channels: channels of the input images.
+      remat: rematerialise every layer with this policy
+        (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
 
+    remat_kind: ClassVar[str] = "transformer"
     embed_dims: Sequence[int] = (64, 128, 320, 512)
     depths: Sequence[int] = (3, 4, 6, 3)
     num_heads: Sequence[int] = (1, 2, 5, 8)
@@ -179,6 +183,7 @@ class Twins(nn.Module):
     patch_sizes: Sequence[int] = (4, 2, 2, 2)
     drop_path_rate: float = 0.2
     in_channels: int = 3
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -204,15 +209,16 @@ class Twins(nn.Module):
         rates = [self.drop_path_rate * k / max(total - 1, 1) for k in range(total)]
         features: dict[str, Array] = {}
         start = 0
+        layer_cls = remat(TwinsLayer, self.remat)
         for i, (width, depth, patch) in enumerate(zip(self.embed_dims, self.depths,
                                                       self.patch_sizes)):
             x = PatchEmbed(width, patch, name=f"patch_embeds_{i}", **kw)(x)
             for j in range(depth):
                 window = (None if self.window_sizes is None or j % 2
                           else int(self.window_sizes[i]))
-                x = TwinsLayer(int(self.num_heads[i]), float(self.mlp_ratios[i]),
-                               int(self.sr_ratios[i]), window, rates[start + j],
-                               name=f"layers_{i}_{j}", **kw)(x, train=train)
+                x = layer_cls(int(self.num_heads[i]), float(self.mlp_ratios[i]),
+                              int(self.sr_ratios[i]), window, rates[start + j],
+                              name=f"layers_{i}_{j}", **kw)(x, train=train)
                 if j == 0:
                     x = PositionEncoding(name=f"position_encodings_{i}", **kw)(x)
             start += depth

@@ -28,6 +28,7 @@ Submodules are named as mmseg's state dict after the renames of :mod:`attnzoo.co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 
 from attnzoo import ops
 from attnzoo._checks import check_choice, check_image, check_positive, check_rate
-from attnzoo.blocks.common import Dtype, conv
+from attnzoo.blocks.common import Dtype, conv, remat
 from attnzoo.blocks.transformer import TransformerEncoderLayer
 from attnzoo.backbones.resnetv2 import ResNetV2
 from attnzoo.backbones.swin import pad_to_multiple
@@ -86,8 +87,11 @@ class VisionTransformer(nn.Module):
         from 0 to this (0.1 in mmseg's DeiT recipes).
       in_channels: channels of the input images.
       memory_efficient: chunked exact attention in every layer.
+      remat: rematerialise every encoder layer with this policy
+        (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
 
+    remat_kind: ClassVar[str] = "transformer"
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -105,6 +109,7 @@ class VisionTransformer(nn.Module):
     drop_path_rate: float = 0.0
     in_channels: int = 3
     memory_efficient: bool = False
+    remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -169,8 +174,9 @@ class VisionTransformer(nn.Module):
         if not self.with_cls_token:
             tokens = tokens[:, 1:]
         rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+        layer_cls = remat(TransformerEncoderLayer, self.remat)
         for i in range(self.depth):
-            tokens = TransformerEncoderLayer(
+            tokens = layer_cls(
                 self.num_heads, self.mlp_ratio, self.qkv_bias, self.dropout, rates[i],
                 self.ln_eps, self.memory_efficient, name=f"layers_{i}", **kw)(tokens, train=train)
             if i == self.depth - 1 and self.final_norm:

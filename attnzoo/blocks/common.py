@@ -3,7 +3,9 @@ norms (so that reference weights port by name), gates and width rules."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+import functools
+from typing import Any, Callable, TypeVar
 
 import flax.linen as nn
 import jax
@@ -26,6 +28,19 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": jax.nn.gelu,
     "identity": lambda x: x,
 }
+REMAT_POLICIES: dict[str, Callable[..., bool]] = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+}
+"""Rematerialisation policies by name: what a checkpointed block keeps from its forward pass
+for the backward pass. ``"nothing"``: only its input (every intermediate is recomputed);
+``"dots"``: also the results of its matrix products and convolutions (the norms,
+activations, softmaxes and residual sums are recomputed)."""
+REMAT_KINDS = ("transformer", "bottleneck", "head")
+"""The kinds of block a model can rematerialise: the Transformer layers of a ViT / Swin / MiT /
+Twins backbone, the residual blocks of a ResNet / HRNet backbone, the decode head."""
+M = TypeVar("M", bound=nn.Module)
+
 GATES: dict[str, Callable[[Array], Array]] = {
     "sigmoid": jax.nn.sigmoid,
     # timm's / PyTorch's hard sigmoid: relu6(x + 3) / 6.
@@ -43,6 +58,51 @@ def gate(name: str) -> Callable[[Array], Array]:
     """Gate function by name (``sigmoid`` or ``hard_sigmoid``)."""
     check_choice(name, tuple(GATES), "gate")
     return GATES[name]
+
+
+def remat(cls: type[M], policy: str | None) -> type[M]:
+    """``cls`` itself when ``policy`` is None; otherwise ``cls`` rematerialised (Chen et al.,
+    "Training Deep Nets with Sublinear Memory Cost", 2016): the backward pass recomputes what
+    the forward pass computed inside the block, keeping only what ``policy``
+    (:data:`REMAT_POLICIES`) saves. For a chain of L blocks the activations kept between the
+    passes fall from O(L x activations per block) to O(L x block inputs + one block's).
+
+    The class keeps ``cls``'s fields, name and variables (checkpoints and converters are
+    unchanged) and its call ``module(*inputs, train=...)``; outputs and gradients equal the
+    plain class's up to float rounding (the same dropout draws). ``train`` is static (a Python
+    bool) inside the checkpoint, so ``cls.__call__`` must take it as a keyword."""
+    if policy is None:
+        return cls
+    check_choice(policy, tuple(REMAT_POLICIES), "remat policy")
+    return _rematerialised(cls, policy)
+
+
+@functools.cache
+def _rematerialised(cls: type[M], policy: str) -> type[M]:
+    # nn.remat marks positional arguments static; ``train`` moves first for it and back after
+    class TrainFirst(cls):  # type: ignore[valid-type,misc]
+        def __call__(self, train: bool, *inputs: Any, **kwargs: Any) -> Any:
+            return super().__call__(*inputs, train=train, **kwargs)
+
+    checkpointed = nn.remat(TrainFirst, static_argnums=(1,), policy=REMAT_POLICIES[policy])
+
+    class Rematerialised(checkpointed):  # type: ignore[valid-type,misc]
+        def __call__(self, *inputs: Any, train: bool = False, **kwargs: Any) -> Any:
+            return super().__call__(train, *inputs, **kwargs)
+
+    Rematerialised.__name__ = Rematerialised.__qualname__ = cls.__name__
+    Rematerialised.__doc__ = cls.__doc__
+    return Rematerialised
+
+
+def with_remat(module: M, policy: str | None) -> M:
+    """``module`` (unbound) rebuilt as :func:`remat` ``(type(module), policy)`` with the same
+    fields; ``module`` itself when ``policy`` is None."""
+    if policy is None:
+        return module
+    fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+              if f.init and f.name not in ("parent", "name")}
+    return remat(type(module), policy)(**fields)
 
 
 def make_divisible(

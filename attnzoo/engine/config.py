@@ -20,7 +20,12 @@ Fields (defaults in :func:`default_config`):
   after the head, ``attnzoo.blocks.DenseCRF``) and its fields ``crf_kwargs``
   (e.g. ``{"iterations": 5, "learn_bandwidths": True}``), ``pixel_mean`` / ``pixel_std``
   (the normalisation the model expects of its input: the data pipelines, ``predict`` and the
-  CRF use it; ImageNet's, as mmsegmentation).
+  CRF use it; ImageNet's, as mmsegmentation), ``remat`` (rematerialisation by block kind:
+  ``remat.transformer`` for a ViT / Swin / MiT / Twins backbone's layers,
+  ``remat.bottleneck`` for a ResNet / HRNet backbone's residual blocks, ``remat.head`` for
+  the decode head; each None, ``"nothing"`` or ``"dots"``, :data:`attnzoo.blocks.common.
+  REMAT_POLICIES`: less activation memory in training for a second forward pass of those
+  blocks; outputs and gradients unchanged).
 * ``dataset``: see ``attnzoo.data.input``.
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``
@@ -68,6 +73,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
+from attnzoo.blocks.common import REMAT_KINDS, REMAT_POLICIES
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("attnzoo")
@@ -97,6 +103,7 @@ def default_config() -> ConfigDict:
         head_channels=config_dict.placeholder(int), aux_channels=config_dict.placeholder(int),
         memory_efficient=False, align_corners=False, crf=False, crf_kwargs={},
         pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
+        remat=ConfigDict({kind: config_dict.placeholder(str) for kind in REMAT_KINDS}),
     ))
     c.dataset = ConfigDict(dict(
         name="context_shapes", data_dir=config_dict.placeholder(str),
@@ -172,6 +179,8 @@ DOMAINS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         "dataset.eval_label_canvas", "eval.crop_size", "eval.stride")),
     ("eval.scales", lambda v: len(v) > 0 and all(_number(s) and s > 0 for s in v),
      "positive finite numbers"),
+    *((f"model.remat.{kind}", lambda v: v in REMAT_POLICIES,
+       f"one of {list(REMAT_POLICIES)} (or None)") for kind in REMAT_KINDS),
 )
 
 

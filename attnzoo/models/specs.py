@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from attnzoo import backbones, blocks, heads
 from attnzoo._checks import check_fields, check_positive, module_fields
+from attnzoo.blocks.common import REMAT_KINDS, with_remat
 from attnzoo.models.segmentor import AttentionUNet, EncoderDecoder
 
 Dtype = Any
@@ -100,14 +101,18 @@ class EncoderDecoderSpec:
               aux_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
               head_channels: int | None = None, aux_channels: int | None = None,
               align_corners: bool = False, crf: Mapping[str, Any] | None = None,
-              **kwargs: Any) -> EncoderDecoder:
+              remat: Mapping[str, str] | None = None, **kwargs: Any) -> EncoderDecoder:
         """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` / ``aux_kwargs``
         update the description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
         narrow CPU-sized model), ``memory_efficient`` switches the heads and backbones that
         have exact memory-bounded attention (DANet, non-local, MiT) to it, ``align_corners`` sets the flag of
         the heads' and the output's bilinear resizing (mmseg's 769x769 recipes); ``crf`` (the
         fields of :class:`~attnzoo.blocks.DenseCRF`, ``{}`` for its defaults) adds a trainable
-        CRF-as-RNN after the head; ``kwargs`` are :class:`EncoderDecoder` fields."""
+        CRF-as-RNN after the head; ``remat`` maps block kinds
+        (:data:`~attnzoo.blocks.common.REMAT_KINDS`: ``"transformer"``, ``"bottleneck"``,
+        ``"head"``) to the rematerialisation policy of those blocks (``{"transformer": "dots"}``:
+        the backbone's Transformer layers; ``"head"``: the decode head as one block), a kind
+        the model lacks refused; ``kwargs`` are :class:`EncoderDecoder` fields."""
         check_positive(num_classes, "num_classes")
         stride = {} if self.output_stride is None else {"output_stride": self.output_stride}
         backbone = backbones.create(self.backbone, dtype=dtype, **stride,
@@ -120,6 +125,7 @@ class EncoderDecoderSpec:
             backbone, head = (m.clone(memory_efficient=True)
                               if "memory_efficient" in type(m).__dataclass_fields__ else m
                               for m in (backbone, head))
+        backbone, head = _rematerialised(backbone, head, dict(remat or {}), self.summary())
         aux = None
         if self.aux_head is not None:
             def make_aux() -> nn.Module:
@@ -139,6 +145,21 @@ class EncoderDecoderSpec:
                               aux_feature=self.aux_feature,
                               align_corners=align_corners,
                               crf=crf_layer, **kwargs)
+
+
+def _rematerialised(backbone: nn.Module, head: nn.Module, policies: dict[str, str], what: str
+                    ) -> tuple[nn.Module, nn.Module]:
+    """``backbone`` with its blocks and ``head`` as a whole rematerialised as ``policies``
+    (block kind -> policy) says; ValueError naming a kind the model has no blocks of."""
+    check_fields(policies, REMAT_KINDS, "remat")
+    kind = getattr(type(backbone), "remat_kind", None)
+    for name in policies:
+        if name not in (kind, "head"):
+            raise ValueError(f"remat: {what} has no {name!r} blocks to rematerialise (its "
+                             f"backbone's are {kind!r}; the decode head is 'head')")
+    if kind in policies:
+        backbone = backbone.clone(remat=policies[kind])
+    return backbone, with_remat(head, policies.get("head"))
 
 
 def _with_channels(base: Mapping[str, Any], overrides: Mapping[str, Any] | None,
