@@ -1,9 +1,9 @@
-"""Memory and compile time of the big models' train step, plain and rematerialised.
+"""Memory and compile time of the big models' train step, plain, rematerialised, scanned.
 
-For each model (mmseg's recipe at 512x512) and each ``config.model.remat`` variant, a fresh
-process builds the engine's train step on one device (AdamW state, the recipe's optimizer),
-lowers it on abstract arguments and compiles it, at 1 and at 2 images per device. From the
-compiled program's ``memory_analysis()``:
+For each model (mmseg's recipe at 512x512) and each variant (``config.model.remat``,
+``config.model.scan_layers``), a fresh process builds the engine's train step on one device
+(the recipe's optimizer and its state), lowers it on abstract arguments and compiles it, at 1
+and at 2 images per device. From the compiled program's ``memory_analysis()``:
 
     peak = arguments + outputs - donated (aliased) + temporaries
 
@@ -19,7 +19,9 @@ its memory-minimising scheduler (``--xla_cpu_enable_concurrency_optimized_schedu
 as accelerators schedule under a memory limit.
 
     python benchmarks/big_models.py                      # Swin-L UPerNet, ViT-L SETR-PUP
-    python benchmarks/big_models.py --models upernet_swin_t --variants plain,transformer=dots
+    python benchmarks/big_models.py --models upernet_swin_t --variants "plain;transformer=dots"
+    python benchmarks/big_models.py --models segmenter_vit_b_mask,setr_vit_l_pup \
+        --variants "plain;scan;transformer=nothing;scan,transformer=nothing"   # compile times
 """
 
 from __future__ import annotations
@@ -41,15 +43,22 @@ VARIANTS = ("plain", "transformer=dots", "transformer=nothing",
 MEMORY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
-def parse_variant(text: str) -> dict[str, str]:
-    """``"transformer=dots,head=nothing"`` -> ``{"transformer": "dots", "head": "nothing"}``;
-    ``"plain"`` -> ``{}``."""
+def parse_variant(text: str) -> dict[str, object]:
+    """The config fields of a variant: ``"plain"`` -> ``{}``; ``"scan,transformer=dots"`` ->
+    ``{"model.scan_layers": True, "model.remat.transformer": "dots"}``."""
     if text == "plain":
         return {}
-    pairs = [part.partition("=") for part in text.split(",")]
-    if any(not kind or not policy for kind, _, policy in pairs):
-        raise SystemExit(f"--variants: {text!r} is not 'plain' or 'kind=policy,...'")
-    return {kind: policy for kind, _, policy in pairs}
+    fields: dict[str, object] = {}
+    for part in text.split(","):
+        kind, _, policy = part.partition("=")
+        if part == "scan":
+            fields["model.scan_layers"] = True
+        elif kind and policy:
+            fields[f"model.remat.{kind}"] = policy
+        else:
+            raise SystemExit(f"--variants: {text!r} is not 'plain' or 'scan' / 'kind=policy' "
+                             "items joined by commas")
+    return fields
 
 
 def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, float]:
@@ -66,8 +75,7 @@ def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, f
     config = load_config_file(f"{ROOT / 'configs' / 'mmseg.py'}:{model_name},ade20k")
     config.dataset.crop_size = (size, size)
     config.batch_size = batch
-    for kind, policy in parse_variant(variant).items():
-        config.model.remat[kind] = policy
+    config.update_from_flattened_dict(parse_variant(variant))
     engine.config.check_domains(config)
     model = engine.build_model(config)
     tx, schedule = engine.make_optimizer(config.optimizer, config.num_steps)
@@ -112,7 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--variants", default=";".join(VARIANTS),
-                        help="';'-separated: 'plain' or 'kind=policy,...' (config.model.remat)")
+                        help="';'-separated: 'plain', or 'scan' (config.model.scan_layers) and "
+                             "'kind=policy' (config.model.remat) items joined by commas")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--capacities", default="16,80", help="device memory, GB (1e9 bytes)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)

@@ -26,7 +26,8 @@ Options every recipe takes on the command line besides mmseg's settings, for mod
 fit a device otherwise: ``--config.model.remat.transformer`` / ``.bottleneck`` / ``.head``
 (``"dots"`` or ``"nothing"``: rematerialise the backbone's Transformer layers, its residual
 blocks or the decode head; ``attnzoo.blocks.common.REMAT_POLICIES``; memory per recipe in
-``docs/benchmarks.md#big-models-remat``).
+``docs/benchmarks.md#big-models-remat``); ``--config.model.scan_layers=True`` (a ViT
+backbone's layers as one ``nn.scan``: compile time flat in depth).
 """
 
 from __future__ import annotations

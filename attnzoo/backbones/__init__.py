@@ -29,7 +29,13 @@ from attnzoo.backbones.hrnet import HRModule, HRNet
 from attnzoo.backbones.swin import PatchMerging, SwinBlock, SwinTransformer
 from attnzoo.backbones.twins import Twins
 from attnzoo.backbones.resnetv2 import ResNetV2
-from attnzoo.backbones.vit import HybridVisionTransformer, VisionTransformer
+from attnzoo.backbones.vit import (
+    HybridVisionTransformer,
+    VisionTransformer,
+    match_layer_form,
+    stack_layers,
+    unstack_layers,
+)
 from attnzoo.backbones.mit import MixFFN, MiTBlock, MixVisionTransformer, OverlapPatchEmbed
 from attnzoo.backbones.resnet import (
     BLOCKS,
@@ -174,7 +180,8 @@ __all__ = ["BACKBONES", "BLOCKS", "BasicBlock", "Bottleneck", "HRModule", "HRNet
            "HybridVisionTransformer", "MiTBlock", "MixFFN", "MixVisionTransformer",
            "OverlapPatchEmbed", "PatchMerging", "ResNeStBottleneck", "ResNet", "ResNetV2",
            "ResidualBlock", "SelectiveKernelBasic", "SelectiveKernelBottleneck", "SwinBlock",
-           "SwinTransformer", "Twins", "VisionTransformer", "create", "list_backbones", "register"]
+           "SwinTransformer", "Twins", "VisionTransformer", "create", "list_backbones",
+           "match_layer_form", "register", "stack_layers", "unstack_layers"]
 
 
 def __dir__() -> list[str]:

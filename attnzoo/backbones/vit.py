@@ -27,17 +27,18 @@ Submodules are named as mmseg's state dict after the renames of :mod:`attnzoo.co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attnzoo import ops
 from attnzoo._checks import check_choice, check_image, check_positive, check_rate
-from attnzoo.blocks.common import Dtype, conv, remat
-from attnzoo.blocks.transformer import TransformerEncoderLayer
+from attnzoo.blocks.common import REMAT_POLICIES, Dtype, conv, remat
+from attnzoo.blocks.transformer import ScannedEncoderLayer, TransformerEncoderLayer
 from attnzoo.backbones.resnetv2 import ResNetV2
 from attnzoo.backbones.swin import pad_to_multiple
 
@@ -87,6 +88,10 @@ class VisionTransformer(nn.Module):
         from 0 to this (0.1 in mmseg's DeiT recipes).
       in_channels: channels of the input images.
       memory_efficient: chunked exact attention in every layer.
+      scan_layers: the encoder layers as one ``nn.scan`` over a layer (its parameters
+        ``layers/...`` stacked along a leading ``depth`` axis instead of ``layers_<i>/...``):
+        one layer compiled instead of ``depth``, the same results (:func:`stack_layers` /
+        :func:`unstack_layers` convert parameters between the two forms).
       remat: rematerialise every encoder layer with this policy
         (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
@@ -109,6 +114,7 @@ class VisionTransformer(nn.Module):
     drop_path_rate: float = 0.0
     in_channels: int = 3
     memory_efficient: bool = False
+    scan_layers: bool = False
     remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -174,6 +180,11 @@ class VisionTransformer(nn.Module):
         if not self.with_cls_token:
             tokens = tokens[:, 1:]
         rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+        if self.scan_layers:
+            for out in self.scanned_layers(tokens, rates, train):
+                patches = out[:, 1:] if self.with_cls_token else out
+                features[f"c{len(features) + 1}"] = patches.reshape(b, h, w, c)
+            return features
         layer_cls = remat(TransformerEncoderLayer, self.remat)
         for i in range(self.depth):
             tokens = layer_cls(
@@ -185,6 +196,90 @@ class VisionTransformer(nn.Module):
                 patches = tokens[:, 1:] if self.with_cls_token else tokens
                 features[f"c{len(features) + 1}"] = patches.reshape(b, h, w, c)
         return features
+
+    def scanned_layers(self, tokens: Array, rates: list[float], train: bool) -> list[Array]:
+        """The encoder layers as one ``nn.scan`` (``scan_layers``; called inside
+        ``__call__``) with drop-path ``rates``: the ``out_indices`` layers' output tokens (the
+        last one normalised with ``final_norm``)."""
+        body = ScannedEncoderLayer
+        if self.remat is not None:  # no static call arguments to move: the policy alone
+            check_choice(self.remat, tuple(REMAT_POLICIES), "remat policy")
+            body = nn.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                      "dropout": True},
+                       in_axes=0, out_axes=0, length=self.depth)
+        last, outputs = scan(self.num_heads, self.mlp_ratio, self.qkv_bias, self.dropout, 0.0,
+                             self.ln_eps, self.memory_efficient, training=train, name="layers",
+                             dtype=self.dtype, param_dtype=self.param_dtype)(
+            tokens, jnp.asarray(rates, jnp.float32))
+        if self.final_norm:
+            outputs = outputs.at[-1].set(nn.LayerNorm(self.ln_eps, name="ln1", dtype=self.dtype,
+                                                      param_dtype=self.param_dtype)(last))
+        return [outputs[i] for i in self.out_indices]
+
+
+def stack_layers(tree: Any, prefix: str = "layers") -> Any:
+    """Parameters of unrolled layers (``<prefix>_0`` .. ``<prefix>_<n-1>``, in any sub-dict of
+    ``tree``) as one scanned stack (``<prefix>``, each leaf with a leading axis of ``n``):
+    :class:`VisionTransformer`'s ``scan_layers`` form. Other entries are kept."""
+    if not isinstance(tree, Mapping):
+        return tree
+    return {k: v if k == prefix else stack_layers(v, prefix)
+            for k, v in _stacked(tree, prefix).items()}
+
+
+def unstack_layers(tree: Any, prefix: str = "layers") -> Any:
+    """The inverse of :func:`stack_layers`: every ``<prefix>`` stack of ``n`` layers as
+    ``<prefix>_0`` .. ``<prefix>_<n-1>``."""
+    if not isinstance(tree, Mapping):
+        return tree
+    return {k: unstack_layers(v, prefix) for k, v in _unstacked(tree, prefix).items()}
+
+
+def match_layer_form(tree: Any, target: Any, prefix: str = "layers") -> Any:
+    """``tree``'s layers in ``target``'s form wherever the two differ: stacked where ``target``
+    holds ``<prefix>`` and ``tree`` ``<prefix>_<i>``, unrolled where it is the other way round
+    (a plain model's checkpoint into a scanned model, and back). ``target`` may hold arrays
+    or their shapes (``jax.eval_shape``)."""
+    if not (isinstance(tree, Mapping) and isinstance(target, Mapping)):
+        return tree
+    if prefix in target:
+        tree = _stacked(tree, prefix)
+    elif f"{prefix}_0" in target:
+        tree = _unstacked(tree, prefix)
+    return {k: match_layer_form(v, target.get(k), prefix) for k, v in tree.items()}
+
+
+def _layer_key(key: str, prefix: str) -> bool:
+    return key.startswith(prefix + "_") and key[len(prefix) + 1:].isdigit()
+
+
+def _stacked(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``node``'s own ``<prefix>_<i>`` entries stacked as ``<prefix>`` (not its sub-dicts')."""
+    indices = sorted(int(k[len(prefix) + 1:]) for k in node if _layer_key(k, prefix))
+    if not indices:
+        return dict(node)
+    if indices != list(range(len(indices))):
+        raise ValueError(f"layers {prefix}_<i> must be numbered 0..n-1 to stack; got {indices}")
+    stack = jax.tree.map(_stack, *(node[f"{prefix}_{i}"] for i in indices))
+    return {**{k: v for k, v in node.items() if not _layer_key(k, prefix)}, prefix: stack}
+
+
+def _stack(*leaves: Any) -> Any:
+    """NumPy leaves (a converter's) stay NumPy arrays of their dtype; others become jax's."""
+    return (np if all(isinstance(x, np.ndarray) for x in leaves) else jnp).stack(leaves)
+
+
+def _unstacked(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``node``'s own ``<prefix>`` stack as ``<prefix>_<i>`` entries."""
+    if prefix not in node:
+        return dict(node)
+    depths = {leaf.shape[0] for leaf in jax.tree.leaves(node[prefix])}
+    if len(depths) != 1:
+        raise ValueError(f"{prefix!r} is not a stack of layers: its leaves lead with {depths}")
+    layers = {f"{prefix}_{i}": jax.tree.map(lambda leaf, i=i: leaf[i], node[prefix])
+              for i in range(depths.pop())}
+    return {**{k: v for k, v in node.items() if k != prefix}, **layers}
 
 
 class HybridVisionTransformer(VisionTransformer):

@@ -345,19 +345,20 @@ class DropPath(nn.Module):
     Draws from the ``"dropout"`` RNG stream.
 
     Attributes:
-      rate: probability of dropping the branch, in [0, 1).
+      rate: probability of dropping the branch, in [0, 1); a scalar array where it differs
+        between the iterations of a scan over layers (checked by the caller then).
     """
 
-    rate: float = 0.0
+    rate: float | Array = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.rate < 1.0:
+        if isinstance(self.rate, (int, float)) and not 0.0 <= self.rate < 1.0:
             raise ValueError(f"rate must be in [0, 1); got {self.rate}")
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
-        if not train or self.rate == 0.0:
+        if not train or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
             return x
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)

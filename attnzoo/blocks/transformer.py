@@ -112,7 +112,8 @@ class TransformerEncoderLayer(nn.Module):
       mlp_ratio: the MLP's width over ``C``.
       qkv_bias: biases on the query, key and value maps.
       dropout: dropout after the attention's projection and in the MLP (mmseg's ``drop_rate``).
-      drop_path: stochastic depth rate of the MLP branch.
+      drop_path: stochastic depth rate of the MLP branch (the call's ``drop_path`` overrides
+        it: a scan over layers passes each layer's rate).
       ln_eps: the LayerNorms' epsilon (1e-6 in mmseg's ViT configs).
       memory_efficient: chunked exact attention.
     """
@@ -132,11 +133,26 @@ class TransformerEncoderLayer(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
+    def __call__(self, x: Array, *, train: bool = False, drop_path: Array | None = None
+                 ) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = nn.LayerNorm(self.ln_eps, name="ln1", **kw)(x)
         x = x + TokenSelfAttention(self.num_heads, self.qkv_bias, self.dropout,
                                    self.memory_efficient, name="attn", **kw)(y, train=train)
         y = nn.LayerNorm(self.ln_eps, name="ln2", **kw)(x)
         y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout, name="mlp", **kw)(y, train=train)
-        return x + DropPath(self.drop_path)(y, train=train)
+        rate = self.drop_path if drop_path is None else drop_path
+        return x + DropPath(rate)(y, train=train)
+
+
+class ScannedEncoderLayer(TransformerEncoderLayer):
+    """:class:`TransformerEncoderLayer` as the body of ``nn.scan`` over identical layers:
+    ``(tokens, drop_path rate) -> (tokens, tokens)``, the carry and each layer's output, with
+    ``training`` a field (a scan's body takes no static call arguments). Its parameters are
+    the layer's (stacked along the scan's axis)."""
+
+    training: bool = False
+
+    def __call__(self, x: Array, drop_path: Array) -> tuple[Array, Array]:
+        y = super().__call__(x, train=self.training, drop_path=drop_path)
+        return y, y

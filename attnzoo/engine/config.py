@@ -25,7 +25,9 @@ Fields (defaults in :func:`default_config`):
   ``remat.bottleneck`` for a ResNet / HRNet backbone's residual blocks, ``remat.head`` for
   the decode head; each None, ``"nothing"`` or ``"dots"``, :data:`attnzoo.blocks.common.
   REMAT_POLICIES`: less activation memory in training for a second forward pass of those
-  blocks; outputs and gradients unchanged).
+  blocks; outputs and gradients unchanged), ``scan_layers`` (a ViT backbone's layers as one
+  ``nn.scan``: one layer compiled instead of each; parameters stacked, a plain model's
+  checkpoint fills them through ``init_from``).
 * ``dataset``: see ``attnzoo.data.input``.
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``
@@ -104,6 +106,7 @@ def default_config() -> ConfigDict:
         memory_efficient=False, align_corners=False, crf=False, crf_kwargs={},
         pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD,
         remat=ConfigDict({kind: config_dict.placeholder(str) for kind in REMAT_KINDS}),
+        scan_layers=False,
     ))
     c.dataset = ConfigDict(dict(
         name="context_shapes", data_dir=config_dict.placeholder(str),

@@ -46,7 +46,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     The model fields that are set (non-empty ``backbone_kwargs`` / ``head_kwargs`` /
     ``aux_kwargs``,
     ``head_channels`` / ``aux_channels`` not None, ``memory_efficient`` / ``align_corners``
-    true, ``crf`` true with its ``crf_kwargs``, ``remat`` policies set, ``pixel_mean`` / ``pixel_std`` other than
+    true, ``crf`` true with its ``crf_kwargs``, ``remat`` policies set, ``scan_layers``, ``pixel_mean`` / ``pixel_std`` other than
     ImageNet's) go to ``models.create`` as overrides; a model they do not apply to refuses
     them. ``config`` is a current one (:func:`attnzoo.engine.config.migrate`)."""
     check_choice(config["compute_dtype"], tuple(DTYPES), "compute_dtype")
@@ -59,6 +59,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         "memory_efficient": bool(m["memory_efficient"]), "align_corners": bool(m["align_corners"]),
         "crf": dict(m["crf_kwargs"]) if m["crf"] else None,
         "remat": {kind: policy for kind, policy in m["remat"].items() if policy is not None},
+        "scan_layers": bool(m["scan_layers"]),
         **({} if normalisation == {"pixel_mean": IMAGENET_MEAN, "pixel_std": IMAGENET_STD}
            else normalisation),
     }

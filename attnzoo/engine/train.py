@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from attnzoo._checks import mismatch_report
+from attnzoo.backbones import match_layer_form
 from attnzoo.engine import optim, steps
 from attnzoo.engine import state as state_lib
 from attnzoo.engine.checkpoint import Checkpoints, newest_readable
@@ -92,7 +93,8 @@ def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainSt
 
     ``path`` is a converted backbone (``python -m attnzoo.convert --source timm:...``; fills
     the segmentor's ``backbone``) or a whole model (a run's workdir or checkpoint, or
-    ``python -m attnzoo.convert --source mmseg:...``; fills every variable, for fine-tuning).
+    ``python -m attnzoo.convert --source mmseg:...``; fills every variable, for fine-tuning),
+    its layers stacked or unrolled as the model's (``model.scan_layers``).
     ValueError listing every missing, unexpected and mis-shaped entry."""
     from attnzoo.convert.backbones import META_FILE, load_backbone
     from attnzoo.engine.checkpoint import restore
@@ -105,7 +107,8 @@ def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainSt
     for collection in ("params", "batch_stats"):
         whole = getattr(state, collection)
         ours = whole if part is None else whole[part]
-        theirs = variables.get(collection, {})
+        # a plain model's layers into a scanned one's stack, or back
+        theirs = match_layer_form(variables.get(collection, {}), ours)
         ours_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(ours)}
         theirs_flat = {jax.tree_util.keystr(k): v
                        for k, v in jax.tree_util.tree_leaves_with_path(theirs)}
@@ -118,8 +121,8 @@ def load_pretrained(state: state_lib.TrainState, path: str) -> state_lib.TrainSt
         if report:
             raise ValueError(f"config.init_from={path!r} does not fit the model's "
                              f"{part or 'variables'} ({collection}): {report}")
-        sharding = jax.tree.leaves(ours)[0].sharding
-        loaded = jax.tree.map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), sharding),
+        # each array where the model's is (a model without BatchNorm has no statistics)
+        loaded = jax.tree.map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), a.sharding),
                               ours, theirs)
         new[collection] = loaded if part is None else {**whole, part: loaded}
     return state.replace(**new)

@@ -23,6 +23,8 @@ import ml_collections
 SHAPING = ("model", "dataset.num_classes", "optimizer.name", "optimizer.momentum",
            "optimizer.nesterov", "optimizer.weight_decay", "optimizer.clip_norm",
            "optimizer.accumulate_steps")
+# fields under SHAPING that shape nothing: how the step computes, not what it holds
+NOT_SHAPING = ("model.remat",)
 
 
 class WorkdirError(ValueError):
@@ -51,7 +53,11 @@ def shaping_differences(saved: Any, new: ml_collections.ConfigDict) -> list[str]
     cur = flat_fields(new)
     keys = sorted(set(old) | set(cur))
     return [f"{k}: {old.get(k)!r} -> {cur.get(k)!r}" for k in keys
-            if any(k == s or k.startswith(s + ".") for s in SHAPING) and old.get(k) != cur.get(k)]
+            if _under(k, SHAPING) and not _under(k, NOT_SHAPING) and old.get(k) != cur.get(k)]
+
+
+def _under(field: str, names: tuple[str, ...]) -> bool:
+    return any(field == s or field.startswith(s + ".") for s in names)
 
 
 def workdir_config(workdir: Path) -> dict[str, Any] | None:

@@ -101,7 +101,8 @@ class EncoderDecoderSpec:
               aux_kwargs: Mapping[str, Any] | None = None, memory_efficient: bool = False,
               head_channels: int | None = None, aux_channels: int | None = None,
               align_corners: bool = False, crf: Mapping[str, Any] | None = None,
-              remat: Mapping[str, str] | None = None, **kwargs: Any) -> EncoderDecoder:
+              remat: Mapping[str, str] | None = None, scan_layers: bool = False,
+              **kwargs: Any) -> EncoderDecoder:
         """The module, with overrides: ``backbone_kwargs`` / ``head_kwargs`` / ``aux_kwargs``
         update the description's, ``head_channels`` / ``aux_channels`` set the heads' widths (e.g. for a
         narrow CPU-sized model), ``memory_efficient`` switches the heads and backbones that
@@ -112,7 +113,9 @@ class EncoderDecoderSpec:
         (:data:`~attnzoo.blocks.common.REMAT_KINDS`: ``"transformer"``, ``"bottleneck"``,
         ``"head"``) to the rematerialisation policy of those blocks (``{"transformer": "dots"}``:
         the backbone's Transformer layers; ``"head"``: the decode head as one block), a kind
-        the model lacks refused; ``kwargs`` are :class:`EncoderDecoder` fields."""
+        the model lacks refused; ``scan_layers`` runs a ViT backbone's layers as one
+        ``nn.scan`` (:class:`~attnzoo.backbones.VisionTransformer`'s field; refused for other
+        backbones); ``kwargs`` are :class:`EncoderDecoder` fields."""
         check_positive(num_classes, "num_classes")
         stride = {} if self.output_stride is None else {"output_stride": self.output_stride}
         backbone = backbones.create(self.backbone, dtype=dtype, **stride,
@@ -125,6 +128,12 @@ class EncoderDecoderSpec:
             backbone, head = (m.clone(memory_efficient=True)
                               if "memory_efficient" in type(m).__dataclass_fields__ else m
                               for m in (backbone, head))
+        if scan_layers:
+            if "scan_layers" not in type(backbone).__dataclass_fields__:
+                raise ValueError(f"scan_layers: backbone {self.backbone!r} "
+                                 f"({type(backbone).__name__}) has no scanned form (the "
+                                 "Vision Transformers have)")
+            backbone = backbone.clone(scan_layers=True)
         backbone, head = _rematerialised(backbone, head, dict(remat or {}), self.summary())
         aux = None
         if self.aux_head is not None:
