@@ -2,21 +2,24 @@
 
 For each model (mmseg's recipe at 512x512) and each variant (``config.model.remat``,
 ``config.model.scan_layers``), a fresh process builds the engine's train step on one device
-(the recipe's optimizer and its state), lowers it on abstract arguments and compiles it, at 1
-and at 2 images per device. From the compiled program's ``memory_analysis()``:
+(the recipe's optimizer and its state), lowers it on abstract arguments and compiles it, at 1,
+2, 4, ... images per device. From the compiled program's ``memory_analysis()``:
 
     peak = arguments + outputs - donated (aliased) + temporaries
 
 per device, the memory one step needs: parameters, optimizer state and batch in, the new state
 out (donated: it reuses the input's buffers), and the activations kept for the backward pass
 among the temporaries. Nothing runs. The largest batch per device that fits a device of
-``--capacities`` GB is extrapolated linearly from the two batches (the step's memory is affine
-in the batch: the state is fixed, the activations per image).
+``--capacities`` GB: the step is compiled at 1, 2, 4, ... images until its peak passes the
+largest capacity, and the batch is interpolated linearly between the measured sizes around it
+(the peak is not affine in the batch from one image on: at small batches it is set elsewhere
+in the step than where the activations peak).
 
 XLA:CPU's default scheduler orders the program for concurrency and hoists rematerialised
 computation next to the forward pass, which would hide what remat saves; the rows compile with
 its memory-minimising scheduler (``--xla_cpu_enable_concurrency_optimized_scheduler=false``),
-as accelerators schedule under a memory limit.
+as accelerators schedule under a memory limit. On a GPU the rows are the GPU's own program
+(``benchmarks/gpu.sh`` runs the script).
 
     python benchmarks/big_models.py                      # Swin-L UPerNet, ViT-L SETR-PUP
     python benchmarks/big_models.py --models upernet_swin_t --variants "plain;transformer=dots"
@@ -99,7 +102,7 @@ def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, f
 
 def in_fresh_process(model_name: str, variant: str, batch: int, size: int) -> dict[str, float]:
     """:func:`measure` in a child process with XLA:CPU's memory-minimising scheduler."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+    env = {**os.environ,
            "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), MEMORY_SCHEDULER]).strip()}
     out = subprocess.run([sys.executable, __file__, "--worker", model_name, variant, str(batch),
                           str(size)], env=env, capture_output=True, text=True)
@@ -108,12 +111,37 @@ def in_fresh_process(model_name: str, variant: str, batch: int, size: int) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def largest_batch(one: float, two: float, capacity: float) -> int:
-    """The largest batch ``b`` with ``one + (b - 1) (two - one) <= capacity`` (0 if none)."""
-    per_image = two - one
-    if one > capacity:
+def largest_batch(peaks: dict[int, float], capacity: float) -> int:
+    """The largest batch whose peak fits ``capacity``, from the peaks measured at some batch
+    sizes: the largest measured one that fits, or, between it and the next measured (which
+    does not), linearly interpolated (0 if even the smallest does not fit)."""
+    sizes = sorted(peaks)
+    fits = [b for b in sizes if peaks[b] <= capacity]
+    if not fits:
         return 0
-    return 1 + int((capacity - one) // per_image) if per_image > 0 else 10**6
+    lo = fits[-1]
+    above = [b for b in sizes if b > lo]
+    if not above:
+        return lo
+    hi = above[0]
+    per_image = (peaks[hi] - peaks[lo]) / (hi - lo)
+    return lo + int((capacity - peaks[lo]) // per_image)
+
+
+def batch_peaks(name: str, variant: str, size: int, capacity: float, max_batch: int
+                ) -> dict[int, dict[str, float]]:
+    """:func:`measure` at 1, 2, 4, ... images per device until the peak passes ``capacity``
+    (or the batch ``max_batch``; 1 and 2 always): the step's memory is not affine in small batches (the
+    peak is set elsewhere in the step there), so the largest batch is interpolated between
+    measured neighbours, never extrapolated."""
+    found: dict[int, dict[str, float]] = {}
+    batch = 1
+    while batch <= max_batch:
+        found[batch] = in_fresh_process(name, variant, batch, size)
+        if found[batch]["peak"] > capacity and batch >= 2:  # 1 and 2 always, for the table
+            break
+        batch *= 2
+    return found
 
 
 def main() -> None:
@@ -124,6 +152,8 @@ def main() -> None:
                              "'kind=policy' (config.model.remat) items joined by commas")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--capacities", default="16,80", help="device memory, GB (1e9 bytes)")
+    parser.add_argument("--max-batch", type=int, default=512,
+                        help="the largest batch per device measured")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -138,22 +168,23 @@ def main() -> None:
     for variant in variants:
         parse_variant(variant)
     rows = []
+    gib = 2.0**30
     for name in args.models.split(","):
         for variant in variants:
-            one, two = (in_fresh_process(name, variant, b, args.size) for b in (1, 2))
-            gib = 2.0**30
-            rows.append([name, variant, f"{two['params'] / gib:.2f}", f"{one['peak'] / gib:.2f}",
-                         f"{two['peak'] / gib:.2f}", f"{two['temp'] / gib:.2f}",
-                         *(largest_batch(one["peak"], two["peak"], c * 1e9)
-                           for c in capacities),
+            found = batch_peaks(name, variant, args.size, max(capacities) * 1e9, args.max_batch)
+            peaks = {b: m["peak"] for b, m in found.items()}
+            two = found[2] if 2 in found else found[1]  # max_batch 1
+            rows.append([name, variant, f"{two['params'] / gib:.2f}",
+                         *(f"{peaks[b] / gib:.2f}" if b in peaks else "" for b in (1, 2)),
+                         *(largest_batch(peaks, c * 1e9) for c in capacities),
+                         ", ".join(f"{b}: {p / gib:.1f}" for b, p in peaks.items()),
                          f"{two['compile_s']:.0f}"])
             print(" | ".join(map(str, rows[-1])), flush=True)
-    print(f"\n{machine()}; train step at {args.size}x{args.size}, one device, AdamW; "
-          f"XLA_FLAGS {MEMORY_SCHEDULER}")
-    print(table(["model", "remat", "params GiB", "peak GiB, 1 image", "peak GiB, 2 images",
-                 "temporaries GiB, 2 images",
-                 *(f"largest batch, {c:g} GB" for c in capacities), "compile s, 2 images"],
-                rows))
+    print(f"\n{machine()}; train step at {args.size}x{args.size}, one device, the recipe's "
+          f"optimizer; XLA_FLAGS {MEMORY_SCHEDULER}")
+    print(table(["model", "variant", "params GiB", "peak GiB, 1 image", "peak GiB, 2 images",
+                 *(f"largest batch, {c:g} GB" for c in capacities),
+                 "peak GiB by batch (measured)", "compile s, 2 images"], rows))
 
 
 if __name__ == "__main__":

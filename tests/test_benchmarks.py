@@ -205,3 +205,31 @@ def test_product_bound_script():
     assert float(rows["target (0.67x PyTorch)"][0]) == pytest.approx(0.67 * torch_s, abs=2e-3)
     assert float(rows["attnzoo's products alone"][0]) > 0 and float(rows["attnzoo"][0]) > 0
     assert "products alone" in out.splitlines()[-1]
+
+
+def test_big_models_variants_and_batches():
+    from big_models import largest_batch, parse_variant
+
+    assert parse_variant("plain") == {}
+    assert parse_variant("scan,transformer=nothing,head=dots") == {
+        "model.scan_layers": True, "model.remat.transformer": "nothing",
+        "model.remat.head": "dots"}
+    with pytest.raises(SystemExit, match="'transformer' is not 'plain'"):
+        parse_variant("transformer")
+    # peaks measured at 1, 2, 4, 8 images: interpolated between the sizes around the capacity
+    peaks = {1: 5e9, 2: 6e9, 4: 8e9, 8: 16e9}
+    assert [largest_batch(peaks, c) for c in (4e9, 5.5e9, 8e9, 12e9, 16e9, 20e9)] == \
+        [0, 1, 4, 6, 8, 8]
+
+
+@pytest.mark.slow
+def test_big_models_script():
+    out = subprocess.run([sys.executable, str(BENCH / "big_models.py"), "--models",
+                          "segmenter_vit_t_mask", "--variants", "plain;transformer=nothing",
+                          "--size", "64", "--capacities", "1", "--max-batch", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| segmenter")]
+    assert [r[1] for r in rows] == ["plain", "transformer=nothing"]
+    plain, rematted = (float(r[4]) for r in rows)  # peak GiB with 2 images
+    assert all(r[5] == "0" or int(r[5]) >= 1 for r in rows)  # largest batch for 1 GB
+    assert 0 < rematted < plain
