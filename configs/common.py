@@ -25,7 +25,7 @@ engine reads) and :func:`mmseg_schedule` sets mmsegmentation's
 Options every recipe takes on the command line besides mmseg's settings, for models that do not
 fit a device otherwise: ``--config.model.remat.transformer`` / ``.bottleneck`` / ``.head``
 (``"dots"`` or ``"nothing"``: rematerialise the backbone's Transformer layers, its residual
-blocks or the decode head; ``attnzoo.blocks.common.REMAT_POLICIES``; memory per recipe in
+blocks or the decode and auxiliary heads; ``attnzoo.blocks.common.REMAT_POLICIES``; memory per recipe in
 ``docs/benchmarks.md#big-models-remat``); ``--config.model.scan_layers=True`` (a ViT
 backbone's layers as one ``nn.scan``: compile time flat in depth).
 """

@@ -14,6 +14,7 @@ import pytest
 from attnzoo import engine, models
 from attnzoo.blocks.common import remat
 from attnzoo.blocks.transformer import TransformerEncoderLayer
+from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.segformer import SegFormerHead
 
 # narrow CPU-sized models, one per backbone with blocks to rematerialise (every policy and
@@ -147,6 +148,9 @@ def test_config_fields_reach_the_model():
     model = engine.build_model(c)
     assert model.backbone.remat == "dots"
     assert isinstance(model.head, SegFormerHead) and type(model.head) is not SegFormerHead
+    # the auxiliary heads too, each as one block
+    danet = models.create("danet_r18_d8", num_classes=3, remat={"head": "dots"})
+    assert isinstance(danet.aux_head, FCNHead) and type(danet.aux_head) is not FCNHead
     c.model.remat.head = "all"
     with pytest.raises(ValueError, match=r"config.model.remat.head must be one of"):
         engine.config.check_domains(c)

@@ -38,7 +38,8 @@ for the backward pass. ``"nothing"``: only its input (every intermediate is reco
 activations, softmaxes and residual sums are recomputed)."""
 REMAT_KINDS = ("transformer", "bottleneck", "head")
 """The kinds of block a model can rematerialise: the Transformer layers of a ViT / Swin / MiT /
-Twins backbone, the residual blocks of a ResNet / HRNet backbone, the decode head."""
+Twins backbone, the residual blocks of a ResNet / HRNet backbone, the decode and auxiliary
+heads (each as one block)."""
 M = TypeVar("M", bound=nn.Module)
 
 GATES: dict[str, Callable[[Array], Array]] = {

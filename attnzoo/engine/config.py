@@ -23,7 +23,7 @@ Fields (defaults in :func:`default_config`):
   CRF use it; ImageNet's, as mmsegmentation), ``remat`` (rematerialisation by block kind:
   ``remat.transformer`` for a ViT / Swin / MiT / Twins backbone's layers,
   ``remat.bottleneck`` for a ResNet / HRNet backbone's residual blocks, ``remat.head`` for
-  the decode head; each None, ``"nothing"`` or ``"dots"``, :data:`attnzoo.blocks.common.
+  the decode and auxiliary heads; each None, ``"nothing"`` or ``"dots"``, :data:`attnzoo.blocks.common.
   REMAT_POLICIES`: less activation memory in training for a second forward pass of those
   blocks; outputs and gradients unchanged), ``scan_layers`` (a ViT backbone's layers as one
   ``nn.scan``: one layer compiled instead of each; parameters stacked, a plain model's

@@ -112,7 +112,8 @@ class EncoderDecoderSpec:
         CRF-as-RNN after the head; ``remat`` maps block kinds
         (:data:`~attnzoo.blocks.common.REMAT_KINDS`: ``"transformer"``, ``"bottleneck"``,
         ``"head"``) to the rematerialisation policy of those blocks (``{"transformer": "dots"}``:
-        the backbone's Transformer layers; ``"head"``: the decode head as one block), a kind
+        the backbone's Transformer layers; ``"head"``: the decode head and each auxiliary
+        head, each as one block), a kind
         the model lacks refused; ``scan_layers`` runs a ViT backbone's layers as one
         ``nn.scan`` (:class:`~attnzoo.backbones.VisionTransformer`'s field; refused for other
         backbones); ``kwargs`` are :class:`EncoderDecoder` fields."""
@@ -138,10 +139,11 @@ class EncoderDecoderSpec:
         aux = None
         if self.aux_head is not None:
             def make_aux() -> nn.Module:
-                return heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
+                return with_remat(heads.create(self.aux_head, num_classes=num_classes, dtype=dtype,
                                     align_corners=align_corners,
                                     **_with_channels(self.aux_kwargs, aux_kwargs, aux_channels,
-                                                     "aux_channels"))
+                                                     "aux_channels")),
+                                  (remat or {}).get("head"))
 
             aux = (make_aux() if isinstance(self.aux_feature, str)
                    else tuple(make_aux() for _ in self.aux_feature))
@@ -158,14 +160,15 @@ class EncoderDecoderSpec:
 
 def _rematerialised(backbone: nn.Module, head: nn.Module, policies: dict[str, str], what: str
                     ) -> tuple[nn.Module, nn.Module]:
-    """``backbone`` with its blocks and ``head`` as a whole rematerialised as ``policies``
-    (block kind -> policy) says; ValueError naming a kind the model has no blocks of."""
+    """``backbone`` with its blocks and the decode ``head`` as a whole rematerialised as
+    ``policies`` (block kind -> policy) says (the auxiliary heads are built so where they are
+    made); ValueError naming a kind the model has no blocks of."""
     check_fields(policies, REMAT_KINDS, "remat")
     kind = getattr(type(backbone), "remat_kind", None)
     for name in policies:
         if name not in (kind, "head"):
             raise ValueError(f"remat: {what} has no {name!r} blocks to rematerialise (its "
-                             f"backbone's are {kind!r}; the decode head is 'head')")
+                             f"backbone's are {kind!r}; the heads are 'head')")
     if kind in policies:
         backbone = backbone.clone(remat=policies[kind])
     return backbone, with_remat(head, policies.get("head"))
