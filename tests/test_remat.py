@@ -57,10 +57,9 @@ def _largest(a):
     return max((float(jnp.abs(x).max()) for x in jax.tree.leaves(a)), default=0.0)
 
 
-# compiling two gradients takes 12-46 s a model here: the ViT in the default run, the ResNet
-# (bottleneck and head) and the Swin in the slow set, the others exhaustive
-MARKS = {"segmenter_vit_t_mask": (), "danet_r18_d8": (pytest.mark.slow,),
-         "upernet_swin_t": (pytest.mark.slow,)}
+# compiling two gradients takes 12-46 s a model here: the ViT and the ResNet (bottleneck and
+# heads) in the slow set, the others exhaustive
+MARKS = {"segmenter_vit_t_mask": (pytest.mark.slow,), "danet_r18_d8": (pytest.mark.slow,)}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=MARKS.get(n, (pytest.mark.exhaustive,)))

@@ -28,7 +28,7 @@ def _features_loss(module, variables, x, key):
     return sum(jnp.sum(v ** 2) for v in out.values())
 
 
-@pytest.mark.parametrize("policy", [None, "nothing"])
+@pytest.mark.parametrize("policy", [pytest.param(None, marks=pytest.mark.slow), "nothing"])
 def test_scanned_layers_equal_the_unrolled_ones(policy):
     plain = backbones.create("vit_t16", dropout=0.1, drop_path_rate=0.2, **VIT)
     scanned = backbones.create("vit_t16", scan_layers=True, remat=policy, dropout=0.1,
@@ -100,6 +100,7 @@ def _config(scan):
     return c
 
 
+@pytest.mark.slow
 def test_a_plain_checkpoint_initialises_a_scanned_run(tmp_path):
     from attnzoo.engine.checkpoint import save_pretrained
     from attnzoo.engine.train import load_pretrained

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo import backbones
+from attnzoo._checks import module_fields
 from attnzoo.backbones.vit import resize_pos_embed
 from attnzoo.convert.torch_weights import convert_state_dict, target_shapes, to_numpy
 
@@ -258,8 +259,8 @@ _KINDS: dict[str, type[nn.Module]] = {"HRNet": backbones.HRNet,
 def _backbone_fields(module: nn.Module) -> dict[str, Any]:
     kind = type(module).__name__
     if kind in _KINDS:
-        return {"kind": kind, **{f: getattr(module, f) for f in module.__dataclass_fields__
-                                 if f not in ("parent", "name", "dtype", "param_dtype")}}
+        return {"kind": kind, **{f: getattr(module, f) for f in module_fields(type(module))
+                                 if f not in ("dtype", "param_dtype")}}
     if not isinstance(module, backbones.ResNet):
         raise ValueError(f"save_backbone writes ResNet-family and {sorted(_KINDS)} backbones; "
                          f"got {kind}")
