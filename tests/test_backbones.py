@@ -68,6 +68,7 @@ def test_attention_kwargs_reach_the_block():
     assert params["layer1_0"]["attn"]["fc1"]["kernel"].shape == (1, 1, 256, 64)
 
 
+@pytest.mark.slow
 def test_frozen_bn_never_uses_or_updates_batch_statistics():
     module = backbones.create("resnet18_v1b", frozen_bn=True, layers=(1, 1, 1, 1))
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
@@ -133,6 +134,7 @@ def test_sharded_training_batch_norm_uses_the_global_batch():
         assert rel(flat_got[key], value) <= 1e-4, key
 
 
+@pytest.mark.slow
 def test_residual_blocks_are_modules_honouring_train():
     """One module per block kind; ``train=True`` uses and updates batch statistics."""
     from attnzoo.backbones import Bottleneck, ResidualBlock

@@ -156,7 +156,7 @@ def test_dense_mean_field_equals_the_pixel_loop(normalization):
     assert (np.asarray(out[0]).argmax(-1) != logits.argmax(-1)).any()  # the CRF did something
 
 
-@pytest.mark.parametrize("d, spread", [(5, 3.0), (5, 40.0),
+@pytest.mark.parametrize("d, spread", [pytest.param(5, 3.0, marks=pytest.mark.slow), (5, 40.0),
                                        pytest.param(2, 4.0, marks=pytest.mark.slow)])
 def test_lattice_equals_a_looped_permutohedral_filter(d, spread):
     """The lattice filter against the point-by-point permutohedral filter with a hash table

@@ -28,7 +28,8 @@ def _features_loss(module, variables, x, key):
     return sum(jnp.sum(v ** 2) for v in out.values())
 
 
-@pytest.mark.parametrize("policy", [pytest.param(None, marks=pytest.mark.slow), "nothing"])
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", [None, "nothing"])
 def test_scanned_layers_equal_the_unrolled_ones(policy):
     plain = backbones.create("vit_t16", dropout=0.1, drop_path_rate=0.2, **VIT)
     scanned = backbones.create("vit_t16", scan_layers=True, remat=policy, dropout=0.1,
