@@ -411,7 +411,8 @@ def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
 
 
 @pytest.mark.parametrize("kind,size", [("PCPVT", (45, 61)), ("SVT", (45, 61)),
-                                       ("SVT", (56, 61)), ("SVT", (56, 48))])
+                                       ("SVT", (56, 61)),
+                                       pytest.param("SVT", (56, 48), marks=pytest.mark.slow)])
 def test_twins_equals_mmsegs_pcpvt_and_svt(kind, size):
     """Narrow Twins (16-32-48-64 wide, 2 layers per stage, SVT's groups 3 x 3) with the random
     weights of mmseg's ``PCPVT`` / ``SVT``, converted with the mmseg converter's renames: the
@@ -531,7 +532,8 @@ def test_transunet_decoder_equals_its_definition_in_torch():
     assert err <= 1e-5, f"max relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("timm_name", ["twins_pcpvt_small", "twins_svt_small"])
+@pytest.mark.parametrize("timm_name", ["twins_pcpvt_small",
+                                       pytest.param("twins_svt_small", marks=pytest.mark.slow)])
 def test_timm_twins_weights_give_timms_stages(timm_name):
     """timm's Twins (narrow: 16-32-48-64 wide, 2 layers per stage, random weights; at 64 x 64,
     SVT's groups 2 x 2) converts for ``init_from``: PCPVT's four stage outputs are timm's

@@ -222,7 +222,7 @@ def test_big_models_variants_and_batches():
         [0, 1, 4, 6, 8, 8]
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 50 s here: two models compiled at two batch sizes each
 def test_big_models_script():
     out = subprocess.run([sys.executable, str(BENCH / "big_models.py"), "--models",
                           "segmenter_vit_t_mask", "--variants", "plain;transformer=nothing",
@@ -232,4 +232,6 @@ def test_big_models_script():
     assert [r[1] for r in rows] == ["plain", "transformer=nothing"]
     plain, rematted = (float(r[4]) for r in rows)  # peak GiB with 2 images
     assert all(r[5] == "0" or int(r[5]) >= 1 for r in rows)  # largest batch for 1 GB
-    assert 0 < rematted < plain
+    # a 64x64 ViT-T's peak is its parameters and optimizer state (0.09 GiB either way); what
+    # remat saves is measured on the big models (docs/benchmarks.md, test_remat.py)
+    assert 0 < rematted <= plain

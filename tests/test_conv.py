@@ -274,7 +274,7 @@ def test_pointwise_bfloat16_keeps_the_dtype_and_refuses_bad_shapes(native, monke
         ops.pointwise(x, kernel[:16])
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("use_bias", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_conv_module_equals_flax_conv(use_bias):
     """Same parameter tree, same initial values, same outputs and gradients as ``nn.Conv``
     with PyTorch's symmetric padding; ``conv`` builds it for every ungrouped k > 1 or strided
@@ -297,7 +297,8 @@ def test_conv_module_equals_flax_conv(use_bias):
     assert half.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("implementation", ["products", pytest.param("xla", marks=pytest.mark.slow)])
+@pytest.mark.slow  # default run time
+@pytest.mark.parametrize("implementation", ["products", "xla"])
 def test_depthwise_equals_xlas_grouped_convolution_in_value_and_gradients(implementation):
     rng = np.random.default_rng(4)
     # odd and even kernels (PyTorch's padding: d (k - 1) // 2 before, the rest after), dilated

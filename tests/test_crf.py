@@ -247,7 +247,8 @@ def test_lattice_equals_the_authors_densecrf():
     assert (q.argmax(-1) == expected.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("method", ["dense", pytest.param("lattice", marks=pytest.mark.slow)])
+@pytest.mark.slow  # default run time
+@pytest.mark.parametrize("method", ["dense", "lattice"])
 def test_block_gradients_match_finite_differences(method):
     """Directional derivatives of a scalar loss of the CRF-as-RNN layer: autodiff vs central
     differences (step 1e-2 along a random unit direction, float32): relative error < 2e-2."""

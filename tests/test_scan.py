@@ -78,6 +78,11 @@ def test_layer_converters_both_ways():
     mixed = match_layer_form(tree, target)
     assert "layers" in mixed["backbone"] and "layers_0" in mixed["head"]
     jax.tree.map(np.testing.assert_array_equal, match_layer_form(mixed, tree), tree)
+    # a tree already in the target's form is left alone, even beside a sub-module that is
+    # itself called "layers"
+    both = {"layers": {"w": np.zeros(2)}, "layers_0": {"w": np.ones(2)}}
+    same = match_layer_form(both, both)
+    assert same.keys() == both.keys() and all(same[k]["w"] is both[k]["w"] for k in both)
     with pytest.raises(ValueError, match=r"numbered 0..n-1 to stack; got \[0, 2\]"):
         stack_layers({"layers_0": {"w": 1.0}, "layers_2": {"w": 2.0}})
     with pytest.raises(ValueError, match=r"not a stack of layers"):

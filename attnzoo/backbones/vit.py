@@ -239,13 +239,14 @@ def unstack_layers(tree: Any, prefix: str = "layers") -> Any:
 def match_layer_form(tree: Any, target: Any, prefix: str = "layers") -> Any:
     """``tree``'s layers in ``target``'s form wherever the two differ: stacked where ``target``
     holds ``<prefix>`` and ``tree`` ``<prefix>_<i>``, unrolled where it is the other way round
-    (a plain model's checkpoint into a scanned model, and back). ``target`` may hold arrays
-    or their shapes (``jax.eval_shape``)."""
+    (a plain model's checkpoint into a scanned model, and back); where both hold the same
+    keys nothing moves. ``target`` may hold arrays or their shapes (``jax.eval_shape``)."""
     if not (isinstance(tree, Mapping) and isinstance(target, Mapping)):
         return tree
-    if prefix in target:
+    first = f"{prefix}_0"
+    if prefix in target and first in tree and first not in target:
         tree = _stacked(tree, prefix)
-    elif f"{prefix}_0" in target:
+    elif first in target and prefix in tree and prefix not in target:
         tree = _unstacked(tree, prefix)
     return {k: match_layer_form(v, target.get(k), prefix) for k, v in tree.items()}
 
