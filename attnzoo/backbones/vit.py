@@ -37,7 +37,7 @@ import numpy as np
 
 from attnzoo import ops
 from attnzoo._checks import check_choice, check_image, check_positive, check_rate
-from attnzoo.blocks.common import REMAT_POLICIES, Dtype, conv, remat
+from attnzoo.blocks.common import Dtype, conv, remat, remat_policy
 from attnzoo.blocks.transformer import ScannedEncoderLayer, TransformerEncoderLayer
 from attnzoo.backbones.resnetv2 import ResNetV2
 from attnzoo.backbones.swin import pad_to_multiple
@@ -203,8 +203,7 @@ class VisionTransformer(nn.Module):
         last one normalised with ``final_norm``)."""
         body = ScannedEncoderLayer
         if self.remat is not None:  # no static call arguments to move: the policy alone
-            check_choice(self.remat, tuple(REMAT_POLICIES), "remat policy")
-            body = nn.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+            body = nn.remat(body, policy=remat_policy(self.remat), prevent_cse=False)
         scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True,
                                                                       "dropout": True},
                        in_axes=0, out_axes=0, length=self.depth)

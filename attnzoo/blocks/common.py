@@ -74,8 +74,14 @@ def remat(cls: type[M], policy: str | None) -> type[M]:
     bool) inside the checkpoint, so ``cls.__call__`` must take it as a keyword."""
     if policy is None:
         return cls
-    check_choice(policy, tuple(REMAT_POLICIES), "remat policy")
     return _rematerialised(cls, policy)
+
+
+def remat_policy(name: str) -> Callable[..., bool]:
+    """The ``jax.checkpoint`` policy :data:`REMAT_POLICIES` names ``name``; ValueError
+    naming the choices otherwise."""
+    check_choice(name, tuple(REMAT_POLICIES), "remat policy")
+    return REMAT_POLICIES[name]
 
 
 @functools.cache
@@ -85,7 +91,7 @@ def _rematerialised(cls: type[M], policy: str) -> type[M]:
         def __call__(self, train: bool, *inputs: Any, **kwargs: Any) -> Any:
             return super().__call__(*inputs, train=train, **kwargs)
 
-    checkpointed = nn.remat(TrainFirst, static_argnums=(1,), policy=REMAT_POLICIES[policy])
+    checkpointed = nn.remat(TrainFirst, static_argnums=(1,), policy=remat_policy(policy))
 
     class Rematerialised(checkpointed):  # type: ignore[valid-type,misc]
         def __call__(self, *inputs: Any, train: bool = False, **kwargs: Any) -> Any:
