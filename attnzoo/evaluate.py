@@ -52,6 +52,8 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     defaults, refines the predictions). Returns the metrics with ``"classes"``, ``"step"``,
     ``"split"`` and the run's ``"conv_implementation"`` (logged: the scores are computed with
     it)."""
+    import math
+
     import jax
     import numpy as np
 
@@ -59,7 +61,8 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     from attnzoo.engine import checkpoint, evaluate, make_eval_step
     from attnzoo.inference import TTA_SCALES
     from attnzoo.ops.conv import describe_implementation
-    from attnzoo.sharding import make_mesh, replicated
+    from attnzoo.engine.state import layout
+    from attnzoo.sharding import make_mesh
 
     overrides: dict[str, Any] = {"model.memory_efficient": memory_efficient}
     if data_dir:
@@ -69,13 +72,16 @@ def evaluate_run(workdir: str | Path, *, step: int | None = None, split: str | N
     model, variables, config, saved_step = checkpoint.restore_with_step(
         workdir, step=step, config_overrides=overrides)
     log.info("%s", describe_implementation(config.conv_implementation))
-    mesh = make_mesh(_eval_devices(batch_size or config.eval_batch_size))
+    devices = _eval_devices(batch_size or config.eval_batch_size)
+    mesh = make_mesh(devices, fsdp=math.gcd(config.mesh.fsdp, len(devices)))
     builder = data_input.prepared_builder(config.dataset)
     names = data_input.class_names(config.dataset, builder)
     eval_step = make_eval_step(model, config, mesh, mode=mode,
                                scales=TTA_SCALES if tta else None, flip=True if tta else None,
                                crf=crf)
-    variables = jax.device_put(variables, replicated(mesh))
+    # the run's layout: parameters split along fsdp where its mesh had them split
+    variables = jax.device_put(variables, {k: layout(v, mesh, config, f"{k}/")
+                                           for k, v in variables.items()})
     result = evaluate(eval_step, variables, data_input.eval_batches(
         config.dataset, batch_size=batch_size or config.eval_batch_size, mesh=mesh, split=split,
         builder=builder, pixel_mean=tuple(config.model.pixel_mean),

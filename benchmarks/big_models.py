@@ -1,9 +1,11 @@
-"""Memory and compile time of the big models' train step, plain, rematerialised, scanned.
+"""Memory and compile time of the big models' train step, plain, rematerialised, scanned,
+sharded.
 
 For each model (mmseg's recipe at 512x512) and each variant (``config.model.remat``,
-``config.model.scan_layers``), a fresh process builds the engine's train step on one device
-(the recipe's optimizer and its state), lowers it on abstract arguments and compiles it, at 1,
-2, 4, ... images per device. From the compiled program's ``memory_analysis()``:
+``config.model.scan_layers``, ``config.mesh.fsdp``), a fresh process builds the engine's train
+step on one device, or with ``fsdp=N`` on a 1 x N mesh of N simulated devices (the parameters
+and the recipe's optimizer state split N ways), lowers it on abstract arguments and compiles it,
+at 1, 2, 4, ... images per device. From the compiled program's ``memory_analysis()``:
 
     peak = arguments + outputs - donated (aliased) + temporaries
 
@@ -25,12 +27,14 @@ as accelerators schedule under a memory limit. On a GPU the rows are the GPU's o
     python benchmarks/big_models.py --models upernet_swin_t --variants "plain;transformer=dots"
     python benchmarks/big_models.py --models segmenter_vit_b_mask,setr_vit_l_pup \
         --variants "plain;scan;transformer=nothing;scan,transformer=nothing"   # compile times
+    python benchmarks/big_models.py --variants "fsdp=8;fsdp=8,transformer=nothing"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODELS = ("upernet_swin_l", "setr_vit_l_pup")
 VARIANTS = ("plain", "transformer=dots", "transformer=nothing",
-            "transformer=nothing,head=nothing")
+            "transformer=nothing,head=nothing", "fsdp=8", "fsdp=8,transformer=nothing")
 MEMORY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def parse_variant(text: str) -> dict[str, object]:
-    """The config fields of a variant: ``"plain"`` -> ``{}``; ``"scan,transformer=dots"`` ->
-    ``{"model.scan_layers": True, "model.remat.transformer": "dots"}``."""
+    """The config fields of a variant: ``"plain"`` -> ``{}``; ``"scan,transformer=dots,fsdp=8"``
+    -> ``{"model.scan_layers": True, "model.remat.transformer": "dots", "mesh.fsdp": 8}``."""
     if text == "plain":
         return {}
     fields: dict[str, object] = {}
@@ -56,17 +60,20 @@ def parse_variant(text: str) -> dict[str, object]:
         kind, _, policy = part.partition("=")
         if part == "scan":
             fields["model.scan_layers"] = True
-        elif kind and policy:
+        elif kind == "fsdp" and policy.isdigit() and int(policy) > 0:
+            fields["mesh.fsdp"] = int(policy)
+        elif kind and policy and kind != "fsdp":
             fields[f"model.remat.{kind}"] = policy
         else:
-            raise SystemExit(f"--variants: {text!r} is not 'plain' or 'scan' / 'kind=policy' "
-                             "items joined by commas")
+            raise SystemExit(f"--variants: {text!r} is not 'plain' or 'scan' / 'kind=policy' / "
+                             "'fsdp=N' items joined by commas")
     return fields
 
 
 def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, float]:
-    """Compile the train step of ``model_name``'s ADE20K recipe with remat ``variant`` for
-    ``batch`` images of ``size`` x ``size`` on one device: its memory and compile time."""
+    """Compile the train step of ``model_name``'s ADE20K recipe as ``variant`` says for
+    ``batch`` images of ``size`` x ``size`` per device (on one device, or a 1 x N mesh for
+    ``fsdp=N``): its memory per device and compile time."""
     import jax
     import jax.numpy as jnp
 
@@ -77,23 +84,28 @@ def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, f
 
     config = load_config_file(f"{ROOT / 'configs' / 'mmseg.py'}:{model_name},ade20k")
     config.dataset.crop_size = (size, size)
-    config.batch_size = batch
     config.update_from_flattened_dict(parse_variant(variant))
+    devices = config.mesh.fsdp
+    config.batch_size = batch * devices
     engine.config.check_domains(config)
     model = engine.build_model(config)
     tx, schedule = engine.make_optimizer(config.optimizer, config.num_steps)
-    mesh = make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:devices], data=1, fsdp=devices)
     step = engine.make_train_step(model, tx, schedule, config, mesh)
     state = abstract_state(model, tx, config, mesh)
     sharding = batch_sharding(mesh)
-    data = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=sharding),
-            "label": jax.ShapeDtypeStruct((batch, size, size), jnp.int32, sharding=sharding)}
+    data = {"image": jax.ShapeDtypeStruct((batch * devices, size, size, 3), jnp.float32,
+                                          sharding=sharding),
+            "label": jax.ShapeDtypeStruct((batch * devices, size, size), jnp.int32,
+                                          sharding=sharding)}
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
-    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
-    return {"compile_s": seconds, "params": params, "arguments": m.argument_size_in_bytes,
+    leaves = jax.tree.leaves(state.params)
+    params = sum(x.size * x.dtype.itemsize for x in leaves)
+    held = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+    return {"compile_s": seconds, "params": params, "params_held": held, "arguments": m.argument_size_in_bytes,
             "outputs": m.output_size_in_bytes, "alias": m.alias_size_in_bytes,
             "temp": m.temp_size_in_bytes,
             "peak": m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
@@ -101,9 +113,12 @@ def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, f
 
 
 def in_fresh_process(model_name: str, variant: str, batch: int, size: int) -> dict[str, float]:
-    """:func:`measure` in a child process with XLA:CPU's memory-minimising scheduler."""
-    env = {**os.environ,
-           "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), MEMORY_SCHEDULER]).strip()}
+    """:func:`measure` in a child process with XLA:CPU's memory-minimising scheduler (and, for
+    ``fsdp=N``, N simulated devices)."""
+    devices = parse_variant(variant).get("mesh.fsdp", 1)
+    flags = [os.environ.get("XLA_FLAGS", ""), MEMORY_SCHEDULER,
+             f"--xla_force_host_platform_device_count={devices}"]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags).strip()}
     out = subprocess.run([sys.executable, __file__, "--worker", model_name, variant, str(batch),
                           str(size)], env=env, capture_output=True, text=True)
     if out.returncode:
@@ -175,14 +190,15 @@ def main() -> None:
             peaks = {b: m["peak"] for b, m in found.items()}
             two = found[2] if 2 in found else found[1]  # max_batch 1
             rows.append([name, variant, f"{two['params'] / gib:.2f}",
+                         f"{two['params_held'] / gib:.2f}",
                          *(f"{peaks[b] / gib:.2f}" if b in peaks else "" for b in (1, 2)),
                          *(largest_batch(peaks, c * 1e9) for c in capacities),
                          ", ".join(f"{b}: {p / gib:.1f}" for b, p in peaks.items()),
                          f"{two['compile_s']:.0f}"])
             print(" | ".join(map(str, rows[-1])), flush=True)
-    print(f"\n{machine()}; train step at {args.size}x{args.size}, one device, the recipe's "
-          f"optimizer; XLA_FLAGS {MEMORY_SCHEDULER}")
-    print(table(["model", "variant", "params GiB", "peak GiB, 1 image", "peak GiB, 2 images",
+    print(f"\n{machine()}; train step at {args.size}x{args.size}, one device (fsdp=N: a 1 x N "
+          f"mesh, per device), the recipe's optimizer; XLA_FLAGS {MEMORY_SCHEDULER}")
+    print(table(["model", "variant", "params GiB", "params GiB per device", "peak GiB, 1 image", "peak GiB, 2 images",
                  *(f"largest batch, {c:g} GB" for c in capacities),
                  "peak GiB by batch (measured)", "compile s, 2 images"], rows))
 

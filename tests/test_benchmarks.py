@@ -214,24 +214,32 @@ def test_big_models_variants_and_batches():
     assert parse_variant("scan,transformer=nothing,head=dots") == {
         "model.scan_layers": True, "model.remat.transformer": "nothing",
         "model.remat.head": "dots"}
-    with pytest.raises(SystemExit, match="'transformer' is not 'plain'"):
-        parse_variant("transformer")
+    assert parse_variant("fsdp=8,transformer=dots") == {"mesh.fsdp": 8,
+                                                        "model.remat.transformer": "dots"}
+    for bad in ("transformer", "fsdp=0", "fsdp=dots"):
+        with pytest.raises(SystemExit, match=f"{bad!r} is not 'plain'"):
+            parse_variant(bad)
     # peaks measured at 1, 2, 4, 8 images: interpolated between the sizes around the capacity
     peaks = {1: 5e9, 2: 6e9, 4: 8e9, 8: 16e9}
     assert [largest_batch(peaks, c) for c in (4e9, 5.5e9, 8e9, 12e9, 16e9, 20e9)] == \
         [0, 1, 4, 6, 8, 8]
 
 
-@pytest.mark.exhaustive  # 50 s here: two models compiled at two batch sizes each
+@pytest.mark.exhaustive  # 80 s here: three variants compiled at two batch sizes each
 def test_big_models_script():
     out = subprocess.run([sys.executable, str(BENCH / "big_models.py"), "--models",
-                          "segmenter_vit_t_mask", "--variants", "plain;transformer=nothing",
+                          "segmenter_vit_t_mask", "--variants", "plain;transformer=nothing;fsdp=4",
                           "--size", "64", "--capacities", "1", "--max-batch", "2"],
                          capture_output=True, text=True, check=True).stdout
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| segmenter")]
-    assert [r[1] for r in rows] == ["plain", "transformer=nothing"]
-    plain, rematted = (float(r[4]) for r in rows)  # peak GiB with 2 images
-    assert all(r[5] == "0" or int(r[5]) >= 1 for r in rows)  # largest batch for 1 GB
+    assert [r[1] for r in rows] == ["plain", "transformer=nothing", "fsdp=4"]
+    (total, held, _, plain), (_, _, _, rematted), (sharded_total, sharded_held, _, sharded) = (
+        map(float, r[2:6]) for r in rows)  # parameters, per device; peak GiB with 1, 2 images
+    assert all(r[6] == "0" or int(r[6]) >= 1 for r in rows)  # largest batch for 1 GB
     # a 64x64 ViT-T's peak is its parameters and optimizer state (0.09 GiB either way); what
     # remat saves is measured on the big models (docs/benchmarks.md, test_remat.py)
     assert 0 < rematted <= plain
+    # fsdp=4: the kernels of >= 2 ** 16 entries (most of the parameters) held in quarters, and
+    # so their Adam moments (GiB to 2 decimals: 0.02 of parameters; peak 0.07 vs 0.09 here)
+    assert sharded_total == total == held and sharded_held < total
+    assert sharded < plain

@@ -72,7 +72,7 @@ def test_cityscapes_through_tfds_builder_to_train_ids(cityscapes_manual, tmp_pat
     assert train["image"].shape == (8, 256, 512, 3) and train["image"].dtype == np.float32
     assert train["label"].shape == (8, 256, 512) and train["label"].dtype == np.int32
     assert set(np.unique(train["label"])) <= {0, 1, 13, 18, 11, 255}
-    assert arrays["image"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert arrays["image"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
     assert len(arrays["image"].addressable_shards) == 8
 
     config.eval_split = "validation"

@@ -278,9 +278,9 @@ def test_a_run_starts_with_its_layout_prints_only_attnzoos_lines_and_evaluates_o
 
     first = train(2, 2)
     assert first.stderr == ""
-    assert ("mesh (data=2) over 2 cpu device(s) of 1 process(es); per-device batch 4 (global 8), "
-            "evaluation 4 (global 8); parameters and optimizer state replicated on every device; "
-            "batches split along 'data'") in first.stdout
+    assert ("mesh (data=2, fsdp=1) over 2 cpu device(s) of 1 process(es); per-device batch 4 "
+            "(global 8), evaluation 4 (global 8); parameters and optimizer state replicated on "
+            "every device; batches split along ('data', 'fsdp')") in first.stdout
     assert "evaluation metrics in percent" in first.stdout
     again = train(2, 2)
     assert again.stderr == "" and "continues on" not in again.stdout

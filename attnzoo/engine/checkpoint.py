@@ -42,7 +42,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from attnzoo.engine.config import migrate
-from attnzoo.sharding import make_mesh
+from attnzoo.sharding import make_mesh, path_name
 
 log = logging.getLogger("attnzoo")
 BEST_METRIC = "mIoU"
@@ -246,7 +246,7 @@ _RESIDUAL_BLOCK = re.compile(r"layer\d+_\d+")
 def _names_block_attention(tree: Any, name: str) -> bool:
     """Whether any residual block (``layer<i>_<j>``) in ``tree`` has a child called ``name``."""
     pattern = re.compile(rf"(^|/)layer\d+_\d+/{re.escape(name)}(/|$)")
-    return any(pattern.search(_path_names(path))
+    return any(pattern.search(path_name(path))
                for path, _ in jax.tree_util.tree_leaves_with_path(tree))
 
 
@@ -333,7 +333,7 @@ def array_checksums(tree: Any) -> dict[str, Any]:
     if any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable for _, leaf in leaves):
         sums = np.sum(multihost_utils.process_allgather(sums), axis=0, dtype=np.uint32)
     return {"version": _CHECKSUM_VERSION, "arrays": {
-        _path_names(path): f"{leaf.dtype if hasattr(leaf, 'dtype') else np.asarray(leaf).dtype}:{int(a):08x}:{int(b):08x}"
+        path_name(path): f"{leaf.dtype if hasattr(leaf, 'dtype') else np.asarray(leaf).dtype}:{int(a):08x}:{int(b):08x}"
         for (path, leaf), (a, b) in zip(leaves, sums)}}
 
 
@@ -391,16 +391,10 @@ class CheckpointMismatchError(ValueError):
     """A readable checkpoint holds another tree than the model and optimizer expect."""
 
 
-def _path_names(path: Any) -> str:
-    """A pytree path as ``a/b/0/c`` (dict keys, attribute names and indices alike)."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
-
-
 def _check_fits(stored: Any, target: Any, where: Path) -> None:
     """Raise :class:`CheckpointMismatchError` unless the stored tree has ``target``'s leaves."""
-    have = {_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(stored)}
-    want = {_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(target)}
+    have = {path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(stored)}
+    want = {path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(target)}
     if have != want:
         diff = sorted(have - want)[:3] + sorted(want - have)[:3]
         raise CheckpointMismatchError(

@@ -50,6 +50,15 @@ Fields (defaults in :func:`default_config`):
 * ``force_resume``: resume a workdir even though a field that shapes the model or
   the optimizer state changed (``attnzoo.engine.workdir.SHAPING``; refused otherwise).
 * ``distributed``: call ``jax.distributed.initialize()`` (multi-host).
+* ``mesh``: the device mesh (:mod:`attnzoo.sharding`): ``fsdp`` devices share each
+  parameter's, BatchNorm statistic's and optimizer moment's parts (fully sharded data
+  parallelism; 1 = replicated), ``data`` (None: the devices left) such groups hold copies; the
+  batch is split over both. ``min_shard_size``: arrays with fewer elements stay replicated;
+  ``rules``: ``(regular expression, layout)`` pairs overriding the default layout (each array
+  along its largest dimension the ``fsdp`` size divides) for the arrays whose path
+  (``"params/backbone/.../kernel"``, ``"opt_state/.../mu/..."``) matches, e.g.
+  ``(("pos_embed", ()),)`` keeps position embeddings replicated. A resume may change the
+  mesh: checkpoints are restored onto the new layout.
 
 Numeric fields with a domain are checked against it, from one table (:data:`DOMAINS`,
 :func:`check_domains`; ``train.py`` does before anything is built): a non-positive learning rate,
@@ -77,6 +86,7 @@ from ml_collections import ConfigDict, config_dict
 
 from attnzoo.blocks.common import REMAT_KINDS, REMAT_POLICIES
 from attnzoo.pixels import IMAGENET_MEAN, IMAGENET_STD
+from attnzoo.sharding import MIN_SHARD_SIZE
 
 log = logging.getLogger("attnzoo")
 
@@ -136,6 +146,8 @@ def default_config() -> ConfigDict:
     c.init_from = ""
     c.force_resume = False
     c.distributed = False
+    c.mesh = ConfigDict(dict(data=config_dict.placeholder(int), fsdp=1, rules=(),
+                             min_shard_size=MIN_SHARD_SIZE))
     return c
 
 
@@ -162,7 +174,13 @@ DOMAINS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     *((name, *_POSITIVE_INT) for name in (
         "num_steps", "batch_size", "eval_batch_size", "log_every", "eval_every",
         "checkpoint_every", "keep", "optimizer.accumulate_steps", "dataset.num_classes",
-        "dataset.shuffle_buffer", "model.head_channels", "model.aux_channels")),
+        "dataset.shuffle_buffer", "model.head_channels", "model.aux_channels", "mesh.data",
+        "mesh.fsdp")),
+    ("mesh.min_shard_size", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("mesh.rules", lambda v: all(
+        isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)
+        and isinstance(r[1], (tuple, list)) and all(a is None or isinstance(a, str) for a in r[1])
+        for r in v), "pairs (regular expression, [mesh axis or None, ...])"),
     ("keep_best", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("optimizer.learning_rate", *_POSITIVE),
     ("optimizer.power", *_POSITIVE),

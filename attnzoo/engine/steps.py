@@ -13,7 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from attnzoo import inference, losses, metrics, ops
-from attnzoo.engine.state import DTYPES, TrainState, loss_terms
+from attnzoo.engine.state import DTYPES, TrainState, loss_terms, state_shardings
 from attnzoo.sharding import batch_sharding, replicated
 
 Array = jax.Array
@@ -22,8 +22,10 @@ Array = jax.Array
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     config: Mapping[str, Any], mesh: Mesh
                     ) -> Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict[str, Array]]]:
-    """``(state, batch) -> (state, metrics)``, jitted: batch sharded over ``data``, state
-    replicated (BatchNorm statistics are those of the global batch). Metrics: ``loss``,
+    """``(state, batch) -> (state, metrics)``, jitted: the batch split over the mesh, the state
+    read where it lies and the new one laid out as :func:`attnzoo.engine.state.state_shardings`
+    says (replicated, or split along ``fsdp``: XLA gathers each parameter where it is used and
+    reduce-scatters its gradient); BatchNorm statistics are those of the global batch. Metrics: ``loss``,
     each loss term, ``grad_norm``, ``update_norm`` (of the parameter change: non-finite
     means the new parameters are), ``lr``."""
     terms = loss_terms(model, config)
@@ -49,18 +51,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         params = optax.apply_updates(state.params, updates)
         out = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads),
                "update_norm": optax.tree.norm(updates), "lr": schedule(state.step // k)}
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), out
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+        return jax.lax.with_sharding_constraint(new, state_shardings(new, mesh, config)), out
 
-    return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+    return jax.jit(step_fn, in_shardings=(None, batch_sharding(mesh)),
+                   out_shardings=(None, replicated(mesh)), donate_argnums=0)
 
 
 def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
                    mode: str | None = None, scales: Any = None, flip: bool | None = None,
                    crf: Mapping[str, Any] | None = None
                    ) -> Callable[[dict[str, Any], dict[str, Array]], Array]:
-    """``(variables, batch) -> confusion matrix`` of the batch, jitted over ``mesh``, with the
+    """``(variables, batch) -> confusion matrix`` of the batch, jitted over ``mesh`` (the
+    variables read where they lie: replicated or split along ``fsdp``), with the
     inference mode of ``config.eval`` (arguments override it). A batch with ``label_size``
     (``dataset.eval_label_canvas``) is scored at each label's original size: the logits
     (single scale) or averaged probabilities (TTA) resized back per image, as mmseg. ``crf``
@@ -92,7 +96,7 @@ def make_eval_step(model: nn.Module, config: Mapping[str, Any], mesh: Mesh, *,
             align_corners=align_corners) if original else scores.argmax(-1)
         return metrics.confusion_matrix(predicted, batch["label"], num_classes, ignore_index)
 
-    return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+    return jax.jit(step_fn, in_shardings=(None, batch_sharding(mesh)),
                    out_shardings=replicated(mesh))
 
 

@@ -36,6 +36,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuse settings outside their domain (:func:`attnzoo.engine.config.check_domains`) or
     inconsistent with each other, before anything is built."""
     check_domains(config)
+    make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)  # its sizes fit the devices
     k = config.optimizer.accumulate_steps
     if config.num_steps % k:
         raise ValueError(f"config.num_steps={config.num_steps} must be a multiple of "
@@ -171,7 +172,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     from attnzoo.data import input as data_input, spec
 
     started = time.perf_counter()
-    mesh = make_mesh()
+    mesh = make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
     # everything that can be checked before the first step is checked here, before any file of
     # the workdir is written
     local_batch_size(config.batch_size, mesh, "batch_size")
