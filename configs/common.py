@@ -27,7 +27,7 @@ fit a device otherwise: ``--config.model.remat.transformer`` / ``.bottleneck`` /
 (``"dots"`` or ``"nothing"``: rematerialise the backbone's Transformer layers, its residual
 blocks or the decode and auxiliary heads; ``attnzoo.blocks.common.REMAT_POLICIES``; memory per recipe in
 ``docs/benchmarks.md#big-models-remat``); ``--config.model.scan_layers=True`` (a ViT
-backbone's layers as one ``nn.scan``: compile time flat in depth); ``--config.mesh.fsdp=N``
+backbone's layers, a MiT's stages, as one ``nn.scan`` each: compile time flat in depth); ``--config.mesh.fsdp=N``
 (parameters, BatchNorm statistics and optimizer state split over groups of ``N`` devices,
 fully sharded data parallelism: ``attnzoo.sharding``; ``--config.mesh.rules`` overrides the
 layout of the arrays a pattern names).

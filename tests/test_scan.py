@@ -1,6 +1,7 @@
-"""A ViT's layers as one ``nn.scan`` (``scan_layers``, ``config.model.scan_layers``): the same
-features and gradients as the unrolled layers after converting the parameters, the converters
-both ways, a plain checkpoint into a scanned run, and what a resume may change."""
+"""A ViT's layers and a MiT's stages as ``nn.scan`` (``scan_layers``,
+``config.model.scan_layers``): the same features and gradients as the unrolled layers after
+converting the parameters, the converters both ways, a plain checkpoint into a scanned run, and
+what a resume may change."""
 
 import json
 
@@ -58,6 +59,35 @@ def test_scanned_layers_equal_the_unrolled_ones(policy):
     assert np.isfinite(float(a)) and float(a) != float(b)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", [None, "dots"])
+def test_scanned_mit_stages_equal_the_unrolled_ones(policy):
+    """A MiT of 2, 3, 1, 2 blocks per stage, each stage one scan (``block_<i>`` stacked): the
+    features and gradients of the unrolled blocks (1e-5 of the largest), with drop path."""
+    kw = dict(embed_dims=(16, 32, 40, 64), depths=(2, 3, 1, 2), num_heads=(1, 2, 5, 8),
+              drop_path_rate=0.2)
+    plain = backbones.create("mit_b0", **kw)
+    scanned = backbones.create("mit_b0", scan_layers=True, remat=policy, **kw)
+    x = jax.random.normal(jax.random.key(0), (2, 64, 48, 3))
+    variables = plain.init(jax.random.key(1), x)
+    shapes = jax.eval_shape(scanned.init, jax.random.key(1), x)
+    stacked = match_layer_form(variables, shapes)
+    assert jax.tree.map(lambda a: a.shape, stacked) == jax.tree.map(lambda a: a.shape, shapes)
+    assert stacked["params"]["block_1"]["mlp"]["fc1"]["kernel"].shape == (3, 32, 128)
+    assert "block_1_0" not in stacked["params"]
+    want, got = plain.apply(variables, x), scanned.apply(stacked, x)
+    for k in ("c1", "c2", "c3", "c4"):
+        _tree_close(want[k], got[k], 1e-5)
+    plain0, scanned0 = (m.clone(drop_path_rate=0.0) for m in (plain, scanned))
+    key = jax.random.key(2)
+    g_plain = jax.grad(lambda v: _features_loss(plain0, v, x, key))(variables)
+    g_scan = jax.grad(lambda v: _features_loss(scanned0, v, x, key))(stacked)
+    _tree_close(match_layer_form(g_plain, shapes), g_scan, 1e-5)
+    loss = jax.jit(lambda v, k: _features_loss(scanned, v, x, k))  # per-block drop-path rates
+    a, b = loss(stacked, key), loss(stacked, jax.random.key(5))
+    assert np.isfinite(float(a)) and float(a) != float(b)
+
+
 def test_layer_converters_both_ways():
     rng = np.random.default_rng(0)
     tree = {"backbone": {"cls_token": rng.standard_normal((1, 1, 4)),
@@ -83,6 +113,15 @@ def test_layer_converters_both_ways():
     both = {"layers": {"w": np.zeros(2)}, "layers_0": {"w": np.ones(2)}}
     same = match_layer_form(both, both)
     assert same.keys() == both.keys() and all(same[k]["w"] is both[k]["w"] for k in both)
+    # a MiT's stages: each block_<i>_<j> run into the block_<i> stack the target holds
+    mit = {"block_0_0": {"w": np.zeros(2)}, "block_0_1": {"w": np.ones(2)},
+           "block_1_0": {"w": np.full(3, 2.0)}, "norm_0": {"w": np.zeros(2)}}
+    target = {"block_0": {"w": np.zeros((2, 2))}, "block_1": {"w": np.zeros((1, 3))},
+              "norm_0": {"w": np.zeros(2)}}
+    stages = match_layer_form(mit, target)
+    assert sorted(stages) == ["block_0", "block_1", "norm_0"]
+    np.testing.assert_array_equal(stages["block_0"]["w"], [[0, 0], [1, 1]])
+    jax.tree.map(np.testing.assert_array_equal, match_layer_form(stages, mit), mit)
     with pytest.raises(ValueError, match=r"numbered 0..n-1 to stack; got \[0, 2\]"):
         stack_layers({"layers_0": {"w": 1.0}, "layers_2": {"w": 2.0}})
     with pytest.raises(ValueError, match=r"not a stack of layers"):
@@ -90,16 +129,23 @@ def test_layer_converters_both_ways():
 
 
 def test_scan_refused_where_there_is_none():
-    with pytest.raises(ValueError, match=r"scan_layers: backbone 'resnet18_v1c'.*Vision"):
+    with pytest.raises(ValueError, match=r"scan_layers: backbone 'resnet18_v1c'.*Vision Transformers and MiT"):
         models.create("danet_r18_d8", num_classes=3, scan_layers=True)
 
 
-def _config(scan):
+MODELS = {  # narrow: a Segmenter ViT of 2 layers, a SegFormer MiT of 2, 2, 1, 2 blocks
+    "segmenter_vit_t_mask": dict(
+        backbone_kwargs={"embed_dim": 48, "depth": 2, "patch_size": 8, "img_size": (32, 32),
+                         "out_indices": (1,)}, head_kwargs={"num_layers": 1}),
+    "segformer_mit_b0": dict(
+        backbone_kwargs={"embed_dims": (16, 32, 40, 64), "depths": (2, 2, 1, 2)},
+        head_channels=32)}
+
+
+def _config(scan, name="segmenter_vit_t_mask"):
     c = engine.default_config()
-    c.model.name = "segmenter_vit_t_mask"
-    c.model.backbone_kwargs = {"embed_dim": 48, "depth": 2, "patch_size": 8,
-                               "img_size": (32, 32), "out_indices": (1,)}
-    c.model.head_kwargs = {"num_layers": 1}
+    c.model.name = name
+    c.model.update(MODELS[name])
     c.model.scan_layers = scan
     c.dataset.num_classes = 3
     c.dataset.crop_size = (32, 32)
@@ -107,11 +153,12 @@ def _config(scan):
 
 
 @pytest.mark.slow
-def test_a_plain_checkpoint_initialises_a_scanned_run(tmp_path):
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_plain_checkpoint_initialises_a_scanned_run(tmp_path, name):
     from attnzoo.engine.checkpoint import save_pretrained
     from attnzoo.engine.train import load_pretrained
 
-    plain_config, scan_config = _config(False), _config(True)
+    plain_config, scan_config = _config(False, name), _config(True, name)
     plain = engine.build_model(plain_config)
     x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
     variables = plain.init(jax.random.key(7), x)
@@ -119,7 +166,7 @@ def test_a_plain_checkpoint_initialises_a_scanned_run(tmp_path):
     scanned = engine.build_model(scan_config)
     tx, _ = engine.make_optimizer(scan_config.optimizer, scan_config.num_steps)
     fresh = engine.init_state(scanned, tx, scan_config, sharding.make_mesh(jax.devices()[:1]))
-    assert "layers" in fresh.params["backbone"]
+    assert {"layers", "block_0"} & set(fresh.params["backbone"])
     loaded = load_pretrained(fresh, str(tmp_path / "plain"))
     _tree_close(plain.apply(variables, x)["out"], scanned.apply(loaded.variables(), x)["out"],
                 1e-5)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnzoo._checks import check_image, check_positive, check_stage_heads, check_stages
-from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv, remat
+from attnzoo.blocks.common import DepthwiseConv, DropPath, Dtype, conv, remat, remat_policy
 from attnzoo.blocks.efficient import LINEAR_INIT, SpatialReductionAttention
 
 Array = jax.Array
@@ -92,9 +92,11 @@ class MiTBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
+    def __call__(self, x: Array, *, train: bool = False, drop_path: Array | None = None
+                 ) -> Array:
+        """``drop_path`` (a traced rate, in a scan) overrides the field."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        drop = DropPath(self.drop_path)
+        drop = DropPath(self.drop_path if drop_path is None else drop_path)
         y = nn.LayerNorm(self.norm_eps, name="norm1", **kw)(x)
         y = SpatialReductionAttention(self.features, self.num_heads, self.sr_ratio,
                                       norm_eps=self.norm_eps,
@@ -104,6 +106,17 @@ class MiTBlock(nn.Module):
         y = nn.LayerNorm(self.norm_eps, name="norm2", **kw)(x)
         y = MixFFN(self.features, self.features * self.mlp_ratio, name="mlp", **kw)(y)
         return x + drop(y, train=train)
+
+
+class ScannedMiTBlock(MiTBlock):
+    """:class:`MiTBlock` as the body of ``nn.scan`` over a stage's blocks: ``(x, drop_path
+    rate) -> (x, None)``, with ``training`` a field (a scan's body takes no static call
+    arguments). Its parameters are the block's (stacked along the scan's axis)."""
+
+    training: bool = False
+
+    def __call__(self, x: Array, drop_path: Array) -> tuple[Array, None]:
+        return super().__call__(x, train=self.training, drop_path=drop_path), None
 
 
 class MixVisionTransformer(nn.Module):
@@ -127,6 +140,10 @@ class MixVisionTransformer(nn.Module):
         port uses 1e-5, which :func:`attnzoo.convert.from_transformers` sets).
       memory_efficient: chunked exact attention in every block (large images).
       in_channels: channels of the input images.
+      scan_layers: each stage's blocks as one ``nn.scan`` over a block (parameters
+        ``block_<i>/...`` stacked along a leading ``depths[i]`` axis instead of
+        ``block_<i>_<j>/...``): one block per stage compiled instead of each, the same results
+        (:func:`~attnzoo.backbones.match_layer_form` converts parameters between the forms).
       remat: rematerialise every block with this policy
         (:data:`~attnzoo.blocks.common.REMAT_POLICIES`: ``"nothing"``, ``"dots"``), or None.
     """
@@ -143,6 +160,7 @@ class MixVisionTransformer(nn.Module):
     norm_eps: float = 1e-6
     memory_efficient: bool = False
     in_channels: int = 3
+    scan_layers: bool = False
     remat: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -172,11 +190,30 @@ class MixVisionTransformer(nn.Module):
         for i, (dim, depth) in enumerate(zip(self.embed_dims, self.depths)):
             x = OverlapPatchEmbed(dim, self.patch_sizes[i], self.strides[i], self.norm_eps,
                                   name=f"patch_embed_{i}", **kw)(x)
-            for j in range(depth):
-                x = block_cls(dim, self.num_heads[i], self.sr_ratios[i], self.mlp_ratio,
-                             rates[k], self.norm_eps, self.memory_efficient,
-                             name=f"block_{i}_{j}", **kw)(x, train=train)
-                k += 1
+            fields = (dim, self.num_heads[i], self.sr_ratios[i], self.mlp_ratio)
+            if self.scan_layers:
+                x = self.scanned_stage(i, fields, x, rates[k:k + depth], train)
+            else:
+                for j in range(depth):
+                    x = block_cls(*fields, rates[k + j], self.norm_eps, self.memory_efficient,
+                                  name=f"block_{i}_{j}", **kw)(x, train=train)
+            k += depth
             x = nn.LayerNorm(self.norm_eps, name=f"norm_{i}", **kw)(x)
             features[f"c{i + 1}"] = x
         return features
+
+    def scanned_stage(self, i: int, fields: tuple[int, ...], x: Array, rates: Sequence[float],
+                      train: bool) -> Array:
+        """Stage ``i``'s blocks (``fields``: width, heads, reduction, MLP ratio) as one
+        ``nn.scan`` named ``block_<i>`` with drop-path ``rates`` (``scan_layers``; called inside
+        ``__call__``)."""
+        body = ScannedMiTBlock
+        if self.remat is not None:  # no static call arguments to move: the policy alone
+            body = nn.remat(body, policy=remat_policy(self.remat), prevent_cse=False)
+        scan = nn.scan(body, variable_axes={"params": 0},
+                       split_rngs={"params": True, "dropout": True}, in_axes=0,
+                       length=len(rates))
+        x, _ = scan(*fields, 0.0, self.norm_eps, self.memory_efficient, training=train,
+                    name=f"block_{i}", dtype=self.dtype, param_dtype=self.param_dtype)(
+            x, jnp.asarray(rates, jnp.float32))
+        return x

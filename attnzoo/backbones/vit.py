@@ -235,19 +235,19 @@ def unstack_layers(tree: Any, prefix: str = "layers") -> Any:
     return {k: unstack_layers(v, prefix) for k, v in _unstacked(tree, prefix).items()}
 
 
-def match_layer_form(tree: Any, target: Any, prefix: str = "layers") -> Any:
+def match_layer_form(tree: Any, target: Any) -> Any:
     """``tree``'s layers in ``target``'s form wherever the two differ: stacked where ``target``
-    holds ``<prefix>`` and ``tree`` ``<prefix>_<i>``, unrolled where it is the other way round
-    (a plain model's checkpoint into a scanned model, and back); where both hold the same
-    keys nothing moves. ``target`` may hold arrays or their shapes (``jax.eval_shape``)."""
+    holds ``<prefix>`` and ``tree`` ``<prefix>_0``, ``<prefix>_1``, ... instead (a plain
+    model's checkpoint into a scanned model: a ViT's ``layers``, a MiT's ``block_<i>``),
+    unrolled where it is the other way round; where both hold the same keys nothing moves.
+    ``target`` may hold arrays or their shapes (``jax.eval_shape``)."""
     if not (isinstance(tree, Mapping) and isinstance(target, Mapping)):
         return tree
-    first = f"{prefix}_0"
-    if prefix in target and first in tree and first not in target:
-        tree = _stacked(tree, prefix)
-    elif first in target and prefix in tree and prefix not in target:
-        tree = _unstacked(tree, prefix)
-    return {k: match_layer_form(v, target.get(k), prefix) for k, v in tree.items()}
+    for key in [k for k in target if k not in tree and f"{k}_0" in tree]:
+        tree = _stacked(tree, key)
+    for key in [k for k in tree if k not in target and f"{k}_0" in target]:
+        tree = _unstacked(tree, key)
+    return {k: match_layer_form(v, target.get(k)) for k, v in tree.items()}
 
 
 def _layer_key(key: str, prefix: str) -> bool:

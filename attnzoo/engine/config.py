@@ -25,9 +25,9 @@ Fields (defaults in :func:`default_config`):
   ``remat.bottleneck`` for a ResNet / HRNet backbone's residual blocks, ``remat.head`` for
   the decode and auxiliary heads; each None, ``"nothing"`` or ``"dots"``, :data:`attnzoo.blocks.common.
   REMAT_POLICIES`: less activation memory in training for a second forward pass of those
-  blocks; outputs and gradients unchanged), ``scan_layers`` (a ViT backbone's layers as one
-  ``nn.scan``: one layer compiled instead of each; parameters stacked, a plain model's
-  checkpoint fills them through ``init_from``).
+  blocks; outputs and gradients unchanged), ``scan_layers`` (a ViT backbone's layers, each stage
+  of a MiT's, as one ``nn.scan``: one layer compiled instead of each; parameters stacked, a plain
+  model's checkpoint fills them through ``init_from``).
 * ``dataset``: see ``attnzoo.data.input``.
 * ``optimizer``: ``name`` (``"sgd"`` | ``"adamw"``), ``learning_rate``,
   ``momentum``, ``nesterov``, ``b1``, ``b2``, ``weight_decay``, ``schedule``

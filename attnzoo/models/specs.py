@@ -114,9 +114,9 @@ class EncoderDecoderSpec:
         ``"head"``) to the rematerialisation policy of those blocks (``{"transformer": "dots"}``:
         the backbone's Transformer layers; ``"head"``: the decode head and each auxiliary
         head, each as one block), a kind
-        the model lacks refused; ``scan_layers`` runs a ViT backbone's layers as one
-        ``nn.scan`` (:class:`~attnzoo.backbones.VisionTransformer`'s field; refused for other
-        backbones); ``kwargs`` are :class:`EncoderDecoder` fields."""
+        the model lacks refused; ``scan_layers`` runs a ViT backbone's layers (a MiT's
+        stages) as one ``nn.scan`` each (:class:`~attnzoo.backbones.VisionTransformer`'s and
+        :class:`~attnzoo.backbones.MixVisionTransformer`'s field; refused for other backbones); ``kwargs`` are :class:`EncoderDecoder` fields."""
         check_positive(num_classes, "num_classes")
         stride = {} if self.output_stride is None else {"output_stride": self.output_stride}
         backbone = backbones.create(self.backbone, dtype=dtype, **stride,
@@ -133,7 +133,7 @@ class EncoderDecoderSpec:
             if "scan_layers" not in type(backbone).__dataclass_fields__:
                 raise ValueError(f"scan_layers: backbone {self.backbone!r} "
                                  f"({type(backbone).__name__}) has no scanned form (the "
-                                 "Vision Transformers have)")
+                                 "Vision Transformers and MiT have)")
             backbone = backbone.clone(scan_layers=True)
         backbone, head = _rematerialised(backbone, head, dict(remat or {}), self.summary())
         aux = None
