@@ -156,8 +156,12 @@ def export_onnx(model: Any, variables: Any, config: Any, *, size: tuple[int, int
                         jax.ShapeDtypeStruct(shape, jnp.uint8),
                         doc=f"attnzoo {config.model.name}: uint8 RGB images -> logits")
     except UnsupportedPrimitiveError as err:
-        loop = " (a loop: the memory-bounded attention; export without it)" \
-            if config.model.get("memory_efficient") and "'scan'" in str(err) else ""
+        loops = [what for what, on in (
+            ("the memory-bounded attention; export without it",
+             config.model.get("memory_efficient")),
+            ("the scanned layers (model.scan_layers); export a run with them unrolled",
+             config.model.get("scan_layers"))) if on]
+        loop = f" (a loop: {'; '.join(loops)})" if loops and "'scan'" in str(err) else ""
         raise UnsupportedPrimitiveError(
             f"{config.model.name} does not export to ONNX: {err}{loop}") from err
     return proto.SerializeToString()

@@ -105,8 +105,8 @@ def measure(model_name: str, variant: str, batch: int, size: int) -> dict[str, f
     leaves = jax.tree.leaves(state.params)
     params = sum(x.size * x.dtype.itemsize for x in leaves)
     held = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
-    return {"compile_s": seconds, "params": params, "params_held": held, "arguments": m.argument_size_in_bytes,
-            "outputs": m.output_size_in_bytes, "alias": m.alias_size_in_bytes,
+    return {"compile_s": seconds, "params": params, "params_held": held,
+            "arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes, "alias": m.alias_size_in_bytes,
             "temp": m.temp_size_in_bytes,
             "peak": m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
             + m.temp_size_in_bytes}
@@ -198,7 +198,8 @@ def main() -> None:
             print(" | ".join(map(str, rows[-1])), flush=True)
     print(f"\n{machine()}; train step at {args.size}x{args.size}, one device (fsdp=N: a 1 x N "
           f"mesh, per device), the recipe's optimizer; XLA_FLAGS {MEMORY_SCHEDULER}")
-    print(table(["model", "variant", "params GiB", "params GiB per device", "peak GiB, 1 image", "peak GiB, 2 images",
+    print(table(["model", "variant", "params GiB", "params GiB per device", "peak GiB, 1 image",
+                 "peak GiB, 2 images",
                  *(f"largest batch, {c:g} GB" for c in capacities),
                  "peak GiB by batch (measured)", "compile s, 2 images"], rows))
 

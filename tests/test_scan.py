@@ -129,7 +129,8 @@ def test_layer_converters_both_ways():
 
 
 def test_scan_refused_where_there_is_none():
-    with pytest.raises(ValueError, match=r"scan_layers: backbone 'resnet18_v1c'.*Vision Transformers and MiT"):
+    with pytest.raises(ValueError,
+                       match=r"scan_layers: backbone 'resnet18_v1c'.*Vision Transformers and MiT"):
         models.create("danet_r18_d8", num_classes=3, scan_layers=True)
 
 
