@@ -24,6 +24,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 # batch 8 as the recipe's global batch).
 "$python" benchmarks/flops.py --dtype bfloat16 --mfu-size 512x1024 --mfu-batch 8 \
   --matmul-size 8192 --repeats 10 | tee "$out/flops.txt"
+# and Swin-T UPerNet's (an ADE20K crop, batch 16 as its recipe's global batch)
+"$python" benchmarks/flops.py --models upernet_swin_t --mfu-model upernet_swin_t \
+  --num-classes 150 --dtype bfloat16 --mfu-size 512x512 --mfu-batch 16 \
+  --matmul-size 8192 --repeats 10 | tee "$out/flops_swin_t.txt"
 
 if "$python" -c "import torch, timm; assert torch.cuda.is_available()" 2>/dev/null; then
   "$python" benchmarks/compare_torch.py --device gpu --dtype bfloat16 --batches 2,8 \

@@ -75,8 +75,10 @@ def test_timm_stage4_features(name):
     features_close(module, variables, timm_features(model, x), x)
 
 
-@pytest.mark.parametrize("name", ["resnet50d", "resnet18", "resnest50d"])
-@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("name,output_stride", [
+    ("resnet50d", 8), ("resnet18", 8), ("resnest50d", 8), ("resnet18", 16),
+    pytest.param("resnet50d", 16, marks=pytest.mark.slow),
+    pytest.param("resnest50d", 16, marks=pytest.mark.slow)])  # default-run time
 def test_timm_dilated(name, output_stride):
     torch.manual_seed(1)
     model = randomize_norms(timm.create_model(name, pretrained=False, output_stride=output_stride))
@@ -411,7 +413,7 @@ def test_convert_command_builds_a_vit_for_the_model_it_initialises(tmp_path):
 
 
 @pytest.mark.parametrize("kind,size", [("PCPVT", (45, 61)), ("SVT", (45, 61)),
-                                       ("SVT", (56, 61)),
+                                       pytest.param("SVT", (56, 61), marks=pytest.mark.slow),
                                        pytest.param("SVT", (56, 48), marks=pytest.mark.slow)])
 def test_twins_equals_mmsegs_pcpvt_and_svt(kind, size):
     """Narrow Twins (16-32-48-64 wide, 2 layers per stage, SVT's groups 3 x 3) with the random
