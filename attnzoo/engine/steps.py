@@ -51,9 +51,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """``(state, batch) -> (state, metrics)``, jitted: the batch split over the mesh, the state
     read where it lies and the new one laid out as :func:`attnzoo.engine.state.state_shardings`
     says (replicated, or split along ``fsdp``: XLA gathers each parameter where it is used and
-    reduce-scatters its gradient); BatchNorm statistics are those of the global batch.
-    Metrics: ``loss``, each loss term, ``grad_norm``, ``update_norm`` (of the parameter change: non-finite
-    means the new parameters are), ``lr``."""
+    sums its gradient back into the parts; with ``fsdp`` the activations stay split by rows,
+    :func:`rows_split`); BatchNorm statistics are those of the global batch. Metrics:
+    ``loss``, each loss term, ``grad_norm``, ``update_norm`` (of the parameter change:
+    non-finite means the new parameters are), ``lr``."""
     terms = loss_terms(model, config)
     ignore_index = int(config["dataset"]["ignore_index"])
     dtype = DTYPES[config["compute_dtype"]]
