@@ -11,7 +11,9 @@ picks another head family for the same budget, ``configs/quickstart.py:ccnet`` (
 model set (:data:`SMALL`): the quarter-width ResNet-18-D8 (undilated for ``upernet``),
 SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``, Segmenter on ViT-Ti
 (5.7M) for ``segmenter``, SETR-naive on a 4-layer ViT 64 wide for ``setr``, or TransUNet on
-a one-block-per-stage ResNet half as wide and a 4-layer ViT 64 wide for ``transunet``.
+a one-block-per-stage ResNet half as wide and a 4-layer ViT 64 wide for ``transunet``, or
+Mask2Former (20 queries, 3 decoder layers, 32 wide) on a quarter-width ResNet-50 for
+``mask2former`` (which does not train yet: its set loss is not built; the run says so).
 """
 
 from attnzoo import heads
@@ -34,6 +36,10 @@ SMALL = {
         "img_size": (128, 128), "embed_dim": 64, "depth": 4, "num_heads": 2, "out_indices": (3,),
         "resnet_layers": (1, 1, 1), "resnet_width": 32},
         "head_channels": 64, "head_kwargs": {"decoder_channels": (64, 32, 16, 16)}}),
+    "query": ("r50", {"backbone_kwargs": {"width": 16, "stem_width": 16}, "head_channels": 32,
+                      "head_kwargs": {"num_queries": 20, "num_heads": 4, "num_encoder_layers": 2,
+                                      "num_decoder_layers": 3, "encoder_ffn_channels": 64,
+                                      "decoder_ffn_channels": 64}}),
 }
 
 

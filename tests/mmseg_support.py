@@ -5,7 +5,9 @@ fails. mmseg imports four names from it; :func:`install_mmcv_ops` puts a module 
 ``sys.modules["mmcv.ops"]`` that provides them: ``CrissCrossAttention`` and
 ``point_sample`` from mmcv's own pure-PyTorch files, ``PSAMask`` written here from the
 definition of mmcv's C++ kernel (looped over feature positions), and
-``sigmoid_focal_loss`` (imported at module level by mmseg, used only on CUDA), which raises.
+``sigmoid_focal_loss`` (imported at module level by mmseg, used only on CUDA), which raises;
+and for mmdet (mmseg's Mask2Former and MaskFormer heads), mmcv's own pure-PyTorch
+``MultiScaleDeformableAttention`` and stand-ins for the compiled names mmdet imports.
 Then :func:`build` builds a model from one of mmseg's shipped config files, with nothing
 downloaded (SyncBN -> BN, no pretrained backbone).
 """
@@ -81,6 +83,57 @@ def install_mmcv_ops() -> None:
         raise RuntimeError("sigmoid_focal_loss needs mmcv's compiled ops (not used here)")
 
     ops.sigmoid_focal_loss = sigmoid_focal_loss
+    _install_mmdet_names(ops, folder)
+
+
+# what mmdet 3.3.0 imports from mmcv.ops beyond the above, by submodule ("" for mmcv.ops
+# itself): classes and functions of compiled kernels that mmseg's Mask2Former never calls
+_MMDET_NAMES = {
+    "": ("CornerPool", "DeformConv2d", "MaskedConv2d", "RoIPool", "deform_conv2d",
+         "rel_roi_point_to_rel_img_point"),
+    "nms": ("batched_nms", "nms", "nms_match"),
+    "carafe": ("CARAFEPack",),
+    "merge_cells": ("ConcatCell", "GlobalPoolingCell", "SumCell"),
+    "modulated_deform_conv": ("ModulatedDeformConv2d",),
+    "roi_align": ("roi_align",),
+}
+
+
+def _install_mmdet_names(ops: types.ModuleType, folder: Path) -> None:
+    """mmcv's own ``MultiScaleDeformableAttention`` (its file loaded with the compiled-kernel
+    loader answering with nothing: on CPU the module runs the file's pure-PyTorch
+    ``multi_scale_deformable_attn_pytorch``), and stand-ins for the names of
+    :data:`_MMDET_NAMES` (classes to derive from, functions; each raises when used)."""
+    from mmcv.utils import ext_loader
+    from torch import nn
+
+    load_ext = ext_loader.load_ext
+    ext_loader.load_ext = lambda name, funcs: types.SimpleNamespace()
+    try:
+        ops.MultiScaleDeformableAttention = _load(
+            "mmcv.ops.multi_scale_deform_attn",
+            folder / "multi_scale_deform_attn.py").MultiScaleDeformableAttention
+    finally:
+        ext_loader.load_ext = load_ext
+
+    def stand_in(name: str):
+        def fail(*args, **kwargs):
+            raise RuntimeError(f"mmcv.ops.{name} needs mmcv's compiled ops (not used here)")
+
+        if name[0].isupper():
+            return type(name, (nn.Module,), {"__init__": fail})
+        return fail
+
+    for sub, names in _MMDET_NAMES.items():
+        module = ops
+        if sub:
+            module = types.ModuleType(f"mmcv.ops.{sub}")
+            sys.modules[module.__name__] = module
+            setattr(ops, sub, module)
+        for name in names:
+            value = stand_in(name)
+            setattr(module, name, value)
+            setattr(ops, name, getattr(ops, name, value))
 
 
 def config_path(stem: str) -> Path:

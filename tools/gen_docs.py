@@ -168,10 +168,18 @@ def export_cases() -> list[tuple[str, str, str]]:
     return rows
 
 
+# families whose graphs attnzoo.onnx_graph does not translate yet (the export refuses them,
+# naming the construct; tests/test_export.py checks the refusal)
+NO_ONNX = {"mask2former": "a broadcast to a symbolic batch times the heads (the deformable "
+                          "attention's sampling)"}
+
+
 def export_table() -> str:
-    """Which families export to which format (every case of :func:`export_cases` to all)."""
+    """Which families export to which format (every case of :func:`export_cases` to all, but
+    ONNX for the families of :data:`NO_ONNX`)."""
     return table(["family", "model set", "model exported by the test", *EXPORT_FORMATS],
-                 [[f"`{f}`", s, f"`{m}`", *(["yes"] * len(EXPORT_FORMATS))]
+                 [[f"`{f}`", s, f"`{m}`", "yes", "yes",
+                   f"no: {NO_ONNX[f]}" if f in NO_ONNX else "yes"]
                   for f, s, m in export_cases()])
 
 

@@ -95,6 +95,13 @@ _VIT_STEM = re.compile(r"vit_(?P<backbone>(?:vit|deit)-[a-z]\d+(?:-ln)?(?:_mln)?
                        r"(?P<family>[a-z0-9]+)_(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<iterations>\d+)k_"
                        r"(?P<protocol>[a-z0-9]+-\d+x\d+)")
 
+# the Mask2Former Swin-B / L configs name the backbone's 384 x 384 pretraining after it:
+# <family>_swin-<b|l>-<in1k|in22k>-384x384-pre_<gpus>xb<batch>-..., the model
+# <family>_swin_<b|l>_w12 (window 12)
+_PRETRAINED_SWIN_STEM = re.compile(r"(?P<family>[a-z0-9]+)_swin-(?P<size>[bl])-in(?:1|22)k-384x384"
+                                   r"-pre_(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<iterations>\d+)k_"
+                                   r"(?P<protocol>[a-z0-9]+-\d+x\d+)")
+
 # What every family shares. Backbones: ResNetV1c's deep stem (timm's conv1.* / bn1; its basic
 # blocks leave their second conv undilated: ``mmseg_recipe``) and mmseg's MixVisionTransformer
 # (after split_in_proj) and SwinTransformer; no pattern matches another's keys. HRNet's keys
@@ -232,7 +239,8 @@ def _unsupported(stem: str, why: str) -> ValueError:
         f"<family>_<backbone>_<gpus>xb<batch>-<iterations>k_<dataset>-<crop> (Swin's: "
         f"swin-<size>-patch4-window<M>-<in1k|in22k>[-384x384]-pre_<family>_...; ViT-UPerNet's: "
         f"vit_<vit|deit>-<size>16[-ln][_mln]_<family>_...; Twins': twins_<pcpvt|svt>-<s|b|l>_"
-        f"<fpn_fpnhead|uperhead>_...) with family in "
+        f"<fpn_fpnhead|uperhead>_...; Mask2Former's Swin-B / L: <family>_swin-<b|l>-<in1k|"
+        f"in22k>-384x384-pre_...) with family in "
         f"{supported}, <family>_<backbone> a registered model (models.list_models(), '-' for "
         f"'_') and <dataset>-<crop> in {list(PROTOCOLS)}, e.g. "
         f"'danet_r50-d8_4xb2-80k_cityscapes-512x1024' (published ones: "
@@ -242,7 +250,7 @@ def _unsupported(stem: str, why: str) -> ValueError:
 def mmseg_recipe(stem: str) -> MmsegRecipe:
     """Parse mmseg config ``stem``; ValueError naming the supported families and datasets."""
     m = (_SWIN_STEM.fullmatch(stem) or _VIT_STEM.fullmatch(stem) or _TWINS_STEM.fullmatch(stem)
-         or _STEM.fullmatch(stem))
+         or _PRETRAINED_SWIN_STEM.fullmatch(stem) or _STEM.fullmatch(stem))
     if m is None:
         raise _unsupported(stem, "not of mmseg's stem pattern")
     family_name = _TWINS_FAMILIES[m["head"]] if m.re is _TWINS_STEM else m["family"]
@@ -252,6 +260,9 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
     if m.re is _SWIN_STEM:
         written = stem.partition("_")[0]
         backbone = f"swin_{m['size'][0]}{'_w12' if m['window'] == '12' else ''}"
+    elif m.re is _PRETRAINED_SWIN_STEM:
+        written = f"swin-{m['size']}"
+        backbone = f"swin_{m['size']}_w12"
     elif m.re is _TWINS_STEM:
         written = f"{m['net']}-{m['size']}"
         backbone = f"{m['net']}_{m['size']}"

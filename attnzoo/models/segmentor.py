@@ -73,7 +73,13 @@ class EncoderDecoder(nn.Module):
     def loss_terms(self) -> list[dict[str, Any]]:
         """Terms for :func:`attnzoo.losses.combined_loss`: cross-entropy on the main output
         (weight 1), the head's declared branches (cross-entropy, or the loss the head names
-        in ``branch_losses``), cross-entropy on the auxiliary output."""
+        in ``branch_losses``), cross-entropy on the auxiliary output. ValueError for a head
+        whose output is no logits (a set-prediction head's, Mask2Former's)."""
+        if getattr(self.head, "set_prediction", False):
+            raise ValueError(
+                f"{type(self.head).__name__}: its 'out' are class scores combined from a set of "
+                "masks, trained by the set loss of bipartite matching (Mask2Former's), which "
+                "attnzoo does not have yet; its models restore, evaluate and predict")
         terms = [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
         named = getattr(self.head, "branch_losses", {})
         terms += [{"output": k, "loss": named.get(k, "cross_entropy"), "weight": w}
@@ -104,7 +110,9 @@ class EncoderDecoder(nn.Module):
             head_input = jnp.concatenate(
                 [head_input[0]] + [resize_logits(f, first, self.align_corners)
                                    for f in head_input[1:]], axis=-1)
-        outputs = self.head(head_input, train=train)
+        # a query-based head combines its masks at the input's size (Mask2Former)
+        at_size = {"size": size} if getattr(self.head, "takes_size", False) else {}
+        outputs = self.head(head_input, train=train, **at_size)
         if self.aux_head is not None and (train or self.is_initializing()):
             aux = self.aux_head if isinstance(self.aux_head, tuple) else (self.aux_head,)
             features = ((self.aux_feature,) if isinstance(self.aux_feature, str)

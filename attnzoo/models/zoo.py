@@ -265,11 +265,30 @@ def hybrid_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
         family=family.name)}
 
 
+# mmseg's Mask2Former configs: torchvision's ResNet (v1b) undilated, Swin-T / S (window 7) and
+# Swin-B / L pretrained at 384 x 384 (window 12), stochastic depth 0.3; no auxiliary head; the
+# backbone trained at 0.1 of the rate
+QUERY_BACKBONES = {"r50": "resnet50_v1b", "r101": "resnet101_v1b", "swin_t": "swin_t",
+                   "swin_s": "swin_s", "swin_b_w12": "swin_b_w12", "swin_l_w12": "swin_l_w12"}
+
+
+def query_models(family: heads.Family) -> dict[str, EncoderDecoderSpec]:
+    """The ``query`` model set of ``family``."""
+    out = {}
+    for short, backbone in QUERY_BACKBONES.items():
+        swin = short.startswith("swin")
+        out[f"{family.name}_{short}"] = EncoderDecoderSpec(
+            backbone=backbone, head=family.head, output_stride=None if swin else 32,
+            backbone_kwargs={"drop_path_rate": 0.3} if swin else {}, aux_head=None,
+            in_feature=("c1", "c2", "c3", "c4"), family=family.name)
+    return out
+
+
 MODEL_SETS: dict[str, Callable[[heads.Family], dict[str, EncoderDecoderSpec]]] = {
     "resnet": resnet_models, "resnet_fpn": resnet_fpn_models, "mit": mit_models,
     "hrnet": hrnet_models, "swin": swin_models, "vit": vit_models,
     "segmenter": segmenter_models, "twins": twins_models, "setr": setr_models,
-    "hybrid": hybrid_models}
+    "hybrid": hybrid_models, "query": query_models}
 
 for _name in heads.list_families():
     _family = heads.get_family(_name)

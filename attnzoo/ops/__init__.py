@@ -30,18 +30,21 @@ from attnzoo.ops.crf import (
     table_sizes,
 )
 from attnzoo.ops.criss_cross import criss_cross_attention, criss_cross_weights
+from attnzoo.ops.deformable import multi_scale_deformable_attention, sample_points
 from attnzoo.ops.dot_product import (
     attend,
     attention_scores,
     chunked_dot_product_attention,
     dot_product_attention,
     map_query_chunks,
+    masked_attention,
 )
 from attnzoo.ops.dynamic import dynamic_depthwise_conv
 from attnzoo.ops.em import em_attention
 from attnzoo.ops.encoding import context_encoding
 from attnzoo.ops.hard import hard_attention, hard_attention_weights
 from attnzoo.ops.interlaced import interlaced_sparse_attention
+from attnzoo.ops.matching import linear_sum_assignment
 from attnzoo.ops.non_local import (
     disentangled_non_local_attention,
     non_local_attention,
@@ -101,9 +104,12 @@ __all__ = [
     "interpolate",
     "interpolate_axis",
     "lattice_filter",
+    "linear_sum_assignment",
     "linear_taps",
     "map_query_chunks",
+    "masked_attention",
     "mean_field",
+    "multi_scale_deformable_attention",
     "nearest_index",
     "non_local_attention",
     "non_local_concatenation",
@@ -122,6 +128,7 @@ __all__ = [
     "resize_bilinear",
     "resize_nearest",
     "resolve_implementation",
+    "sample_points",
     "shifted_window_mask",
     "spatial_gather",
     "table_sizes",

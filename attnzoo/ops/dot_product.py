@@ -77,6 +77,24 @@ def dot_product_attention(
     return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value)
 
 
+def masked_attention(query: Array, key: Array, value: Array, mask: Array, *,
+                     scale: float | None = None) -> Array:
+    """Masked attention (Cheng et al., "Masked-attention Mask Transformer for Universal Image
+    Segmentation", CVPR 2022, eq. (2)): each query attends only to the keys its mask keeps,
+
+    .. math:: X = \\mathrm{softmax}(\\mathcal{M} + Q K^\\top / \\sqrt{d}) V, \\quad
+              \\mathcal{M}_{qk} = 0 \\text{ if mask}_{qk} \\text{ else } -\\infty,
+
+    except that a query whose mask keeps no key attends to every key (the reference
+    implementation's rule, which keeps the softmax defined). Shapes as
+    :func:`dot_product_attention`; ``mask`` boolean (True = attend), broadcasting to
+    ``(..., Nq, Nk)``.
+    """
+    mask = jnp.asarray(mask, bool)
+    keep = mask | ~jnp.any(mask, axis=-1, keepdims=True)
+    return dot_product_attention(query, key, value, mask=keep, scale=scale)
+
+
 def _pad_axis(x: Array, axis: int, multiple: int) -> Array:
     pad = (-x.shape[axis]) % multiple
     if pad == 0:
