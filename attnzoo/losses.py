@@ -11,6 +11,7 @@ are an error); inside ``jit`` they are trusted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnzoo import ops
 from attnzoo._checks import check_choice, check_rank
 
 Array = jax.Array
@@ -241,6 +243,148 @@ def semantic_encoding_loss(
     return jnp.mean(jnp.maximum(z, 0) - z * present + jnp.log1p(jnp.exp(-jnp.abs(z))))
 
 
+def match_costs(class_logits: Array, point_logits: Array, point_targets: Array, *,
+                class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0,
+                eps: float = 1.0) -> Array:
+    """Mask2Former's matching cost of each query against each class mask of one image
+    (``(Q, K)``), from their values at ``P`` shared points:
+
+    .. math:: C_{qk} = -w_c\\,p_q(k) + w_m \\tfrac1P \\sum_i \\mathrm{BCE}(x_{iq}, t_{ik})
+              + w_d \\Big(1 - \\frac{2 \\sum_i \\sigma(x_{iq}) t_{ik} + \\epsilon}
+              {\\sum_i \\sigma(x_{iq}) + \\sum_i t_{ik} + \\epsilon}\\Big)
+
+    (``p_q`` the softmax of query ``q``'s class logits; mmdet's ``ClassificationCost``,
+    ``CrossEntropyLossCost(use_sigmoid=True)`` and ``DiceCost(pred_act=True, naive_dice=True)``).
+
+    Args:
+      class_logits: ``(Q, K + 1)`` (the no-object class last).
+      point_logits: ``(P, Q)`` the queries' mask logits at the points.
+      point_targets: ``(P, K)`` the class masks at the points (in [0, 1]).
+    """
+    k = point_targets.shape[-1]
+    x = point_logits.astype(jnp.float32)
+    t = point_targets.astype(jnp.float32)
+    probs = jax.nn.softmax(class_logits.astype(jnp.float32), -1)[:, :k]
+    bce = (jax.nn.softplus(-x).T @ t + jax.nn.softplus(x).T @ (1 - t)) / x.shape[0]
+    p = jax.nn.sigmoid(x)
+    dice = 1 - (2 * p.T @ t + eps) / (p.sum(0)[:, None] + t.sum(0)[None, :] + eps)
+    return -class_weight * probs + mask_weight * bce + dice_weight * dice
+
+
+def match_classes(cost: Array, present: Array) -> Array:
+    """The query matched to each class of an image (``(K,)`` int32; meaningful where
+    ``present``): a minimum-cost one-to-one matching of the present classes' columns of
+    ``cost`` ``(Q, K)`` to distinct queries (:func:`attnzoo.ops.linear_sum_assignment`; at most
+    ``Q`` classes may be present). Absent classes take a constant cost above every present one,
+    which leaves the present classes' matching that of the rectangular problem without them."""
+    big = jnp.max(jnp.where(present[None], cost, -jnp.inf), initial=0.0) + 1.0
+    by_class = jnp.where(present[:, None], cost.T, big)  # (K, Q)
+    rows, cols = ops.linear_sum_assignment(by_class)
+    return jnp.zeros(cost.shape[1], jnp.int32).at[rows].set(cols)
+
+
+def _uncertain_points(key: Array, logits: Array, num_points: int, oversample_ratio: float,
+                      importance_sample_ratio: float) -> Array:
+    """Points of the masks ``(N, h, w)`` where their logits are least certain (PointRend's
+    sampling, Kirillov et al., CVPR 2020, as mmdet's ``get_uncertain_point_coords_with_
+    randomness``): ``oversample_ratio * num_points`` uniform points per mask, the
+    ``importance_sample_ratio * num_points`` of them with the smallest ``|logit|``, then uniform
+    points for the rest; ``(N, num_points, 2)``."""
+    n = logits.shape[0]
+    oversampled = int(num_points * oversample_ratio)
+    uncertain = int(importance_sample_ratio * num_points)
+    k1, k2 = jax.random.split(key)
+    candidates = jax.random.uniform(k1, (n, oversampled, 2))
+    values = ops.sample_points(logits[..., None], candidates)[..., 0]
+    _, index = jax.lax.top_k(-jnp.abs(values), uncertain)
+    chosen = jnp.take_along_axis(candidates, index[..., None], axis=1)
+    rest = jax.random.uniform(k2, (n, num_points - uncertain, 2))
+    return jnp.concatenate([chosen, rest], axis=1)
+
+
+def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
+                  ignore_index: int = IGNORE_INDEX, num_points: int = 12544,
+                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
+                  class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0,
+                  no_object_weight: float = 0.1, match_points: Array | None = None,
+                  loss_points: Array | None = None) -> Array:
+    """Mask2Former's set loss (Cheng et al., CVPR 2022, Sec. 3.2 / 4; mmdet's
+    ``Mask2FormerHead.loss_by_feat`` on mmseg's semantic targets), summed over the prediction
+    sets of every decoder layer (deep supervision).
+
+    The targets of an image are the masks of the classes its labels contain (the ignore index
+    in none). For each set and image, the queries are matched one-to-one to those masks by
+    :func:`match_classes` on :func:`match_costs` at ``num_points`` uniform points
+    (``match_points``), without gradient; then
+
+    * ``class_weight`` x cross-entropy of every query's class logits against its matched class
+      or the no-object class, weighted ``no_object_weight`` for the latter, averaged by those
+      weights over the batch;
+    * ``mask_weight`` x sigmoid BCE and ``dice_weight`` x Dice (``1 - (2 sum p t + 1) / (sum p
+      + sum t + 1)``) of each matched query's mask against its class mask at ``num_points``
+      points per mask where the prediction is least certain (:func:`_uncertain_points`;
+      ``loss_points``), summed over the batch's masks and divided by their count (BCE also by
+      ``num_points``).
+
+    Predictions are sampled at the points on their own grid, targets on the labels' grid
+    (bilinear, as mmcv's ``point_sample``). Random points come from ``key``; the batch is the
+    global one (mmdet averages each device's loss).
+
+    Args:
+      sets: ``"classes"`` ``(B, L, Q, K + 1)`` and ``"masks"`` ``(B, L, h, w, Q)`` logits of
+        ``L`` prediction sets.
+      labels: ``(B, H, W)`` integer labels.
+      key: the random points' key.
+      match_points, loss_points: ``(P, 2)`` points to use instead of random ones (the same for
+        every image and mask; tests).
+
+    Returns:
+      The scalar loss (float32).
+    """
+    classes, masks = sets["classes"].astype(jnp.float32), sets["masks"].astype(jnp.float32)
+    check_rank(classes, 4, "classes", "B, L, Q, K + 1")
+    check_rank(masks, 5, "masks", "B, L, h, w, Q")
+    check_rank(labels, 3, "labels", "B, H, W")
+    b, num_sets, q, k = classes.shape[0], classes.shape[1], classes.shape[2], classes.shape[3] - 1
+    labels = jnp.where(labels == ignore_index, k, labels)  # in no class mask
+    present = (labels.reshape(b, -1, 1) == jnp.arange(k)).any(1)  # (B, K)
+    count = jnp.maximum(present.sum(), 1).astype(jnp.float32)
+    total = jnp.zeros((), jnp.float32)
+    weights = jnp.asarray([1.0] * k + [no_object_weight], jnp.float32)
+    for layer in range(num_sets):
+        key, match_key, loss_key = jax.random.split(key, 3)
+        cls, mask = classes[:, layer], masks[:, layer]  # (B, Q, K+1), (B, h, w, Q)
+        points = (jax.random.uniform(match_key, (b, num_points, 2)) if match_points is None
+                  else jnp.broadcast_to(match_points, (b, *match_points.shape)))
+        cost = jax.vmap(functools.partial(
+            match_costs, class_weight=class_weight, mask_weight=mask_weight,
+            dice_weight=dice_weight))(cls, ops.sample_points(mask, points),
+                                      ops.sample_labels(labels, points, k))
+        query = jax.lax.stop_gradient(jax.vmap(match_classes)(cost, present))  # (B, K)
+        target = jnp.full((b, q), k, jnp.int32).at[
+            jnp.arange(b)[:, None], jnp.where(present, query, q)].set(
+            jnp.broadcast_to(jnp.arange(k), (b, k)), mode="drop")
+        w = weights[target]
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(cls, -1), target[..., None], -1)[..., 0]
+        total = total + class_weight * jnp.sum(w * ce) / jnp.sum(w)
+        # each class slot's matched mask (B K, h, w), its points and targets there
+        matched = jnp.moveaxis(jnp.take_along_axis(mask, query[:, None, None, :], -1), -1, 1)
+        matched = matched.reshape(b * k, *mask.shape[1:3])
+        pts = (_uncertain_points(loss_key, jax.lax.stop_gradient(matched), num_points,
+                                 oversample_ratio, importance_sample_ratio)
+               if loss_points is None
+               else jnp.broadcast_to(loss_points, (b * k, *loss_points.shape)))
+        x = ops.sample_points(matched[..., None], pts)[..., 0].reshape(b, k, -1)
+        t = ops.sample_label_masks(labels, jax.lax.stop_gradient(pts).reshape(b, k, -1, 2),
+                                   jnp.broadcast_to(jnp.arange(k), (b, k)))
+        bce = jnp.mean(jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x))), -1)
+        p = jax.nn.sigmoid(x)
+        dice = 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+        total = total + (mask_weight * jnp.sum(jnp.where(present, bce, 0.0))
+                         + dice_weight * jnp.sum(jnp.where(present, dice, 0.0))) / count
+    return total
+
+
 # the pixel losses (``config.loss.name``) and the image-level one a head may declare
 PIXEL_LOSSES = ("cross_entropy", "ohem", "dice", "lovasz", "focal")
 LOSSES: dict[str, Callable[..., Array]] = {
@@ -250,7 +394,10 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "lovasz": lovasz_softmax,
     "focal": focal_loss,
     "semantic_encoding": semantic_encoding_loss,
+    "mask_set": mask_set_loss,
 }
+# the losses that draw random numbers: combined_loss gives them a key
+RANDOM_LOSSES = ("mask_set",)
 
 
 def combined_loss(
@@ -259,13 +406,15 @@ def combined_loss(
     terms: Sequence[Mapping[str, Any]],
     *,
     ignore_index: int = IGNORE_INDEX,
+    key: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Weighted sum of losses over named model outputs (main, auxiliary, DANet branches,
-    EncNet's image-level logits).
+    EncNet's image-level logits, Mask2Former's prediction sets).
 
     ``terms`` is a list of ``{"output": "aux", "loss": "cross_entropy",
     "weight": 0.4, **loss_kwargs}``. Returns ``(total, {"<output>/<loss>":
-    value})``. The outputs of pixel losses must already have the labels' size.
+    value})``. The outputs of pixel losses must already have the labels' size. ``key``: the
+    random key of the losses that sample (:data:`RANDOM_LOSSES`), each term its own stream.
     """
     total = jnp.zeros((), jnp.float32)
     parts: dict[str, Array] = {}
@@ -276,6 +425,11 @@ def combined_loss(
         if output not in outputs:
             raise ValueError(f"loss term names output {output!r}; the model gives {sorted(outputs)}")
         check_choice(name, tuple(LOSSES), "loss")
+        if name in RANDOM_LOSSES:
+            if key is None:
+                raise ValueError(f"loss {name!r} (output {output!r}) samples points: "
+                                 "combined_loss needs a key")
+            term["key"] = jax.random.fold_in(key, len(parts))
         value = LOSSES[name](outputs[output], labels, ignore_index=ignore_index, **term)
         parts[f"{output}/{name}"] = value
         total = total + weight * value

@@ -220,3 +220,49 @@ def test_mask2former_models_and_their_refusals():
     with pytest.raises(ValueError, match="list of backbone features"):
         models.get_spec("mask2former_r50").build(num_classes=3).head.clone(parent=None).init(
             jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+
+def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
+    """``losses.mask_set_loss`` against mmseg's Mask2Former head's ``loss_by_feat`` (mmdet's
+    matching by scipy, its class, mask and Dice losses, summed over the layers) on random
+    predictions of 3 layers, 2 images with ignored pixels, the random points of both given:
+    the matching points (mmdet's ``torch.rand``) and the loss points (its uncertainty sampling)
+    the same for every mask. Both in float32 (mmdet samples its integer masks in float32):
+    1e-5 of the loss."""
+    torch = pytest.importorskip("torch")
+    mmseg_support = pytest.importorskip("mmseg_support")
+    from attnzoo import losses
+
+    model, _ = mmseg_support.build("mask2former_r50_8xb2-90k_cityscapes-512x1024")
+    head = model.decode_head
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    import mmdet.models.dense_heads.mask2former_head as mmdet_head
+
+    rng = np.random.default_rng(6)
+    b, num_layers, q, k, num_points = 2, 3, 12, 19, 64
+    head.num_queries, head.num_points = q, num_points
+    classes = rng.standard_normal((b, num_layers, q, k + 1)) * 2
+    masks = rng.standard_normal((b, num_layers, 9, 11, q)) * 3
+    labels = rng.choice([0, 3, 5, 11, 255], size=(b, 35, 43))
+    labels[1, labels[1] == 3] = 7
+    match_points, loss_points = rng.uniform(size=(2, num_points, 2))
+    monkeypatch.setattr(mmdet_head.torch, "rand", lambda *a, **kw: torch.tensor(match_points, dtype=torch.float32)[None])
+    monkeypatch.setattr(mmdet_head, "get_uncertain_point_coords_with_randomness",
+                        lambda preds, *a: torch.tensor(loss_points, dtype=torch.float32)[None]
+                        .repeat(len(preds), 1, 1))
+    samples = [SegDataSample(gt_sem_seg=PixelData(data=torch.tensor(label[None])),
+                             metainfo={"img_shape": label.shape}) for label in labels]
+    gt, metas = head._seg_data_to_instance_data(samples)
+    with torch.no_grad():
+        parts = head.loss_by_feat(
+            torch.tensor(classes, dtype=torch.float32).transpose(0, 1),
+            torch.tensor(masks, dtype=torch.float32).permute(1, 0, 4, 2, 3), gt, metas)
+    ref = float(sum(parts.values()))
+    ours = losses.mask_set_loss(
+        {"classes": jnp.asarray(classes, jnp.float32), "masks": jnp.asarray(masks, jnp.float32)},
+        jnp.asarray(labels), key=jax.random.key(0), num_points=num_points,
+        match_points=jnp.asarray(match_points, jnp.float32),
+        loss_points=jnp.asarray(loss_points, jnp.float32))
+    np.testing.assert_allclose(float(ours), ref, rtol=1e-5)

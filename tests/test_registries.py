@@ -220,11 +220,16 @@ def test_model_traces_jitted_in_bfloat16_at_an_odd_size_with_its_loss_outputs(na
         assert list(out) == ["out"]
         assert out["out"].shape == (2, *ODD_IMAGE, 5) and out["out"].dtype == jnp.bfloat16
     assert trained["out"].dtype == jnp.bfloat16
-    if getattr(getattr(model, "head", None), "set_prediction", False):  # Mask2Former: no pixel loss
-        with pytest.raises(ValueError, match="set loss"):
-            model.loss_terms()
-        return
-    assert sorted(trained) == sorted(t["output"] for t in model.loss_terms())
+    if getattr(getattr(model, "head", None), "set_prediction", False):  # Mask2Former's sets
+        assert [t["output"] for t in model.loss_terms()] == ["sets"]
+        sets = trained.pop("sets")
+        layers, queries = model.head.num_decoder_layers + 1, model.head.num_queries
+        assert sets["classes"].shape == (2, layers, queries, 6)
+        assert sets["masks"].shape == (2, layers, *(math.ceil(n / 4) for n in ODD_IMAGE),
+                                       queries)
+        assert list(trained) == ["out"]
+    else:
+        assert sorted(trained) == sorted(t["output"] for t in model.loss_terms())
     image_level = getattr(getattr(model, "head", None), "branch_losses", {})  # EncNet's "se"
     assert all(v.shape == ((2, 5) if k in image_level else (2, *ODD_IMAGE, 5))
                for k, v in trained.items())

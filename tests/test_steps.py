@@ -26,7 +26,16 @@ OTHER_BACKBONES = {
     "setr_vit_l_mla": {"backbone_kwargs": VIT, "head_channels": None,
                        "head_kwargs": {"channels": 32, "mla_channels": 8}, "aux_channels": 16},
     "fpn_svt_s": {"backbone_kwargs": {"embed_dims": (16, 32, 48, 64), "num_heads": (1, 2, 3, 4),
-                                      "depths": (2, 2, 2, 2)}}}
+                                      "depths": (2, 2, 2, 2)}},
+    "mask2former_swin_t": {"backbone_kwargs": {"embed_dim": 32, "depths": (2, 2, 2, 2),
+                                               "num_heads": (1, 2, 4, 8)}}}
+# Mask2Former thresholds its masks (the next layer's attention mask) and matches its queries:
+# on the quickstart's ResNet, BatchNorm's statistics of the batch, summed over 8 devices in
+# another order than on 1, move mask logits by ~1e-6, which flips a few attention-mask
+# positions near 0 and the outputs then differ by 1e-4 (measured: 6.6e-5 absolute before the
+# first masked layer, 1.2e-3 after). It is compared on the tiny Swin (LayerNorm only: each
+# image computed alone), where no decision flips.
+DISCRETE = ("mask2former",)
 
 
 def family_config(family, model=None):
@@ -44,7 +53,8 @@ def family_config(family, model=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,model", [(f, None) for f in heads.list_families()] + [
+@pytest.mark.parametrize("family,model", [
+    (f, None) for f in heads.list_families() if f not in DISCRETE] + [
     (name.split("_")[0], name) for name in OTHER_BACKBONES])
 def test_train_step_is_the_same_on_1_and_8_devices(family, model):
     """Two SGD steps of each family's small model (dropout and stochastic depth on): 8 devices

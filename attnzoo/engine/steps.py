@@ -70,9 +70,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                     {"params": params, "batch_stats": state.batch_stats},
                     batch["image"].astype(dtype), train=True, mutable=["batch_stats"],
                     rngs={"dropout": dropout_key})
-            outputs = {name: v.astype(jnp.float32) for name, v in outputs.items()}
+            outputs = jax.tree.map(lambda v: v.astype(jnp.float32), outputs)
             loss, parts = losses.combined_loss(outputs, batch["label"], terms,
-                                               ignore_index=ignore_index)
+                                               ignore_index=ignore_index,
+                                               key=jax.random.fold_in(dropout_key, 1))
             return loss, (parts, updates.get("batch_stats", state.batch_stats))
 
         (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -383,9 +383,12 @@ class Mask2FormerHead(DecodeHead):
     features; ``"out"``: :func:`semantic_scores` of the last layer's predictions, the masks
     resized to the call's ``size`` (the input's: the segmentor passes it).
 
-    Each decoder layer's ``(class logits, mask logits)`` are sown as intermediates
-    ``"predictions"``. ``set_prediction``: the scores are no logits for a pixel loss (the
-    segmentor's ``loss_terms`` refuses them; Mask2Former's set loss is not built yet).
+    In training (and at init) also ``"sets"``: every prediction set, before the first decoder
+    layer and after each, stacked: ``{"classes": (B, L + 1, Q, K + 1), "masks": (B, L + 1, h, w,
+    Q)}`` logits, the masks at the mask features' stride 4, which the set loss
+    (:func:`attnzoo.losses.mask_set_loss`) matches and scores (``set_prediction``: the segmentor
+    trains the head by it alone). Each layer's ``(class logits, mask logits)`` are sown as
+    intermediates ``"predictions"`` too.
 
     Attributes:
       channels: the pixel and Transformer decoders' width (256).
@@ -396,6 +399,8 @@ class Mask2FormerHead(DecodeHead):
       num_points: the deformable attention's samples per head and level (4).
       encoder_ffn_channels: the pixel decoder layers' FFN width (1024).
       decoder_ffn_channels: the Transformer decoder layers' FFN width (2048).
+      loss_points: the points per mask at which the set loss compares masks (12544 = 112^2,
+        mmseg's ``train_cfg.num_points``).
     """
 
     channels: int = 256
@@ -406,13 +411,15 @@ class Mask2FormerHead(DecodeHead):
     num_points: int = 4
     encoder_ffn_channels: int = 1024
     decoder_ffn_channels: int = 2048
+    loss_points: int = 12544
 
     takes_size: ClassVar[bool] = True
     set_prediction: ClassVar[bool] = True
     num_levels: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        for name in ("num_queries", "num_decoder_layers", "num_encoder_layers", "num_points"):
+        for name in ("num_queries", "num_decoder_layers", "num_encoder_layers", "num_points",
+                     "loss_points"):
             check_positive(getattr(self, name), name)
         check_divisible(self.channels, 32, "channels", "GroupNorm's 32 groups")
         check_divisible(self.channels, self.num_heads, "channels", "num_heads")
@@ -433,7 +440,16 @@ class Mask2FormerHead(DecodeHead):
         class_logits, mask_logits = predictions[-1]
         if size is not None:
             mask_logits = ops.interpolate(mask_logits, size, align_corners=self.align_corners)
-        return {"out": semantic_scores(class_logits, mask_logits).astype(self.dtype)}
+        out = {"out": semantic_scores(class_logits, mask_logits).astype(self.dtype)}
+        if train or self.is_initializing():
+            out["sets"] = {"classes": jnp.stack([c for c, _ in predictions], 1),
+                           "masks": jnp.stack([m for _, m in predictions], 1)}
+        return out
+
+    @property
+    def loss_kwargs(self) -> dict[str, int]:
+        """The set loss's fields the head fixes (:func:`attnzoo.losses.mask_set_loss`)."""
+        return {"num_points": self.loss_points}
 
 
 def _mmseg_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

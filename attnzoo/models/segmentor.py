@@ -32,8 +32,9 @@ class EncoderDecoder(nn.Module):
     always; in training (and at init) also ``"aux"`` (``"aux_<feature>"`` for each of several
     auxiliary heads) and the outputs the head
     declares in its ``branches`` (DANet's ``"pam"``, ``"cam"``; EncNet's image-level
-    ``"se"`` logits ``(B, num_classes)``, returned as they are).
-    :meth:`loss_terms` says how a trainer weighs them.
+    ``"se"`` logits ``(B, num_classes)``, returned as they are; Mask2Former's ``"sets"`` of
+    class and mask logits, a dict, as they are: a head with ``takes_size`` gets the input's size
+    and gives ``"out"`` at it). :meth:`loss_terms` says how a trainer weighs them.
 
     Attributes:
       backbone: a module returning a dict of features (``c1`` .. ``c4``) with
@@ -73,13 +74,11 @@ class EncoderDecoder(nn.Module):
     def loss_terms(self) -> list[dict[str, Any]]:
         """Terms for :func:`attnzoo.losses.combined_loss`: cross-entropy on the main output
         (weight 1), the head's declared branches (cross-entropy, or the loss the head names
-        in ``branch_losses``), cross-entropy on the auxiliary output. ValueError for a head
-        whose output is no logits (a set-prediction head's, Mask2Former's)."""
-        if getattr(self.head, "set_prediction", False):
-            raise ValueError(
-                f"{type(self.head).__name__}: its 'out' are class scores combined from a set of "
-                "masks, trained by the set loss of bipartite matching (Mask2Former's), which "
-                "attnzoo does not have yet; its models restore, evaluate and predict")
+        in ``branch_losses``), cross-entropy on the auxiliary output; for a set-prediction head
+        (Mask2Former's ``set_prediction``), its set loss on ``"sets"`` alone."""
+        if getattr(self.head, "set_prediction", False):  # trained by its set loss alone
+            return [{"output": "sets", "loss": "mask_set", "weight": 1.0,
+                     **self.head.loss_kwargs}]
         terms = [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
         named = getattr(self.head, "branch_losses", {})
         terms += [{"output": k, "loss": named.get(k, "cross_entropy"), "weight": w}
@@ -119,7 +118,8 @@ class EncoderDecoder(nn.Module):
                         else self.aux_feature)
             for name, head, feature in zip(self._aux_outputs(), aux, features, strict=True):
                 outputs[name] = head(feats[feature], train=train)["out"]
-        outputs = {k: resize_logits(v, size, self.align_corners) if v.ndim == 4 else v
+        outputs = {k: resize_logits(v, size, self.align_corners)
+                   if isinstance(v, jax.Array) and v.ndim == 4 else v
                    for k, v in outputs.items()}
         if self.crf is not None:
             rgb = (images.astype(jnp.float32) * jnp.asarray(self.pixel_std)

@@ -30,7 +30,12 @@ from attnzoo.ops.crf import (
     table_sizes,
 )
 from attnzoo.ops.criss_cross import criss_cross_attention, criss_cross_weights
-from attnzoo.ops.deformable import multi_scale_deformable_attention, sample_points
+from attnzoo.ops.deformable import (
+    multi_scale_deformable_attention,
+    sample_label_masks,
+    sample_labels,
+    sample_points,
+)
 from attnzoo.ops.dot_product import (
     attend,
     attention_scores,
@@ -128,6 +133,8 @@ __all__ = [
     "resize_bilinear",
     "resize_nearest",
     "resolve_implementation",
+    "sample_label_masks",
+    "sample_labels",
     "sample_points",
     "shifted_window_mask",
     "spatial_gather",
