@@ -302,6 +302,34 @@ def _uncertain_points(key: Array, logits: Array, num_points: int, oversample_rat
     return jnp.concatenate([chosen, rest], axis=1)
 
 
+def _query_class_loss(class_logits: Array, query: Array, present: Array,
+                      no_object_weight: float) -> Array:
+    """The class cross-entropy of the queries ``(B, Q, K + 1)`` against their matched class
+    (``query[b, k]`` the query of present class ``k``) or the no-object class, weighted
+    ``no_object_weight`` for the latter, averaged by the weights over the batch (mmdet's
+    ``CrossEntropyLoss`` with ``class_weight`` and ``avg_factor`` the weights' sum)."""
+    b, q, k = class_logits.shape[0], class_logits.shape[1], class_logits.shape[2] - 1
+    target = jnp.full((b, q), k, jnp.int32).at[
+        jnp.arange(b)[:, None], jnp.where(present, query, q)].set(
+        jnp.broadcast_to(jnp.arange(k), (b, k)), mode="drop")
+    w = jnp.where(target == k, no_object_weight, 1.0)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(class_logits, -1), target[..., None], -1)[..., 0]
+    return jnp.sum(w * ce) / jnp.sum(w)
+
+
+def _present_classes(labels: Array, num_classes: int, ignore_index: int) -> tuple[Array, Array]:
+    """``labels`` with the ignore index as ``num_classes`` (in no class mask), and which classes
+    each image contains ``(B, K)``."""
+    labels = jnp.where(labels == ignore_index, num_classes, labels)
+    present = (labels.reshape(labels.shape[0], -1, 1) == jnp.arange(num_classes)).any(1)
+    return labels, present
+
+
+def _dice(p: Array, t: Array, eps: float = 1.0) -> Array:
+    """``1 - (2 sum p t + eps) / (sum p + sum t + eps)`` over the last axis (naive Dice)."""
+    return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
 def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
                   ignore_index: int = IGNORE_INDEX, num_points: int = 12544,
                   oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
@@ -346,11 +374,9 @@ def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
     check_rank(masks, 5, "masks", "B, L, h, w, Q")
     check_rank(labels, 3, "labels", "B, H, W")
     b, num_sets, q, k = classes.shape[0], classes.shape[1], classes.shape[2], classes.shape[3] - 1
-    labels = jnp.where(labels == ignore_index, k, labels)  # in no class mask
-    present = (labels.reshape(b, -1, 1) == jnp.arange(k)).any(1)  # (B, K)
+    labels, present = _present_classes(labels, k, ignore_index)
     count = jnp.maximum(present.sum(), 1).astype(jnp.float32)
     total = jnp.zeros((), jnp.float32)
-    weights = jnp.asarray([1.0] * k + [no_object_weight], jnp.float32)
     for layer in range(num_sets):
         key, match_key, loss_key = jax.random.split(key, 3)
         cls, mask = classes[:, layer], masks[:, layer]  # (B, Q, K+1), (B, h, w, Q)
@@ -361,12 +387,7 @@ def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
             dice_weight=dice_weight))(cls, ops.sample_points(mask, points),
                                       ops.sample_labels(labels, points, k))
         query = jax.lax.stop_gradient(jax.vmap(match_classes)(cost, present))  # (B, K)
-        target = jnp.full((b, q), k, jnp.int32).at[
-            jnp.arange(b)[:, None], jnp.where(present, query, q)].set(
-            jnp.broadcast_to(jnp.arange(k), (b, k)), mode="drop")
-        w = weights[target]
-        ce = -jnp.take_along_axis(jax.nn.log_softmax(cls, -1), target[..., None], -1)[..., 0]
-        total = total + class_weight * jnp.sum(w * ce) / jnp.sum(w)
+        total = total + class_weight * _query_class_loss(cls, query, present, no_object_weight)
         # each class slot's matched mask (B K, h, w), its points and targets there
         matched = jnp.moveaxis(jnp.take_along_axis(mask, query[:, None, None, :], -1), -1, 1)
         matched = matched.reshape(b * k, *mask.shape[1:3])
@@ -378,9 +399,79 @@ def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
         t = ops.sample_label_masks(labels, jax.lax.stop_gradient(pts).reshape(b, k, -1, 2),
                                    jnp.broadcast_to(jnp.arange(k), (b, k)))
         bce = jnp.mean(jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x))), -1)
-        p = jax.nn.sigmoid(x)
-        dice = 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+        dice = _dice(jax.nn.sigmoid(x), t)
         total = total + (mask_weight * jnp.sum(jnp.where(present, bce, 0.0))
+                         + dice_weight * jnp.sum(jnp.where(present, dice, 0.0))) / count
+    return total
+
+
+def maskformer_set_loss(sets: Mapping[str, Array], labels: Array, *,
+                        ignore_index: int = IGNORE_INDEX, class_weight: float = 1.0,
+                        focal_weight: float = 20.0, dice_weight: float = 1.0,
+                        no_object_weight: float = 0.1, alpha: float = 0.25,
+                        gamma: float = 2.0) -> Array:
+    """MaskFormer's set loss (Cheng et al., NeurIPS 2021, Sec. 3.2; mmdet's
+    ``MaskFormerHead.loss_by_feat`` on mmseg's semantic targets), summed over the prediction
+    sets of every decoder layer.
+
+    For each set and image the queries are matched one-to-one to the masks of the classes the
+    labels contain (:func:`match_classes`) on the cost ``-class_weight p_q(k) + focal_weight
+    focal + dice_weight Dice``, computed on the whole predicted masks against the class masks
+    downsampled (nearest, PyTorch's) to their size: the focal cost ``(1/n) sum_i [t FL^+ +
+    (1 - t) FL^-]`` with ``FL^+ = -alpha (1 - p)^gamma log(p + 1e-12)``, ``FL^- = -(1 - alpha)
+    p^gamma log(1 - p + 1e-12)`` (mmdet's ``FocalLossCost(binary_input=True)``). Then the class
+    cross-entropy as :func:`mask_set_loss`, and the matched masks upsampled (bilinear) to the
+    labels' size against their class masks there: ``focal_weight`` x the sigmoid focal loss
+    (averaged over the batch's masks and pixels) and ``dice_weight`` x Dice (over the masks).
+
+    Args:
+      sets: ``"classes"`` ``(B, L, Q, K + 1)`` and ``"masks"`` ``(B, L, h, w, Q)`` logits.
+      labels: ``(B, H, W)`` integer labels.
+
+    Returns:
+      The scalar loss (float32).
+    """
+    classes, masks = sets["classes"].astype(jnp.float32), sets["masks"].astype(jnp.float32)
+    check_rank(classes, 4, "classes", "B, L, Q, K + 1")
+    check_rank(masks, 5, "masks", "B, L, h, w, Q")
+    check_rank(labels, 3, "labels", "B, H, W")
+    b, k = classes.shape[0], classes.shape[3] - 1
+    h, w = masks.shape[2:4]
+    height, width = labels.shape[1:]
+    labels, present = _present_classes(labels, k, ignore_index)
+    count = jnp.maximum(present.sum(), 1).astype(jnp.float32)
+    small = labels[:, ops.nearest_index(height, h)][:, :, ops.nearest_index(width, w)]
+    small = jax.nn.one_hot(small.reshape(b, h * w), k, dtype=jnp.float32)  # (B, hw, K)
+    full = (labels[:, None] == jnp.arange(k)[None, :, None, None]).astype(jnp.float32)
+
+    def focal(x: Array, t: Array) -> Array:
+        p = jax.nn.sigmoid(x)
+        bce = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
+        modulation = (alpha * t + (1 - alpha) * (1 - t)) * ((1 - p) * t + p * (1 - t)) ** gamma
+        return bce * modulation
+
+    def costs(cls: Array, x: Array, t: Array) -> Array:  # (Q, K+1), (hw, Q), (hw, K)
+        p = jax.nn.sigmoid(x)
+        pos = -jnp.log(p + 1e-12) * alpha * (1 - p) ** gamma
+        neg = -jnp.log(1 - p + 1e-12) * (1 - alpha) * p ** gamma
+        focal_cost = (pos.T @ t + neg.T @ (1 - t)) / x.shape[0]
+        dice = 1 - (2 * p.T @ t + 1) / (p.sum(0)[:, None] + t.sum(0)[None, :] + 1)
+        probs = jax.nn.softmax(cls, -1)[:, :k]
+        return -class_weight * probs + focal_weight * focal_cost + dice_weight * dice
+
+    total = jnp.zeros((), jnp.float32)
+    for layer in range(classes.shape[1]):
+        cls, mask = classes[:, layer], masks[:, layer]  # (B, Q, K+1), (B, h, w, Q)
+        cost = jax.vmap(costs)(cls, mask.reshape(b, h * w, -1), small)
+        query = jax.lax.stop_gradient(jax.vmap(match_classes)(cost, present))  # (B, K)
+        total = total + class_weight * _query_class_loss(cls, query, present, no_object_weight)
+        matched = ops.interpolate(jnp.take_along_axis(mask, query[:, None, None, :], -1),
+                                  (height, width))  # (B, H, W, K)
+        x = jnp.moveaxis(matched, -1, 1).reshape(b, k, -1)
+        t = full.reshape(b, k, -1)
+        per_mask_focal = focal(x, t).mean(-1)
+        dice = _dice(jax.nn.sigmoid(x), t)
+        total = total + (focal_weight * jnp.sum(jnp.where(present, per_mask_focal, 0.0))
                          + dice_weight * jnp.sum(jnp.where(present, dice, 0.0))) / count
     return total
 
@@ -395,6 +486,7 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "focal": focal_loss,
     "semantic_encoding": semantic_encoding_loss,
     "mask_set": mask_set_loss,
+    "maskformer_set": maskformer_set_loss,
 }
 # the losses that draw random numbers: combined_loss gives them a key
 RANDOM_LOSSES = ("mask_set",)

@@ -12,8 +12,8 @@ model set (:data:`SMALL`): the quarter-width ResNet-18-D8 (undilated for ``upern
 SegFormer-B0 (the MiT-B0 encoder, 3.7M parameters) for ``segformer``, Segmenter on ViT-Ti
 (5.7M) for ``segmenter``, SETR-naive on a 4-layer ViT 64 wide for ``setr``, or TransUNet on
 a one-block-per-stage ResNet half as wide and a 4-layer ViT 64 wide for ``transunet``, or
-Mask2Former (20 queries, 3 decoder layers, 32 wide, its set loss on 512 points per mask) on a
-quarter-width ResNet-50 for ``mask2former``.
+a Mask2Former or MaskFormer head 32 wide (20 queries, 3 decoder layers; the family's
+``quickstart`` fields) on a quarter-width ResNet-50 for ``mask2former`` and ``maskformer``.
 """
 
 from attnzoo import heads
@@ -36,10 +36,7 @@ SMALL = {
         "img_size": (128, 128), "embed_dim": 64, "depth": 4, "num_heads": 2, "out_indices": (3,),
         "resnet_layers": (1, 1, 1), "resnet_width": 32},
         "head_channels": 64, "head_kwargs": {"decoder_channels": (64, 32, 16, 16)}}),
-    "query": ("r50", {"backbone_kwargs": {"width": 16, "stem_width": 16}, "head_channels": 32,
-                      "head_kwargs": {"num_queries": 20, "num_heads": 4, "num_encoder_layers": 2,
-                                      "num_decoder_layers": 3, "encoder_ffn_channels": 64,
-                                      "decoder_ffn_channels": 64, "loss_points": 512}}),
+    "query": ("r50", {"backbone_kwargs": {"width": 16, "stem_width": 16}, "head_channels": 32}),
 }
 
 

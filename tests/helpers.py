@@ -130,7 +130,7 @@ def assert_same_training(want, got):
     batch_stats, metrics)`` on the host (``want`` of 1 device, ``got`` of a mesh)."""
     (p1, b1, m1), (pn, bn, mn) = want, got
     assert int(m1["loss"] > 0) and set(m1) >= {"loss", "grad_norm", "update_norm", "lr"}
-    assert {"out/cross_entropy", "sets/mask_set"} & set(m1)  # the pixel or the set loss
+    assert {"out/cross_entropy", "sets/mask_set", "sets/maskformer_set"} & set(m1)  # a loss
     # Tolerance: 1e-5 relative; the two gradient norms 5e-5. On n devices each parameter
     # gradient is a sum of n per-device partial sums (all-reduced or reduce-scattered), on 1
     # device one sum in another order; the norm, a further sum of squares over all entries, carries that float32

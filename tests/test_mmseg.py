@@ -36,12 +36,12 @@ def representative(family):
 
 
 MMSEG_FAMILIES = sorted({c.family for c in published_checkpoints().values()})
-# SegFormer's, SETR's and Mask2Former's parity run in the slow set (SETR's ViT-L: ~11 s here; its
+# SegFormer's, SETR's, Mask2Former's and MaskFormer's parity run in the slow set (SETR's ViT-L: ~11 s here; its
 # heads and neck are compared alone in the default one, test_setr_heads_equal_mmsegs;
-# Mask2Former's with each decoder layer's predictions in test_mask2former.py); one
+# the query heads' with each decoder layer's predictions in test_mask2former.py); one
 # ResNet-18 config (mmseg's basic blocks: an undilated second conv) in the default set
 FAST = [pytest.param(representative(f), marks=pytest.mark.slow)
-        if f in ("segformer", "setr", "mask2former")
+        if f in ("segformer", "setr", "mask2former", "maskformer")
         else representative(f) for f in MMSEG_FAMILIES] + [
     "fcn_r18-d8_4xb2-80k_cityscapes-512x1024"]
 SLOW = ["danet_r101-d8_4xb4-160k_ade20k-512x512", "psanet_r50-d8_4xb4-80k_ade20k-512x512",

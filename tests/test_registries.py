@@ -48,6 +48,7 @@ HEAD_KWARGS = {
     # GroupNorm's 32 groups need 32 channels; a few queries and layers
     "mask2former": {"channels": 32, "num_heads": 2, "num_queries": 6, "num_decoder_layers": 2,
                     "num_encoder_layers": 1},
+    "maskformer": {"channels": 32, "num_heads": 2, "num_queries": 6, "num_decoder_layers": 2},
 }
 
 
@@ -149,6 +150,9 @@ def test_head_traces_jitted_in_bfloat16_at_an_odd_size_with_its_declared_outputs
     out = jax.eval_shape(jax.jit(head.apply), variables, x)
     assert list(out) == ["out"]
     assert out["out"].shape == (2, *ODD, 5) and out["out"].dtype == jnp.bfloat16
+    if getattr(type(head), "set_prediction", False):  # the query heads' prediction sets
+        sets = trained.pop("sets")
+        assert sets["classes"].shape[-1] == 6 and sets["masks"].shape[-1] == 6  # the queries
     assert sorted(trained) == sorted(["out", *(k for k, _ in type(head).branches)])
     image_level = type(head).branch_losses  # EncNet's "se": one logit per class and image
     assert all(v.shape == ((2, 5) if k in image_level else (2, *ODD, 5))
@@ -223,7 +227,8 @@ def test_model_traces_jitted_in_bfloat16_at_an_odd_size_with_its_loss_outputs(na
     if getattr(getattr(model, "head", None), "set_prediction", False):  # Mask2Former's sets
         assert [t["output"] for t in model.loss_terms()] == ["sets"]
         sets = trained.pop("sets")
-        layers, queries = model.head.num_decoder_layers + 1, model.head.num_queries
+        layers, queries = model.head.num_decoder_layers, model.head.num_queries
+        layers += isinstance(model.head, heads.Mask2FormerHead)  # a set before the first layer
         assert sets["classes"].shape == (2, layers, queries, 6)
         assert sets["masks"].shape == (2, layers, *(math.ceil(n / 4) for n in ODD_IMAGE),
                                        queries)

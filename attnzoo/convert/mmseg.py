@@ -268,7 +268,8 @@ def mmseg_recipe(stem: str) -> MmsegRecipe:
         backbone = f"{m['net']}_{m['size']}"
     else:
         written = m["backbone"]
-        backbone = written.replace("-", "_")
+        backbone = heads.get_family(family_name).mmseg_backbones.get(
+            written, written.replace("-", "_"))
     model = f"{family_name}_{backbone}"
     if model not in models.list_models():
         raise _unsupported(stem, f"backbone {written!r}: no model {model!r}")

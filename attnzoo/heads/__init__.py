@@ -33,6 +33,7 @@ from attnzoo.heads.fcn import FCNHead
 from attnzoo.heads.gcnet import GCHead
 from attnzoo.heads.isanet import ISAHead
 from attnzoo.heads.mask2former import Mask2FormerHead
+from attnzoo.heads.maskformer import MaskFormerHead
 from attnzoo.heads.necks import NECKS, MultiLevelNeck, create_neck, list_necks
 from attnzoo.heads.non_local import NLHead
 from attnzoo.heads.polarized import PolarizedHead
@@ -49,7 +50,7 @@ from attnzoo.heads.upernet import UPerHead
 __all__ = ["ANNHead", "APCHead", "ASPPHead", "CCHead", "CascadedUpsampler", "Classifier",
            "DANetHead", "DMHead", "DNLHead", "DecodeHead", "DeepLabV3PlusHead", "EMAHead",
            "EncHead", "FAMILIES", "FCNHead", "FPNHead", "Family", "GCHead", "HEADS", "ISAHead",
-           "Mask2FormerHead",
+           "Mask2FormerHead", "MaskFormerHead",
            "MLANeck", "MultiLevelNeck", "NECKS", "NLHead", "OCRHead", "PSANetHead", "PSPHead",
            "PolarizedHead", "SETRMLAHead", "SETRUpHead", "SegFormerHead", "SegmenterMaskHead",
            "UPerHead", "create", "create_neck", "get_family", "list_families", "list_heads",

@@ -206,6 +206,9 @@ class Family:
         its dataset's protocol and the recipes, given the model and the protocol (a dict with
         ``dataset``, ``crop``, ...): Segmenter's and SETR's sliding windows, a per-dataset
         learning rate, ``"model.aux_kwargs"`` (which restore the checkpoint too); None for none.
+      mmseg_backbones: how its mmseg config stems write a backbone its models name otherwise
+        (MaskFormer's ``r50-d32`` is ``maskformer_r50``, ``swin-t_upernet`` ``maskformer_swin_t``);
+        other backbones are read with ``-`` as ``_``.
     """
 
     name: str
@@ -223,6 +226,7 @@ class Family:
     mmseg_head_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     mmseg_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     mmseg_fields: Callable[[str, Mapping[str, Any]], Mapping[str, Any]] | None = None
+    mmseg_backbones: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unanchored = [p for p, _ in self.mmseg_renames or () if not p.startswith("^")]

@@ -79,17 +79,21 @@ class ConvGN(nn.Module):
 
 class FFN(nn.Module):
     """``x + fc2(ReLU(fc1(x)))``, ``hidden`` wide: mmcv's ``FFN`` (two layers, identity
-    added) as mmdet's Deformable DETR and Mask2Former layers use it."""
+    added) as mmdet's DETR, Deformable DETR and Mask2Former layers use it; ``dropout`` after
+    the activation and after ``fc2`` in training (mmcv's ``ffn_drop``)."""
 
     hidden: int
+    dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = nn.relu(nn.Dense(self.hidden, name="fc1", **kw)(x))
-        return x + nn.Dense(x.shape[-1], name="fc2", **kw)(y)
+        y = nn.Dropout(self.dropout)(y, deterministic=not train)
+        y = nn.Dense(x.shape[-1], name="fc2", **kw)(y)
+        return x + nn.Dropout(self.dropout)(y, deterministic=not train)
 
 
 def _offset_bias(num_heads: int, num_levels: int, num_points: int) -> Callable:
@@ -255,7 +259,10 @@ class DecoderAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, pos: Array, context: Array, context_pos: Array,
-                 mask: Array | None = None) -> Array:
+                 mask: Array | None = None, *, dropout: float = 0.0, train: bool = False
+                 ) -> Array:
+        """``dropout``: on the attention weights and after ``proj`` in training (mmcv's
+        ``attn_drop`` and ``proj_drop``)."""
         b, n, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
@@ -265,10 +272,11 @@ class DecoderAttention(nn.Module):
         q = heads(nn.Dense(c, name="query", **kw)(x + pos))
         k = heads(nn.Dense(c, name="key", **kw)(context + context_pos))
         v = heads(nn.Dense(c, name="value", **kw)(context))
-        out = (ops.dot_product_attention(q, k, v) if mask is None
+        drop = nn.Dropout(dropout, deterministic=not train)
+        out = (ops.dot_product_attention(q, k, v, weights_fn=drop) if mask is None
                else ops.masked_attention(q, k, v, mask[:, None]))
         out = jnp.moveaxis(out, 1, 2).reshape(b, n, c)
-        return x + nn.Dense(c, name="proj", **kw)(out)
+        return x + drop(nn.Dense(c, name="proj", **kw)(out))
 
 
 class DecoderLayer(nn.Module):
@@ -415,6 +423,7 @@ class Mask2FormerHead(DecodeHead):
 
     takes_size: ClassVar[bool] = True
     set_prediction: ClassVar[bool] = True
+    set_loss: ClassVar[str] = "mask_set"
     num_levels: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
@@ -452,10 +461,10 @@ class Mask2FormerHead(DecodeHead):
         return {"num_points": self.loss_points}
 
 
-def _mmseg_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """mmseg's Mask2Former keys where attnzoo keeps them: the embeddings (``nn.Embedding``
-    weights) as parameters of the module that reads them, the query and prediction layers
-    inside the Transformer decoder."""
+def mmseg_query_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """mmseg's Mask2Former and MaskFormer keys where attnzoo keeps them: the embeddings
+    (``nn.Embedding`` weights) as parameters of the module that reads them, the query and
+    prediction layers inside the Transformer decoder."""
     moved = {"decode_head.pixel_decoder.level_encoding.weight":
              "decode_head.pixel_decoder.level_encoding",
              **{f"decode_head.{k}.weight": f"decode_head.transformer_decoder.{k}"
@@ -470,6 +479,16 @@ def _mmseg_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
+MMSEG_QUERY_RENAMES = (
+    (r"^(.*_attn)\.attn\.out_proj\.", r"\1.proj."),
+    (r"^(.*_attn)\.attn\.", r"\1."),
+    (r"^(.*)\.ffn\.layers\.0\.0\.", r"\1.ffn.fc1."),
+    (r"^(.*)\.ffn\.layers\.1\.", r"\1.ffn.fc2."))
+"""The renames of mmseg's Mask2Former and MaskFormer decoder layers' keys (after
+``split_in_proj``): mmcv's attention wrappers and FFN as :class:`DecoderAttention` and
+:class:`FFN`."""
+
+
 def _mmseg_fields(model: str, protocol: Mapping[str, Any]) -> dict[str, Any]:
     """mmseg's Mask2Former configs on ADE20K at 640 x 640 read ``ade20k_640x640.py``: images
     resized to fit 2560 x 640 (SegFormer's 640 configs test at 2048 x 640, the protocol's)."""
@@ -479,21 +498,23 @@ def _mmseg_fields(model: str, protocol: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # mmseg's mask2former configs: AdamW (lr 1e-4, weight decay 0.05, eps 1e-8), the backbone at 0.1
-# of the rate, gradients clipped to norm 0.01, poly decay (power 0.9) over 90k (Cityscapes) or
-# 160k (ADE20K) steps of 16 images
+# of the rate, gradients clipped to norm 0.01, poly decay (power 0.9) to 0 over 90k (Cityscapes)
+# or 160k (ADE20K) steps of 16 images (the converted configs' steps come from their names)
 register_family(Family(
     name="mask2former", head="mask2former",
     summary="masked-attention mask Transformer: learned queries predict classes and masks, "
             "each attending inside its own mask (Cheng et al., CVPR 2022)",
     model_sets=("query",), in_feature=("c1", "c2", "c3", "c4"), auxiliary=False,
+    # the quickstart's: 20 queries, 2 + 3 narrow layers, the set loss on 512 of the 32 x 32
+    # mask positions
+    quickstart={"head_kwargs": {"num_queries": 20, "num_heads": 4, "num_encoder_layers": 2,
+                                "num_decoder_layers": 3, "encoder_ffn_channels": 64,
+                                "decoder_ffn_channels": 64, "loss_points": 512}},
     recipe={"optimizer.name": "adamw", "optimizer.learning_rate": 1e-4,
             "optimizer.weight_decay": 0.05, "optimizer.b1": 0.9, "optimizer.b2": 0.999,
-            "optimizer.clip_norm": 0.01, "optimizer.power": 0.9,
+            "optimizer.clip_norm": 0.01, "optimizer.power": 0.9, "optimizer.min_lr": 0.0,
+            "batch_size": 16,
             "optimizer.lr_mult": {"backbone": 0.1}},
-    mmseg_renames=(
-        (r"^pixel_decoder\.encoder\.layers\.", "pixel_decoder.encoder_layers."),
-        (r"^(.*_attn)\.attn\.out_proj\.", r"\1.proj."),
-        (r"^(.*_attn)\.attn\.", r"\1."),
-        (r"^(.*)\.ffn\.layers\.0\.0\.", r"\1.ffn.fc1."),
-        (r"^(.*)\.ffn\.layers\.1\.", r"\1.ffn.fc2.")),
-    mmseg_state_dict=_mmseg_state_dict, mmseg_fields=_mmseg_fields))
+    mmseg_renames=((r"^pixel_decoder\.encoder\.layers\.", "pixel_decoder.encoder_layers."),
+                   *MMSEG_QUERY_RENAMES),
+    mmseg_state_dict=mmseg_query_state_dict, mmseg_fields=_mmseg_fields))

@@ -75,9 +75,10 @@ class EncoderDecoder(nn.Module):
         """Terms for :func:`attnzoo.losses.combined_loss`: cross-entropy on the main output
         (weight 1), the head's declared branches (cross-entropy, or the loss the head names
         in ``branch_losses``), cross-entropy on the auxiliary output; for a set-prediction head
-        (Mask2Former's ``set_prediction``), its set loss on ``"sets"`` alone."""
+        (Mask2Former's, MaskFormer's ``set_prediction``), its set loss (the head's ``set_loss``
+        with its ``loss_kwargs``) on ``"sets"`` alone."""
         if getattr(self.head, "set_prediction", False):  # trained by its set loss alone
-            return [{"output": "sets", "loss": "mask_set", "weight": 1.0,
+            return [{"output": "sets", "loss": self.head.set_loss, "weight": 1.0,
                      **self.head.loss_kwargs}]
         terms = [{"output": "out", "loss": "cross_entropy", "weight": 1.0}]
         named = getattr(self.head, "branch_losses", {})

@@ -57,6 +57,7 @@ def dot_product_attention(
     bias: Array | None = None,
     mask: Array | None = None,
     scale: float | None = None,
+    weights_fn: Callable[[Array], Array] | None = None,
 ) -> Array:
     """Dense attention ``softmax(scale * Q K^T + bias) V``.
 
@@ -65,7 +66,8 @@ def dot_product_attention(
     ``(..., Nq, Nk)``. ``scale`` defaults to ``1/sqrt(d)``; pass ``1.0`` for
     DANet-style unscaled energies. The softmax is computed in float32 whatever
     the input dtype; the result has ``value.dtype``. Every query row must keep
-    at least one key under ``mask``.
+    at least one key under ``mask``. ``weights_fn`` maps the attention weights before they
+    weigh the values (a caller's dropout in training: PyTorch's ``attn_drop``).
     """
     _check_qkv(query, key, value)
     scores = attention_scores(query, key, _default_scale(query, scale))
@@ -74,6 +76,8 @@ def dot_product_attention(
     if mask is not None:
         scores = jnp.where(mask, scores, -jnp.inf)
     weights = jax.nn.softmax(scores, axis=-1)
+    if weights_fn is not None:
+        weights = weights_fn(weights)
     return jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value)
 
 
