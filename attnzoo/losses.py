@@ -373,7 +373,7 @@ def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
     check_rank(classes, 4, "classes", "B, L, Q, K + 1")
     check_rank(masks, 5, "masks", "B, L, h, w, Q")
     check_rank(labels, 3, "labels", "B, H, W")
-    b, num_sets, q, k = classes.shape[0], classes.shape[1], classes.shape[2], classes.shape[3] - 1
+    b, num_sets, k = classes.shape[0], classes.shape[1], classes.shape[3] - 1
     labels, present = _present_classes(labels, k, ignore_index)
     count = jnp.maximum(present.sum(), 1).astype(jnp.float32)
     total = jnp.zeros((), jnp.float32)
