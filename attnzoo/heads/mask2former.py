@@ -383,6 +383,23 @@ def semantic_scores(class_logits: Array, mask_logits: Array) -> Array:
     return jnp.einsum("bqk,bhwq->bhwk", probs, jax.nn.sigmoid(mask_logits.astype(jnp.float32)))
 
 
+def query_outputs(head: DecodeHead, predictions: Sequence[tuple[Array, Array]],
+                  size: tuple[int, int] | None, train: bool) -> dict[str, Array]:
+    """A query head's outputs from its ``(class logits, mask logits)`` per decoder layer (sown
+    as the intermediates ``"predictions"``): ``"out"``, :func:`semantic_scores` of the last
+    (its masks resized to ``size``, bilinear with the head's ``align_corners``), in the head's
+    dtype; in training (and at init) ``"sets"``, every prediction stacked along axis 1."""
+    head.sow("intermediates", "predictions", predictions)
+    class_logits, mask_logits = predictions[-1]
+    if size is not None:
+        mask_logits = ops.interpolate(mask_logits, size, align_corners=head.align_corners)
+    out = {"out": semantic_scores(class_logits, mask_logits).astype(head.dtype)}
+    if train or head.is_initializing():
+        out["sets"] = {"classes": jnp.stack([c for c, _ in predictions], 1),
+                       "masks": jnp.stack([m for _, m in predictions], 1)}
+    return out
+
+
 @register("mask2former")
 class Mask2FormerHead(DecodeHead):
     """Mask2Former's head (Cheng et al., CVPR 2022) on the backbone's four levels (strides 4 to
@@ -445,15 +462,7 @@ class Mask2FormerHead(DecodeHead):
             self.num_classes, self.channels, self.num_queries, self.num_decoder_layers,
             self.num_heads, self.decoder_ffn_channels, name="transformer_decoder",
             **self.kw)(mask_features, levels)
-        self.sow("intermediates", "predictions", predictions)
-        class_logits, mask_logits = predictions[-1]
-        if size is not None:
-            mask_logits = ops.interpolate(mask_logits, size, align_corners=self.align_corners)
-        out = {"out": semantic_scores(class_logits, mask_logits).astype(self.dtype)}
-        if train or self.is_initializing():
-            out["sets"] = {"classes": jnp.stack([c for c, _ in predictions], 1),
-                           "masks": jnp.stack([m for _, m in predictions], 1)}
-        return out
+        return query_outputs(self, predictions, size, train)
 
     @property
     def loss_kwargs(self) -> dict[str, int]:

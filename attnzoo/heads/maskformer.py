@@ -24,7 +24,7 @@ from attnzoo.heads.mask2former import (
     ConvGN,
     DecoderAttention,
     mmseg_query_state_dict,
-    semantic_scores,
+    query_outputs,
     sine_position_embedding,
 )
 
@@ -143,16 +143,7 @@ class MaskFormerHead(DecodeHead):
         decoder = TransformerDecoderStack(
             self.num_classes, c, self.num_queries, self.num_decoder_layers, self.num_heads,
             self.decoder_ffn_channels, self.decoder_dropout, name="transformer_decoder", **kw)
-        predictions = decoder(mask_features, memory, memory_pos, train)
-        self.sow("intermediates", "predictions", predictions)
-        class_logits, mask_logits = predictions[-1]
-        if size is not None:
-            mask_logits = ops.interpolate(mask_logits, size, align_corners=self.align_corners)
-        out = {"out": semantic_scores(class_logits, mask_logits).astype(self.dtype)}
-        if train or self.is_initializing():
-            out["sets"] = {"classes": jnp.stack([p[0] for p in predictions], 1),
-                           "masks": jnp.stack([p[1] for p in predictions], 1)}
-        return out
+        return query_outputs(self, decoder(mask_features, memory, memory_pos, train), size, train)
 
 
 class TransformerDecoderStack(nn.Module):
