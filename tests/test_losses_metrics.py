@@ -74,7 +74,8 @@ def test_semantic_encoding_loss_is_the_binary_cross_entropy_of_class_presence():
     want = -(present * np.log(p) + (1 - present) * np.log(1 - p)).mean()
     got = jax.jit(losses.semantic_encoding_loss)(jnp.asarray(logits), jnp.asarray(labels))
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert set(losses.LOSSES) == {*losses.PIXEL_LOSSES, "semantic_encoding"}
+    assert set(losses.LOSSES) == {*losses.PIXEL_LOSSES, "semantic_encoding", "mask_set",
+                                  "maskformer_set"}
     with pytest.raises(ValueError, match="logits must have rank 2"):
         losses.semantic_encoding_loss(jnp.zeros((2, 6, 7, 5)), jnp.asarray(labels))
 

@@ -6,6 +6,8 @@ reference): the semantic scores and every decoder layer's class and mask predict
 Tolerance of the model: max(1e-4, 2x PyTorch's own float32 error) of the largest value, as
 ``test_mmseg.compare``; of the ops: 1e-5 (float32 against float64 loops)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,6 +235,32 @@ def test_mask2former_models_and_their_refusals():
             jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
 
 
+def _mmseg_head(stem):
+    """mmseg's decode head of config ``stem`` alone (its losses need no backbone)."""
+    mmseg_support = pytest.importorskip("mmseg_support")
+    mmseg_support.install_mmcv_ops()
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules()
+    return MODELS.build(mmseg_support.model_config(stem)[0].decode_head)
+
+
+def test_combined_loss_gives_the_set_loss_a_key_and_refuses_none():
+    from attnzoo import losses
+
+    rng = np.random.default_rng(8)
+    sets = {"classes": jnp.asarray(rng.standard_normal((1, 2, 4, 4)), jnp.float32),
+            "masks": jnp.asarray(rng.standard_normal((1, 2, 4, 4, 4)), jnp.float32)}
+    labels = jnp.asarray(rng.integers(0, 3, (1, 8, 8)))
+    terms = [{"output": "sets", "loss": "mask_set", "num_points": 8}]
+    loss = jax.jit(lambda key: losses.combined_loss({"sets": sets}, labels, terms, key=key)[0])
+    one, other = loss(jax.random.key(0)), loss(jax.random.key(1))
+    assert np.isfinite(one) and one != other  # the points come from the key
+    with pytest.raises(ValueError, match="needs a key"):
+        losses.combined_loss({"sets": sets}, labels, terms)
+
+
 def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
     """``losses.mask_set_loss`` against mmseg's Mask2Former head's ``loss_by_feat`` (mmdet's
     matching by scipy, its class, mask and Dice losses, summed over the layers) on random
@@ -244,8 +272,7 @@ def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
     mmseg_support = pytest.importorskip("mmseg_support")
     from attnzoo import losses
 
-    model, _ = mmseg_support.build("mask2former_r50_8xb2-90k_cityscapes-512x1024")
-    head = model.decode_head
+    head = _mmseg_head("mask2former_r50_8xb2-90k_cityscapes-512x1024")
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
 
@@ -271,9 +298,9 @@ def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
             torch.tensor(classes, dtype=torch.float32).transpose(0, 1),
             torch.tensor(masks, dtype=torch.float32).permute(1, 0, 4, 2, 3), gt, metas)
     ref = float(sum(parts.values()))
-    ours = losses.mask_set_loss(
+    ours = jax.jit(functools.partial(losses.mask_set_loss, num_points=num_points))(
         {"classes": jnp.asarray(classes, jnp.float32), "masks": jnp.asarray(masks, jnp.float32)},
-        jnp.asarray(labels), key=jax.random.key(0), num_points=num_points,
+        jnp.asarray(labels), key=jax.random.key(0),
         match_points=jnp.asarray(match_points, jnp.float32),
         loss_points=jnp.asarray(loss_points, jnp.float32))
     np.testing.assert_allclose(float(ours), ref, rtol=1e-5)
@@ -289,8 +316,7 @@ def test_maskformer_set_loss_equals_mmdets():
     mmseg_support = pytest.importorskip("mmseg_support")
     from attnzoo import losses
 
-    model, _ = mmseg_support.build("maskformer_r50-d32_8xb2-160k_ade20k-512x512")
-    head = model.decode_head
+    head = _mmseg_head("maskformer_r50-d32_8xb2-160k_ade20k-512x512")
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
 
@@ -309,7 +335,7 @@ def test_maskformer_set_loss_equals_mmdets():
             torch.tensor(classes, dtype=torch.float32).transpose(0, 1),
             torch.tensor(masks, dtype=torch.float32).permute(1, 0, 4, 2, 3), gt, metas)
     ref = float(sum(parts.values()))
-    ours = losses.maskformer_set_loss(
+    ours = jax.jit(losses.maskformer_set_loss)(
         {"classes": jnp.asarray(classes, jnp.float32), "masks": jnp.asarray(masks, jnp.float32)},
         jnp.asarray(labels))
     np.testing.assert_allclose(float(ours), ref, rtol=1e-5)
