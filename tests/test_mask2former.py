@@ -269,7 +269,6 @@ def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
     the same for every mask. Both in float32 (mmdet samples its integer masks in float32):
     1e-5 of the loss."""
     torch = pytest.importorskip("torch")
-    mmseg_support = pytest.importorskip("mmseg_support")
     from attnzoo import losses
 
     head = _mmseg_head("mask2former_r50_8xb2-90k_cityscapes-512x1024")
@@ -313,7 +312,6 @@ def test_maskformer_set_loss_equals_mmdets():
     pixels; both in float32 (mmdet's cost casts the integer masks to float32): 1e-5 of the
     loss."""
     torch = pytest.importorskip("torch")
-    mmseg_support = pytest.importorskip("mmseg_support")
     from attnzoo import losses
 
     head = _mmseg_head("maskformer_r50-d32_8xb2-160k_ade20k-512x512")
