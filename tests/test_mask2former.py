@@ -169,6 +169,7 @@ def _compare(stem, size, seed=0):
     layers (the masking is exercised)."""
     torch = pytest.importorskip("torch")
     mmseg_support = pytest.importorskip("mmseg_support")
+    pytest.importorskip("mmdet", reason="mmseg's query heads are mmdet's (the mmseg test extra)")
     model, _ = mmseg_support.build(stem)
     randomize_torch(model, seed)
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -238,6 +239,7 @@ def test_mask2former_models_and_their_refusals():
 def _mmseg_head(stem):
     """mmseg's decode head of config ``stem`` alone (its losses need no backbone)."""
     mmseg_support = pytest.importorskip("mmseg_support")
+    pytest.importorskip("mmdet", reason="mmseg's query heads are mmdet's (the mmseg test extra)")
     mmseg_support.install_mmcv_ops()
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
