@@ -33,12 +33,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Refuse settings outside their domain (:func:`attnzoo.engine.config.check_domains`),
-    inconsistent with each other, or a model without a loss to train it by, before anything
-    is built."""
+    """Refuse settings outside their domain (:func:`attnzoo.engine.config.check_domains`) or
+    inconsistent with each other (the mesh and the devices, the steps and the accumulation, the
+    loss and the model's outputs), before anything is built."""
     check_domains(config)
     make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)  # its sizes fit the devices
-    state_lib.loss_terms(state_lib.build_model(config), config)  # a loss trains the model
+    state_lib.loss_terms(state_lib.build_model(config), config)  # the loss fits the model
     k = config.optimizer.accumulate_steps
     if config.num_steps % k:
         raise ValueError(f"config.num_steps={config.num_steps} must be a multiple of "
