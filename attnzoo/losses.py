@@ -239,8 +239,13 @@ def semantic_encoding_loss(
     del ignore_index  # labels outside [0, C) hit no class
     num_classes = logits.shape[-1]
     present = (labels.reshape(labels.shape[0], -1, 1) == jnp.arange(num_classes)).any(1)
-    z = logits.astype(jnp.float32)
-    return jnp.mean(jnp.maximum(z, 0) - z * present + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    return jnp.mean(_sigmoid_bce(logits.astype(jnp.float32), present))
+
+
+def _sigmoid_bce(x: Array, t: Array) -> Array:
+    """``BCE(sigmoid(x), t)`` elementwise from the logits, ``max(x, 0) - x t + log(1 +
+    exp(-|x|))`` (PyTorch's ``binary_cross_entropy_with_logits``, stable for any ``x``)."""
+    return jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
 def match_costs(class_logits: Array, point_logits: Array, point_targets: Array, *,
@@ -266,9 +271,14 @@ def match_costs(class_logits: Array, point_logits: Array, point_targets: Array, 
     t = point_targets.astype(jnp.float32)
     probs = jax.nn.softmax(class_logits.astype(jnp.float32), -1)[:, :k]
     bce = (jax.nn.softplus(-x).T @ t + jax.nn.softplus(x).T @ (1 - t)) / x.shape[0]
-    p = jax.nn.sigmoid(x)
-    dice = 1 - (2 * p.T @ t + eps) / (p.sum(0)[:, None] + t.sum(0)[None, :] + eps)
-    return -class_weight * probs + mask_weight * bce + dice_weight * dice
+    return (-class_weight * probs + mask_weight * bce
+            + dice_weight * _dice_costs(jax.nn.sigmoid(x), t, eps))
+
+
+def _dice_costs(p: Array, t: Array, eps: float = 1.0) -> Array:
+    """The naive Dice loss of every prediction ``p[:, q]`` against every target ``t[:, k]``
+    (``(P, Q)``, ``(P, K)`` over ``P`` points or pixels): ``(Q, K)`` (mmdet's ``DiceCost``)."""
+    return 1 - (2 * p.T @ t + eps) / (p.sum(0)[:, None] + t.sum(0)[None, :] + eps)
 
 
 def match_classes(cost: Array, present: Array) -> Array:
@@ -398,7 +408,7 @@ def mask_set_loss(sets: Mapping[str, Array], labels: Array, *, key: Array,
         x = ops.sample_points(matched[..., None], pts)[..., 0].reshape(b, k, -1)
         t = ops.sample_label_masks(labels, jax.lax.stop_gradient(pts).reshape(b, k, -1, 2),
                                    jnp.broadcast_to(jnp.arange(k), (b, k)))
-        bce = jnp.mean(jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x))), -1)
+        bce = jnp.mean(_sigmoid_bce(x, t), -1)
         dice = _dice(jax.nn.sigmoid(x), t)
         total = total + (mask_weight * jnp.sum(jnp.where(present, bce, 0.0))
                          + dice_weight * jnp.sum(jnp.where(present, dice, 0.0))) / count
@@ -446,18 +456,16 @@ def maskformer_set_loss(sets: Mapping[str, Array], labels: Array, *,
 
     def focal(x: Array, t: Array) -> Array:
         p = jax.nn.sigmoid(x)
-        bce = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
         modulation = (alpha * t + (1 - alpha) * (1 - t)) * ((1 - p) * t + p * (1 - t)) ** gamma
-        return bce * modulation
+        return _sigmoid_bce(x, t) * modulation
 
     def costs(cls: Array, x: Array, t: Array) -> Array:  # (Q, K+1), (hw, Q), (hw, K)
         p = jax.nn.sigmoid(x)
         pos = -jnp.log(p + 1e-12) * alpha * (1 - p) ** gamma
         neg = -jnp.log(1 - p + 1e-12) * (1 - alpha) * p ** gamma
         focal_cost = (pos.T @ t + neg.T @ (1 - t)) / x.shape[0]
-        dice = 1 - (2 * p.T @ t + 1) / (p.sum(0)[:, None] + t.sum(0)[None, :] + 1)
         probs = jax.nn.softmax(cls, -1)[:, :k]
-        return -class_weight * probs + focal_weight * focal_cost + dice_weight * dice
+        return -class_weight * probs + focal_weight * focal_cost + dice_weight * _dice_costs(p, t)
 
     total = jnp.zeros((), jnp.float32)
     for layer in range(classes.shape[1]):

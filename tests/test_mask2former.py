@@ -248,6 +248,18 @@ def _mmseg_head(stem):
     return MODELS.build(mmseg_support.model_config(stem)[0].decode_head)
 
 
+def _mmdet_targets(head, labels):
+    """mmseg's conversion of label maps ``(B, H, W)`` into mmdet's per-class instance targets
+    (the classes present, the ignore index in none), with their image metas."""
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    return head._seg_data_to_instance_data(
+        [SegDataSample(gt_sem_seg=PixelData(data=torch.tensor(label[None])),
+                       metainfo={"img_shape": label.shape}) for label in labels])
+
+
 def test_combined_loss_gives_the_set_loss_a_key_and_refuses_none():
     from attnzoo import losses
 
@@ -274,9 +286,6 @@ def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
     from attnzoo import losses
 
     head = _mmseg_head("mask2former_r50_8xb2-90k_cityscapes-512x1024")
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
     import mmdet.models.dense_heads.mask2former_head as mmdet_head
 
     rng = np.random.default_rng(6)
@@ -291,9 +300,7 @@ def test_set_loss_equals_mmdets_at_the_same_points(monkeypatch):
     monkeypatch.setattr(mmdet_head, "get_uncertain_point_coords_with_randomness",
                         lambda preds, *a: torch.tensor(loss_points, dtype=torch.float32)[None]
                         .repeat(len(preds), 1, 1))
-    samples = [SegDataSample(gt_sem_seg=PixelData(data=torch.tensor(label[None])),
-                             metainfo={"img_shape": label.shape}) for label in labels]
-    gt, metas = head._seg_data_to_instance_data(samples)
+    gt, metas = _mmdet_targets(head, labels)
     with torch.no_grad():
         parts = head.loss_by_feat(
             torch.tensor(classes, dtype=torch.float32).transpose(0, 1),
@@ -317,8 +324,6 @@ def test_maskformer_set_loss_equals_mmdets():
     from attnzoo import losses
 
     head = _mmseg_head("maskformer_r50-d32_8xb2-160k_ade20k-512x512")
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
 
     rng = np.random.default_rng(7)
     b, num_layers, q, k = 2, 2, 10, 150
@@ -327,9 +332,7 @@ def test_maskformer_set_loss_equals_mmdets():
     masks = rng.standard_normal((b, num_layers, 9, 11, q)) * 3
     labels = rng.choice([0, 3, 17, 149, 255], size=(b, 35, 43))
     labels[1, labels[1] == 3] = 7
-    samples = [SegDataSample(gt_sem_seg=PixelData(data=torch.tensor(label[None])),
-                             metainfo={"img_shape": label.shape}) for label in labels]
-    gt, metas = head._seg_data_to_instance_data(samples)
+    gt, metas = _mmdet_targets(head, labels)
     with torch.no_grad():
         parts = head.loss_by_feat(
             torch.tensor(classes, dtype=torch.float32).transpose(0, 1),
