@@ -303,6 +303,25 @@ class DecoderLayer(nn.Module):
         return nn.LayerNorm(GN_EPS, name="norms_2", **kw)(x)
 
 
+def query_predictions(num_classes: int, channels: int, kw: dict[str, Dtype]
+                      ) -> Callable[[Array, Array], tuple[Array, Array]]:
+    """The prediction heads of a query decoder, made in the calling module's compact method:
+    ``post_norm`` (LayerNorm), ``cls_embed`` (to ``num_classes + 1`` logits, no-object last)
+    and the mask MLP ``mask_embed_{0,2,4}`` (ReLU between; mmdet's names). Returns
+    ``(queries (B, Q, C), mask features (B, h, w, C)) -> (class logits (B, Q, K + 1), mask
+    logits (B, h, w, Q))``, the masks the MLP's embeddings dotted with the features."""
+    post_norm = nn.LayerNorm(GN_EPS, name="post_norm", **kw)
+    cls_embed = nn.Dense(num_classes + 1, name="cls_embed", **kw)
+    mask_embed = [nn.Dense(channels, name=f"mask_embed_{i}", **kw) for i in (0, 2, 4)]
+
+    def predict(x: Array, mask_features: Array) -> tuple[Array, Array]:
+        y = post_norm(x)
+        embed = mask_embed[2](nn.relu(mask_embed[1](nn.relu(mask_embed[0](y)))))
+        return cls_embed(y), jnp.einsum("bqc,bhwc->bhwq", embed, mask_features)
+
+    return predict
+
+
 class TransformerDecoder(nn.Module):
     """Mask2Former's Transformer decoder with its prediction heads: ``num_queries`` learned
     queries (``query_feat``) with a learned position embedding (``query_embed``) pass
@@ -344,18 +363,14 @@ class TransformerDecoder(nn.Module):
         query_embed = self.param("query_embed", normal, (self.num_queries, c), self.param_dtype)
         x = jnp.broadcast_to(query_feat.astype(self.dtype), (b, self.num_queries, c))
         pos = jnp.broadcast_to(query_embed.astype(self.dtype), (b, self.num_queries, c))
-        post_norm = nn.LayerNorm(GN_EPS, name="post_norm", **kw)
-        cls_embed = nn.Dense(self.num_classes + 1, name="cls_embed", **kw)
-        mask_embed = [nn.Dense(c, name=f"mask_embed_{i}", **kw) for i in (0, 2, 4)]
+        predict_query = query_predictions(self.num_classes, c, kw)
 
         def predict(x: Array, level: int) -> tuple[Array, Array, Array]:
-            y = post_norm(x)
-            embed = nn.relu(mask_embed[1](nn.relu(mask_embed[0](y))))
-            masks = jnp.einsum("bqc,bhwc->bhwq", mask_embed[2](embed), mask_features)
+            cls_logits, masks = predict_query(x, mask_features)
             h, w = levels[level].shape[1:3]
             attend = ops.interpolate(masks, (h, w)).reshape(b, h * w, -1)
             attend = jax.lax.stop_gradient(jax.nn.sigmoid(jnp.swapaxes(attend, 1, 2)) >= 0.5)
-            return cls_embed(y), masks, attend
+            return cls_logits, masks, attend
 
         cls_logits, masks, attend = predict(x, 0)
         out = [(cls_logits, masks)]

@@ -25,6 +25,7 @@ from attnzoo.heads.mask2former import (
     DecoderAttention,
     mmseg_query_state_dict,
     query_outputs,
+    query_predictions,
     sine_position_embedding,
 )
 
@@ -169,16 +170,12 @@ class TransformerDecoderStack(nn.Module):
                                  (self.num_queries, c), self.param_dtype)
         pos = jnp.broadcast_to(query_embed.astype(self.dtype), (b, self.num_queries, c))
         x = jnp.zeros_like(pos)
-        post_norm = nn.LayerNorm(GN_EPS, name="post_norm", **kw)
-        cls_embed = nn.Dense(self.num_classes + 1, name="cls_embed", **kw)
-        mask_embed = [nn.Dense(c, name=f"mask_embed_{i}", **kw) for i in (0, 2, 4)]
+        predict = query_predictions(self.num_classes, c, kw)
         out = []
         for i in range(self.num_layers):
             x = DetrDecoderLayer(self.num_heads, self.ffn_channels, self.dropout,
                                  name=f"layers_{i}", **kw)(x, pos, memory, memory_pos, train)
-            y = post_norm(x)
-            embed = mask_embed[2](nn.relu(mask_embed[1](nn.relu(mask_embed[0](y)))))
-            out.append((cls_embed(y), jnp.einsum("bqc,bhwc->bhwq", embed, mask_features)))
+            out.append(predict(x, mask_features))
         return out
 
 
