@@ -39,6 +39,14 @@ OTHER_BACKBONES = {
 # (both: the gradient norm 10% apart). They are compared on the tiny Swin (LayerNorm only: each
 # image computed alone), where no decision flips.
 DISCRETE = ("mask2former", "maskformer")
+# Families whose own float32 rounding exceeds assert_same_training's tolerances, and the factor
+# on them: twice the largest excess measured on 1 device alone when the input images are scaled
+# by 1 + 1e-7 N(0, 1) (five draws). EncNet: its semantic encoding loss is backpropagated through
+# BatchNorm1d over codes whose variance at initialisation is ~1e-5, near eps (gradients ~200x);
+# such a perturbation moves its update norm after two steps by up to 1.2e-4 and its BatchNorm
+# biases (zero at init) by up to 1.7x the parameter tolerance (measured here; without the SE loss
+# or that BatchNorm, the norms by < 1e-6). 8 devices measured 9.8e-5 and 1.5x.
+ROUNDING_SCALE = {"encnet": 5.0}
 
 
 def family_config(family, model=None):
@@ -82,7 +90,7 @@ def test_train_step_is_the_same_on_1_and_8_devices(family, model):
             st, metrics = step(st, batch)
         assert all(p.sharding.is_fully_replicated for p in jax.tree.leaves(st.params["head"]))
         results.append(jax.device_get((st.params, st.batch_stats, metrics)))
-    assert_same_training(*results)
+    assert_same_training(*results, scale=ROUNDING_SCALE.get(family, 1.0))
 
 
 @pytest.mark.slow
