@@ -192,7 +192,7 @@ def test_product_bound_counts_every_product_the_step_runs():
         products(loop(x).jaxpr)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 85 s here
 def test_product_bound_script():
     """End to end at 64x64: the train step's products, count and time, the heaviest one, both
     steps and the float32 target (0.67x PyTorch's step)."""

@@ -13,9 +13,9 @@ def test_the_readme_tables_and_pretrained_md_are_current():
         assert path.read_text() == text, f"{path.name} is stale: run python tools/gen_docs.py"
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # 211 s here
 def test_models_md_is_current():
-    """docs/models.md traces every registered model for its parameter counts (~30 s)."""
+    """docs/models.md traces every registered model for its parameter counts."""
     assert gen_docs.MODELS.read_text() == gen_docs.models_md(), \
         "docs/models.md is stale: run python tools/gen_docs.py"
 

@@ -112,6 +112,7 @@ def check_layout(state, fsdp):
             assert x.addressable_shards[0].data.size == x.size // fsdp
 
 
+@pytest.mark.slow  # 44 s here
 def test_an_fsdp_train_step_equals_one_device():
     """Two SGD steps of the tiny DANet (BatchNorm, attention, an auxiliary head) with every
     parameter split 4 ways: the parameters, statistics and metrics of one device (1e-5)."""
@@ -126,8 +127,8 @@ def test_an_fsdp_train_step_equals_one_device():
     pytest.param("danet", None, {}, marks=pytest.mark.slow),
     pytest.param("upernet", "upernet_swin_t", {"model.remat.transformer": "dots"},
                  marks=pytest.mark.exhaustive),  # 116 s here
-
-    pytest.param("setr", "setr_vit_l_mla", {}, marks=pytest.mark.slow),
+    pytest.param("setr", "setr_vit_l_mla", {},  # 84 s here; the scanned ViT below is slow
+                 marks=pytest.mark.exhaustive),
     pytest.param("setr", "setr_vit_l_mla", {"model.scan_layers": True,
                                             "model.remat.transformer": "nothing"},
                  marks=pytest.mark.slow),

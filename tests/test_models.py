@@ -60,7 +60,9 @@ def test_registry_names():
         models.create("fcn_r18_d8", num_classes=0)
 
 
-@pytest.mark.slow
+# exhaustive (20 s each): every family's quickstart model takes the same step on 1 and 8 devices
+# in the slow set (test_steps.py)
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("name", SMALL)
 def test_small_model_forward_and_jitted_gradient_step(name):
     model = models.create(name, num_classes=4)
@@ -93,11 +95,17 @@ def test_the_engine_step_of_each_family_traces_with_its_loss_terms(name):
     assert {f"{t['output']}/{t['loss']}" for t in model.loss_terms()} <= set(metrics)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [f"{f}_r50_d8" for f in heads.list_families()
-                                  if f"{f}_r50_d8" in models.list_models()]
-                         + ["danet_r101_d8", "ccnet_r101_d8"]
-                         + [n for n in models.list_models() if "_r18_d16" in n])
+def _run_slow_param(name):
+    return pytest.param(name, marks=pytest.mark.slow if name == "danet_r18_d16"
+                        else pytest.mark.exhaustive)
+
+
+# one in the slow set, the rest exhaustive (20-47 s each): every head at r50 and the r101
+# backbone execute in test_mmseg.py's parity tests
+@pytest.mark.parametrize("name", [_run_slow_param(n) for n in (
+    [f"{f}_r50_d8" for f in heads.list_families() if f"{f}_r50_d8" in models.list_models()]
+    + ["danet_r101_d8", "ccnet_r101_d8"]
+    + [n for n in models.list_models() if "_r18_d16" in n])])
 def test_models_run_slow(name):
     """Executed (not only traced): every head at r50, the r101 backbone, every r18 at d16."""
     model = models.create(name, num_classes=19)

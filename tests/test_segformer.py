@@ -292,9 +292,9 @@ def test_bfloat16_training_step_has_finite_gradients():
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["mit_b0", "mit_b2"])
-def test_any_head_sits_on_mit_danet_trains_end_to_end(backbone):
+@pytest.mark.parametrize("backbone", [pytest.param("mit_b0", marks=pytest.mark.slow),
+                                      pytest.param("mit_b2", marks=pytest.mark.exhaustive)])
+def test_any_head_sits_on_mit_danet_trains_end_to_end(backbone):  # 50 s, 70 s here
     """DANet on MiT (stage 4 at stride 32, auxiliary FCN on stage 3): the engine's train step
     runs, the loss has the DANet branches, the gradient reaches the encoder."""
     spec = EncoderDecoderSpec(backbone=backbone, head="danet", output_stride=None,

@@ -63,10 +63,18 @@ def family_config(family, model=None):
     return config
 
 
-@pytest.mark.slow
+# exhaustive (25-80 s each here): heads of plain convolutions and attention on the ResNet that
+# the slow set's FCN, DANet, PSANet and the others already run this way, and models whose
+# backbone another slow case covers (Swin, plain SETR's ViT)
+EXHAUSTIVE = {"ann", "ccnet", "dnl", "emanet", "gcnet", "isanet", "nonlocal", "pspnet",
+              "polarized", "deeplabv3", "setr", "upernet_swin_t", "maskformer_swin_t"}
+
+
 @pytest.mark.parametrize("family,model", [
-    (f, None) for f in heads.list_families() if f not in DISCRETE] + [
-    (name.split("_")[0], name) for name in OTHER_BACKBONES])
+    pytest.param(family, model, marks=pytest.mark.exhaustive if (model or family) in EXHAUSTIVE
+                 else pytest.mark.slow)
+    for family, model in [(f, None) for f in heads.list_families() if f not in DISCRETE]
+    + [(name.split("_")[0], name) for name in OTHER_BACKBONES]])
 def test_train_step_is_the_same_on_1_and_8_devices(family, model):
     """Two SGD steps of each family's small model (dropout and stochastic depth on): 8 devices
     (the batch sharded, gradients all-reduced, BatchNorm statistics of the global batch) give
